@@ -1,0 +1,62 @@
+// procpool internals: the compile-time checks behind every submission, with messages that say what to do.
+#pragma once
+
+#include <tuple>
+#include <type_traits>
+
+#include "procpool/detail/task.hpp"
+#include "procpool/serialize.hpp"
+
+namespace procpool::detail {
+
+/// How an argument of apply/apply_async travels: decayed like std::async, with C strings sent as std::string
+/// (like a Python str) since a pointer means nothing in another process.
+template <class T>
+using arg_t = std::conditional_t<std::is_same_v<std::decay_t<T>, const char*> || std::is_same_v<std::decay_t<T>, char*>,
+                                 std::string, std::decay_t<T>>;
+
+template <class F>
+consteval bool check_callable() {
+    static_assert(transferable_callable_v<F>,
+                  "procpool: this callable cannot be sent to a worker process. std::function, and lambdas or "
+                  "function objects that capture non-trivially-copyable values (std::string, std::vector, "
+                  "smart pointers...), are rejected. Pass such data as task arguments instead, capture only "
+                  "trivially copyable values, or use a function pointer or a captureless lambda.");
+    return transferable_callable_v<F>;
+}
+
+template <class F, class Item, bool Unpack>
+struct lazy_result {
+    using type = task_result_t<F, Item, Unpack>;
+};
+
+/// Checks that F can be sent, Item can be sent, F can be called with Item, and its result can come back.
+/// Fails to compile with a specific message otherwise; returns true when everything is fine.
+template <class F, class Item, bool Unpack>
+consteval bool check_task() {
+    const bool callable_ok = check_callable<F>();
+    const bool item_ok = check_serializable<Item>();
+    constexpr bool invocable = Invocation<F, Item, Unpack>::invocable;
+    static_assert(invocable || !Unpack,
+                  "procpool: the callable cannot be called with these arguments (for starmap: with the elements "
+                  "of each tuple). Check the parameter types; parameters taken by non-const reference cannot "
+                  "receive the values procpool decodes.");
+    static_assert(invocable || Unpack,
+                  "procpool: the callable cannot be called with an element of this range. Check its parameter "
+                  "type; a parameter taken by non-const reference cannot receive the values procpool decodes.");
+    if constexpr (invocable) {
+        using R = typename lazy_result<F, Item, Unpack>::type;
+        if constexpr (!std::is_void_v<R>) {
+            return callable_ok && item_ok && check_serializable<R>();
+        }
+    }
+    return callable_ok && item_ok && invocable;
+}
+
+/// The task's result type when check_task passed, void otherwise (so a failed check does not cascade).
+template <class F, class Item, bool Unpack>
+using checked_result_t = typename std::conditional_t<Invocation<F, Item, Unpack>::invocable,
+                                                     lazy_result<F, Item, Unpack>,
+                                                     std::type_identity<void>>::type;
+
+}  // namespace procpool::detail

@@ -1,0 +1,327 @@
+// procpool internals: the fork transport, the parent's side of the shared-memory rings and the fork server.
+//
+// The scheduler (detail/scheduler.hpp) is written against this interface; the MPI transport provides the same one.
+// Members that touch a slot's rings are called with the scheduler's lock held (ring endpoints are single-threaded);
+// drain() and the report calls are only used by the service thread.
+#pragma once
+
+#include <boost/interprocess/anonymous_shared_memory.hpp>
+#include <boost/interprocess/mapped_region.hpp>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <sys/socket.h>
+#include <system_error>
+#include <unistd.h>
+#include <vector>
+
+#include "procpool/detail/buffer.hpp"
+#include "procpool/detail/fork_server.hpp"
+#include "procpool/detail/process.hpp"
+#include "procpool/detail/ring.hpp"
+#include "procpool/detail/shared_layout.hpp"
+#include "procpool/detail/task.hpp"
+#include "procpool/detail/worker.hpp"
+
+namespace procpool::detail {
+
+class ForkTransport {
+public:
+    struct Config {
+        std::size_t workers = 1;
+        std::function<void()> initializer;
+        std::size_t ring_bytes = std::size_t{1} << 18;
+        std::chrono::nanoseconds worker_spin = std::chrono::microseconds(50);
+        std::chrono::nanoseconds flush_interval = std::chrono::microseconds(200);
+    };
+
+    /// Maps the shared memory, forks the fork server and has it fork `workers` workers. Blocks until all are
+    /// forked. Throws std::system_error if a fork fails (the workers already started are killed and reaped).
+    explicit ForkTransport(Config config)
+        : config_(std::move(config)), layout_(config_.workers, config_.ring_bytes),
+          region_(boost::interprocess::anonymous_shared_memory(layout_.bytes())) {
+        base_ = region_.get_address();
+        layout_.construct(base_);
+        control_ = layout_.control(base_);
+        for (std::size_t i = 0; i < config_.workers; ++i) {
+            SlotBlock* slot = layout_.slot(base_, i);
+            inboxes_.emplace_back(&slot->inbox, layout_.inbox_data(base_, i), layout_.ring_bytes());
+            outboxes_.emplace_back(&slot->outbox, layout_.outbox_data(base_, i), layout_.ring_bytes());
+        }
+        reassembly_.resize(config_.workers);
+        start_server();
+        for (std::size_t i = 0; i < config_.workers; ++i) spawn(i);
+        await_initial_workers();
+    }
+
+    ForkTransport(const ForkTransport&) = delete;
+    ForkTransport& operator=(const ForkTransport&) = delete;
+
+    /// Kills whatever is still running (normally nothing: the pool shut it down) and reaps the fork server.
+    ~ForkTransport() {
+        if (server_pid_ > 0) {
+            terminate();
+            wait_server_exit();
+        }
+        close_quietly(socket_);
+    }
+
+    [[nodiscard]] std::size_t size() const noexcept { return config_.workers; }
+    [[nodiscard]] std::uint64_t max_fragment() const noexcept { return config_.ring_bytes / 4; }
+    [[nodiscard]] static std::uint64_t entry_id(TaskEntry entry) noexcept {
+        return reinterpret_cast<std::uint64_t>(entry);
+    }
+
+    // ---- parent -> worker (call with the scheduler's lock held) ---------------------------------------------------
+    /// Writes as much of a task message as fits; true when all of it is in. Wakes the worker if it sleeps. When it
+    /// returns false, the service thread's doorbell rings once the worker frees space.
+    bool write(std::size_t slot, std::uint16_t kind, std::span<const Piece> pieces, std::size_t total,
+               std::size_t& written, std::uint64_t* first_position = nullptr) noexcept {
+        RingProducer& inbox = inboxes_[slot];
+        const std::uint64_t before = inbox.position();
+        bool done = inbox.write_some(kind, pieces, total, written, first_position);
+        if (!done) {
+            // Ask to hear of free space, then look once more: the worker may have freed some in between.
+            inbox.state().producer_waiting.store(1, std::memory_order_seq_cst);
+            done = inbox.write_some(kind, pieces, total, written, first_position);
+            if (done) inbox.state().producer_waiting.store(0, std::memory_order_relaxed);
+        }
+        if (inbox.position() != before) inbox.state().readable.ring();
+        return done;
+    }
+
+    /// Takes back a queued task message the worker has not claimed. True if the worker will now skip it.
+    bool revoke(std::size_t slot, std::uint64_t position) noexcept {
+        std::uint32_t expected = kUnclaimed;
+        return claim_word(slot, position).compare_exchange_strong(expected, kRevoked, std::memory_order_acq_rel);
+    }
+    /// Whether the worker claimed the task message at `position`; valid while position >= inbox_head(slot).
+    bool claimed(std::size_t slot, std::uint64_t position) noexcept {
+        return claim_word(slot, position).load(std::memory_order_acquire) == kTaken;
+    }
+    [[nodiscard]] std::uint64_t inbox_head(std::size_t slot) const noexcept {
+        return inboxes_[slot].state().head.load(std::memory_order_acquire);
+    }
+    [[nodiscard]] const WorkerStatus& status(std::size_t slot) const noexcept {
+        return layout_.slot(base_, slot)->status;
+    }
+
+    // ---- worker -> parent (service thread only) ------------------------------------------------------------------
+    /// Hands every complete message waiting in `slot`'s outbox to `handler(kind, bytes)`; the bytes are only valid
+    /// during the call. Returns true if anything was read.
+    template <class Handler>
+    bool drain(std::size_t slot, Handler&& handler) {
+        RingConsumer& outbox = outboxes_[slot];
+        bool any = false;
+        while (std::optional<Fragment> fragment = outbox.peek()) {
+            any = true;
+            if (fragment->first() && fragment->last()) {
+                handler(fragment->header.kind, std::span<const std::byte>(fragment->bytes()));
+                outbox.consume(*fragment);
+                continue;
+            }
+            Buffer& partial = reassembly_[slot];
+            if (fragment->first()) partial.clear();
+            partial.append(fragment->payload, fragment->header.size);
+            const bool last = fragment->last();
+            const std::uint16_t kind = fragment->header.kind;
+            outbox.consume(*fragment);
+            outbox.state().writable.ring();  // a worker streaming a large result may wait for this space
+            if (last) {
+                handler(kind, partial.view());
+                if (partial.capacity() > (std::size_t{64} << 20)) partial = Buffer();  // keep up to 64 MiB warm
+                partial.clear();
+            }
+        }
+        if (any) outbox.state().writable.ring();
+        return any;
+    }
+
+    /// True (once) after a worker freed inbox space that a partly written message waits for.
+    bool take_attention() noexcept {
+        return control_->attention.load(std::memory_order_relaxed) != 0 &&
+               control_->attention.exchange(0, std::memory_order_acquire) != 0;
+    }
+    [[nodiscard]] bool attention_pending() const noexcept {
+        return control_->attention.load(std::memory_order_acquire) != 0;
+    }
+
+    [[nodiscard]] bool reports_pending() const noexcept {
+        return control_->reports_posted.load(std::memory_order_acquire) != reports_read_;
+    }
+    /// The next report from the fork server, if one is waiting. Never blocks.
+    std::optional<WorkerEvent> poll_report() noexcept {
+        WorkerEvent report{};
+        if (receive_packet(socket_, &report, sizeof report, false) != static_cast<ssize_t>(sizeof report)) {
+            return std::nullopt;
+        }
+        ++reports_read_;
+        return report;
+    }
+
+    // ---- processes ---------------------------------------------------------------------------------------------
+    /// Empties a dead worker's rings and status, then has the fork server fork a new worker into the slot.
+    void respawn(std::size_t slot) noexcept {
+        reset_slot(slot);
+        spawn(slot);
+    }
+    void reset_slot(std::size_t slot) noexcept {
+        SlotBlock* block = layout_.slot(base_, slot);
+        inboxes_[slot].reset();
+        block->outbox.tail.store(0, std::memory_order_relaxed);
+        block->outbox.head.store(0, std::memory_order_relaxed);
+        block->outbox.readable.reset();
+        block->outbox.writable.reset();
+        outboxes_[slot].resync();
+        reassembly_[slot].clear();
+        block->status.task.store(0, std::memory_order_relaxed);
+        block->status.item.store(0, std::memory_order_relaxed);
+        block->status.item_start_ns.store(0, std::memory_order_relaxed);
+        block->status.initialized.store(0, std::memory_order_relaxed);
+    }
+    void signal(std::size_t slot, int signal) noexcept { request({kSignalWorker, static_cast<std::uint32_t>(slot), signal, 0}); }
+    /// The fork server exits once its workers have (send them exit messages first).
+    void shutdown() noexcept { request({kShutdownServer, 0, 0, 0}); }
+    /// The fork server SIGKILLs and reaps every worker, reports them, and exits.
+    void terminate() noexcept { request({kTerminateServer, 0, 0, 0}); }
+
+    /// True while the fork server runs. Reaps it once it has exited.
+    bool server_alive() noexcept {
+        if (server_pid_ <= 0) return false;
+        if (reap(server_pid_, false) == -2) return true;
+        server_pid_ = -1;
+        return false;
+    }
+    /// Blocks until the fork server has exited and reaps it.
+    void wait_server_exit() noexcept {
+        if (server_pid_ > 0) reap(server_pid_, true);
+        server_pid_ = -1;
+    }
+
+    // ---- waiting ------------------------------------------------------------------------------------------------
+    /// Sleeps until a worker posted a message, the fork server a report, `extra()` is true or `deadline` passes.
+    template <class Extra>
+    void wait(Deadline deadline, std::chrono::nanoseconds spin, Extra&& extra) {
+        control_->parent_bell.wait(
+            [&] {
+                if (reports_pending() || attention_pending() || extra()) return true;
+                for (RingConsumer& outbox : outboxes_) {
+                    if (outbox.readable()) return true;
+                }
+                return false;
+            },
+            deadline, spin);
+    }
+    /// Wakes the thread in wait() (from another thread of the parent).
+    void wake() noexcept { control_->parent_bell.wake_all(); }
+
+private:
+    std::atomic<std::uint32_t>& claim_word(std::size_t slot, std::uint64_t position) noexcept {
+        std::byte* at = layout_.inbox_data(base_, slot) + (position & (config_.ring_bytes - 1)) +
+                        sizeof(FragmentHeader) + offsetof(TaskHeader, claim);
+        return *reinterpret_cast<std::atomic<std::uint32_t>*>(at);
+    }
+
+    void request(const ServerRequest& r) noexcept {
+        if (server_pid_ > 0) send_packet(socket_, &r, sizeof r);
+    }
+    void spawn(std::size_t slot) noexcept { request({kSpawnWorker, static_cast<std::uint32_t>(slot), 0, 0}); }
+
+    void start_server() {
+        int fds[2];
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
+            throw std::system_error(errno, std::generic_category(), "procpool: socketpair() failed");
+        }
+        flush_standard_streams();  // or buffered output would be written again by every process
+        const pid_t parent = ::getpid();
+        const pid_t pid = ::fork();
+        if (pid < 0) {
+            const int error = errno;
+            ::close(fds[0]);
+            ::close(fds[1]);
+            throw std::system_error(error, std::generic_category(), "procpool: could not fork the fork server");
+        }
+        if (pid == 0) {
+            ::close(fds[0]);
+            ForkServer server(ForkServerConfig{fds[1], parent, config_.workers, control_, &become_worker, this});
+            server.run();
+        }
+        ::close(fds[1]);
+        socket_ = fds[0];
+        server_pid_ = pid;
+    }
+
+    void await_initial_workers() {
+        std::size_t spawned = 0;
+        while (spawned < config_.workers) {
+            WorkerEvent report{};
+            const ssize_t n = receive_packet(socket_, &report, sizeof report, true);
+            if (n != static_cast<ssize_t>(sizeof report)) {
+                abort_start(EIO, "procpool: the fork server died while starting the workers");
+            }
+            ++reports_read_;
+            if (report.kind == kSpawnFailed) {
+                abort_start(report.error, "procpool: could not fork worker " + std::to_string(report.slot + 1) +
+                                              " of " + std::to_string(config_.workers));
+            }
+            if (report.kind == kWorkerSpawned) {
+                initial_pids_.resize(config_.workers);
+                initial_pids_[report.slot] = report.pid;
+                ++spawned;
+            }
+            // A kWorkerExited here is a worker that died at once; the scheduler sees it as a crash later... but
+            // its report was consumed here, so record it for the scheduler.
+            if (report.kind == kWorkerExited) early_exits_.push_back(report);
+        }
+    }
+
+    [[noreturn]] void abort_start(int error, const std::string& what) {
+        terminate();
+        wait_server_exit();
+        throw std::system_error(error, std::generic_category(), what);
+    }
+
+    static void become_worker(void* context, std::size_t slot, pid_t server_pid) noexcept {
+        auto* self = static_cast<ForkTransport*>(context);
+        WorkerEnvironment env;
+        env.shared_base = self->base_;
+        env.layout = self->layout_;
+        env.slot = slot;
+        env.initializer = &self->config_.initializer;
+        env.server_pid = server_pid;
+        env.spin = self->config_.worker_spin;
+        env.flush_interval = self->config_.flush_interval;
+        Worker(env).run();
+    }
+
+public:
+    /// Pids of the first workers, in slot order, and reports the constructor consumed that the scheduler must see.
+    [[nodiscard]] const std::vector<pid_t>& initial_pids() const noexcept { return initial_pids_; }
+    std::vector<WorkerEvent> take_early_exits() noexcept { return std::move(early_exits_); }
+
+private:
+    Config config_;
+    SharedLayout layout_;
+    boost::interprocess::mapped_region region_;
+    void* base_ = nullptr;
+    ControlBlock* control_ = nullptr;
+    std::vector<RingProducer> inboxes_;
+    std::vector<RingConsumer> outboxes_;
+    std::vector<Buffer> reassembly_;
+    int socket_ = -1;
+    pid_t server_pid_ = -1;
+    std::uint64_t reports_read_ = 0;
+    std::vector<pid_t> initial_pids_;
+    std::vector<WorkerEvent> early_exits_;
+};
+
+}  // namespace procpool::detail

@@ -1,0 +1,100 @@
+// procpool internals: raw futex calls and the Doorbell, a cross-process eventcount on one shared word.
+//
+// std::atomic::wait/notify does not wake across processes (libstdc++ only issues a wake when the notifying
+// process's own waiter table counts a waiter), so shared-memory waits use FUTEX_WAIT/FUTEX_WAKE directly, without
+// the _PRIVATE flag. All waits retry on EINTR and take absolute CLOCK_MONOTONIC deadlines.
+#pragma once
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <ctime>
+#include <linux/futex.h>
+#include <optional>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "procpool/detail/spin.hpp"
+
+namespace procpool::detail {
+
+static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) &&
+                  std::atomic<std::uint32_t>::is_always_lock_free,
+              "a futex word must be a lock-free 32-bit atomic with the same layout as uint32_t");
+
+using MonotonicClock = std::chrono::steady_clock;  // CLOCK_MONOTONIC on Linux
+using Deadline = std::optional<MonotonicClock::time_point>;
+
+inline timespec to_timespec(MonotonicClock::time_point when) noexcept {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count();
+    const auto clamped = ns < 0 ? 0 : ns;
+    return timespec{static_cast<time_t>(clamped / 1'000'000'000), static_cast<long>(clamped % 1'000'000'000)};
+}
+
+/// Sleeps while `*word == expected`, until woken or `deadline`. Returns false only when the deadline passed.
+/// Spurious returns are possible; callers re-check their condition. `shared` selects the cross-process form.
+inline bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, Deadline deadline,
+                       bool shared) noexcept {
+    timespec abs{};
+    if (deadline) abs = to_timespec(*deadline);
+    const int op = FUTEX_WAIT_BITSET | (shared ? 0 : FUTEX_PRIVATE_FLAG);  // absolute CLOCK_MONOTONIC timeout
+    const long rc = syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), op, expected,
+                            deadline ? &abs : nullptr, nullptr, FUTEX_BITSET_MATCH_ANY);
+    return !(rc == -1 && errno == ETIMEDOUT);  // EINTR and EAGAIN are ordinary wake-ups
+}
+
+inline void futex_wake(std::atomic<std::uint32_t>& word, int count, bool shared) noexcept {
+    const int op = FUTEX_WAKE | (shared ? 0 : FUTEX_PRIVATE_FLAG);
+    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), op, count, nullptr, nullptr, 0);
+}
+
+/// A cross-process eventcount. A waiter spins, then registers as a sleeper and sleeps on `epoch`; a notifier that
+/// published new state rings only when someone sleeps, so a busy pair never makes a system call.
+/// Lives in shared memory: trivially copyable, lock-free, no pointers. Survives any party dying at any
+/// instruction: a dead sleeper only costs later ring() calls a spurious FUTEX_WAKE until reset().
+struct Doorbell {
+    std::atomic<std::uint32_t> epoch{0};
+    std::atomic<std::uint32_t> sleepers{0};
+
+    /// Call after publishing state that may satisfy a waiter. Never blocks. Safe from any process.
+    void ring() noexcept {
+        std::atomic_thread_fence(std::memory_order_seq_cst);  // publish happens-before the sleepers check
+        if (sleepers.load(std::memory_order_relaxed) != 0) wake_all();
+    }
+    void wake_all() noexcept {
+        epoch.fetch_add(1, std::memory_order_release);
+        futex_wake(epoch, INT_MAX, true);
+    }
+
+    /// Waits until `ready()` returns true or `deadline` passes; returns ready()'s last value. Spins for `spin`
+    /// first. `ready` must read the state the notifier publishes before it calls ring().
+    template <class Ready>
+    bool wait(Ready&& ready, Deadline deadline, std::chrono::nanoseconds spin) noexcept(noexcept(ready())) {
+        if (spin_until(ready, spin)) return true;
+        for (;;) {
+            sleepers.fetch_add(1, std::memory_order_relaxed);
+            std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the fence in ring()
+            const std::uint32_t seen = epoch.load(std::memory_order_acquire);
+            if (ready()) {
+                sleepers.fetch_sub(1, std::memory_order_relaxed);
+                return true;
+            }
+            const bool in_time = futex_wait(epoch, seen, deadline, true);
+            sleepers.fetch_sub(1, std::memory_order_relaxed);
+            if (ready()) return true;
+            if (!in_time || (deadline && MonotonicClock::now() >= *deadline)) return false;
+        }
+    }
+
+    /// Forgets sleepers left behind by a process that died while waiting. Only when no one else uses the bell.
+    void reset() noexcept {
+        sleepers.store(0, std::memory_order_relaxed);
+        wake_all();
+    }
+};
+static_assert(std::is_trivially_destructible_v<Doorbell> && std::is_standard_layout_v<Doorbell>,
+              "Doorbell lives in shared memory: it must hold no pointers and need no destructor");
+
+}  // namespace procpool::detail

@@ -1,0 +1,270 @@
+// procpool internals: jobs, the parent's record of one submission (an apply, a map, an imap).
+//
+// A job owns encoded items (ItemBlocks) and hands them to the scheduler as segments; the scheduler cuts segments
+// into tasks (chunks), sends them to workers and gives the results back to the job, which decodes them into the
+// caller's AsyncResult or range. A job never blocks the scheduler: decoding happens in the service thread without
+// the scheduler's lock, and a job's own lock only guards what its consumer also reads.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "procpool/async_result.hpp"
+#include "procpool/detail/buffer.hpp"
+#include "procpool/detail/task.hpp"
+#include "procpool/serialize.hpp"
+
+namespace procpool::detail {
+
+/// Encoded items, back to back; item i starts at offset(i).
+struct ItemBlock {
+    Buffer bytes;
+    std::vector<std::uint64_t> offsets;  // start of each item, plus the end (unless stride is set)
+    std::uint64_t stride = 0;            // every item has this encoded size (bitwise items)
+    std::uint64_t count = 0;
+
+    [[nodiscard]] std::uint64_t offset(std::uint64_t i) const noexcept { return stride != 0 ? i * stride : offsets[i]; }
+    [[nodiscard]] std::span<const std::byte> items(std::uint64_t first, std::uint64_t n) const noexcept {
+        const std::uint64_t begin = offset(first);
+        return {bytes.data() + begin, static_cast<std::size_t>(offset(first + n) - begin)};
+    }
+};
+
+/// Builds an ItemBlock from items of type Item (one per call of the task function).
+template <class Item>
+class ItemEncoder {
+public:
+    explicit ItemEncoder(std::size_t expected = 0) {
+        if constexpr (bitwise<Item>()) {
+            block_->stride = sizeof(Item);
+            block_->bytes.reserve(expected * sizeof(Item));
+        } else {
+            block_->offsets.reserve(expected + 1);
+        }
+    }
+
+    template <class Value>
+    void add(const Value& value) {
+        if constexpr (bitwise<Item>()) {
+            const Item item(value);
+            block_->bytes.append(&item, sizeof item);
+        } else {
+            block_->offsets.push_back(block_->bytes.size());
+            OutputArchive ar(block_->bytes);
+            if constexpr (std::is_same_v<std::remove_cvref_t<Value>, Item>) {
+                encode(ar, value);
+            } else {
+                encode(ar, static_cast<Item>(value));
+            }
+        }
+        ++block_->count;
+    }
+
+    /// Adds `n` bitwise items stored contiguously at `first` with one copy.
+    void add_contiguous(const Item* first, std::size_t n) {
+        static_assert(bitwise<Item>());
+        block_->bytes.append(first, n * sizeof(Item));
+        block_->count += n;
+    }
+
+    [[nodiscard]] std::uint64_t count() const noexcept { return block_->count; }
+    [[nodiscard]] std::size_t bytes() const noexcept { return block_->bytes.size(); }
+
+    std::shared_ptr<ItemBlock> finish() {
+        if constexpr (!bitwise<Item>()) block_->offsets.push_back(block_->bytes.size());
+        return std::move(block_);
+    }
+
+private:
+    std::shared_ptr<ItemBlock> block_ = std::make_shared<ItemBlock>();
+};
+
+/// A run of a job's items waiting to be sent: items [block_first, block_first + count) of `block`, which are the
+/// job's items [job_first, job_first + count).
+struct Segment {
+    std::shared_ptr<const ItemBlock> block;
+    std::uint64_t block_first = 0;
+    std::uint64_t count = 0;
+    std::uint64_t job_first = 0;
+
+    /// Splits off and returns the first `n` items.
+    Segment take_front(std::uint64_t n) {
+        Segment front{block, block_first, n, job_first};
+        block_first += n;
+        count -= n;
+        job_first += n;
+        return front;
+    }
+};
+
+/// An error of one item, by job index.
+struct ItemError {
+    std::uint64_t index;
+    std::exception_ptr error;
+};
+
+/// The parent's record of one submission. Scheduler-owned fields are guarded by the scheduler's lock.
+class JobBase {
+public:
+    JobBase(TaskEntry entry, Buffer callable, std::size_t chunksize, bool presized_segments)
+        : chunksize_(chunksize), presized_segments_(presized_segments), entry_(entry),
+          callable_(std::move(callable)) {}
+    JobBase(const JobBase&) = delete;
+    JobBase& operator=(const JobBase&) = delete;
+    virtual ~JobBase() = default;
+
+    /// Decodes the results of items [first, first + count): `errors` (sorted by index) failed, the others have
+    /// their values in `values`, in order. Called by the service thread only, without the scheduler's lock.
+    virtual void deliver(std::uint64_t first, std::uint64_t count, std::span<const ItemError> errors,
+                         InputArchive& values) = 0;
+    /// Fails items [first, first + count) with `error` (a crash, a timeout, terminate()).
+    virtual void fail(std::uint64_t first, std::uint64_t count, const std::exception_ptr& error) = 0;
+    /// True when nobody wants the job's remaining results (a failed map, an abandoned imap): unsent items are
+    /// dropped instead of run.
+    [[nodiscard]] virtual bool cancelled() const noexcept = 0;
+
+    [[nodiscard]] TaskEntry entry() const noexcept { return entry_; }
+    [[nodiscard]] const Buffer& callable() const noexcept { return callable_; }
+
+    // ---- scheduler state (guarded by the scheduler's lock) ----
+    std::deque<Segment> ready;            // items not sent yet, in order
+    std::uint64_t unsent_items = 0;       // sum of ready[].count
+    std::size_t chunksize_;               // the caller's chunksize, 0 = automatic
+    bool presized_segments_;              // segments are already chunks (imap) rather than cut at dispatch (map)
+    bool queued = false;                  // in the scheduler's job queue
+    std::uint32_t tasks_sent = 0;
+    std::atomic<double> item_ns{0};       // measured worker time per item (moving average), 0 = not measured yet
+    std::uint64_t encoded_bytes = 0;      // bytes of all items added, to estimate bytes per item
+    std::uint64_t encoded_items = 0;
+
+private:
+    TaskEntry entry_;
+    Buffer callable_;
+};
+
+/// apply/apply_async: one item, one result.
+template <class R>
+class ApplyJob final : public JobBase {
+public:
+    ApplyJob(TaskEntry entry, Buffer callable, std::shared_ptr<ResultState<R>> state)
+        : JobBase(entry, std::move(callable), 1, true), state_(std::move(state)) {}
+
+    void deliver(std::uint64_t, std::uint64_t count, std::span<const ItemError> errors, InputArchive& values) override {
+        if (count == 0) return;
+        if (!errors.empty()) {
+            state_->complete_error(errors.front().error);
+            return;
+        }
+        if constexpr (std::is_void_v<R>) {
+            state_->complete_value();
+        } else {
+            try {
+                state_->complete_value(decode_as<R>(values));
+            } catch (...) {
+                state_->complete_error(std::current_exception());
+            }
+        }
+    }
+    void fail(std::uint64_t, std::uint64_t count, const std::exception_ptr& error) override {
+        if (count != 0) state_->complete_error(error);
+    }
+    [[nodiscard]] bool cancelled() const noexcept override { return false; }
+
+private:
+    std::shared_ptr<ResultState<R>> state_;
+};
+
+/// map/map_async/starmap: results decoded in place into the result vector; the first error fails the whole job
+/// and cancels its items not yet sent.
+template <class R>
+class MapJob final : public JobBase {
+public:
+    using Output = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
+
+    MapJob(TaskEntry entry, Buffer callable, std::size_t chunksize, std::uint64_t count,
+           std::shared_ptr<ResultState<Output>> state)
+        : JobBase(entry, std::move(callable), chunksize, false), state_(std::move(state)), remaining_(count) {
+        if constexpr (!std::is_void_v<R>) {
+            static_assert(std::is_default_constructible_v<R>,
+                          "procpool: map results are decoded in place, so the result type needs a default constructor");
+            state_->prepare().resize(count);
+        }
+        if (count == 0) finish_locked(nullptr);
+    }
+
+    void deliver(std::uint64_t first, std::uint64_t count, std::span<const ItemError> errors,
+                 InputArchive& values) override {
+        std::unique_lock lock(mutex_);
+        if (done_.load(std::memory_order_relaxed)) return;
+        std::exception_ptr failure = errors.empty() ? nullptr : errors.front().error;
+        if constexpr (!std::is_void_v<R>) {
+            try {
+                decode_values(first, count, errors, values);
+            } catch (...) {
+                if (!failure) failure = std::current_exception();
+            }
+        }
+        remaining_ -= count;
+        if (failure || remaining_ == 0) {
+            lock.unlock();
+            finish(failure);
+        }
+    }
+    void fail(std::uint64_t, std::uint64_t count, const std::exception_ptr& error) override {
+        if (count != 0) finish(error);
+    }
+    [[nodiscard]] bool cancelled() const noexcept override { return done_.load(std::memory_order_acquire); }
+
+private:
+    /// Decodes the values of items [first, first + count) except the failed ones into the result vector.
+    void decode_values(std::uint64_t first, std::uint64_t count, std::span<const ItemError> errors,
+                       InputArchive& values) {
+        std::vector<R>& out = state_->prepare();
+        if constexpr (bitwise<R>() && !std::is_same_v<R, bool>) {
+            if (errors.empty()) {
+                values.read_bytes(out.data() + first, count * sizeof(R));  // the whole run in one copy
+                return;
+            }
+        }
+        auto error = errors.begin();
+        for (std::uint64_t i = first; i < first + count; ++i) {
+            if (error != errors.end() && error->index == i) {
+                ++error;
+                continue;
+            }
+            if constexpr (std::is_same_v<R, bool>) {
+                out[i] = decode_as<bool>(values);  // std::vector<bool> has no addressable elements
+            } else {
+                decode(values, out[i]);
+            }
+        }
+    }
+
+    void finish(std::exception_ptr error) {
+        std::lock_guard lock(mutex_);
+        finish_locked(std::move(error));
+    }
+    void finish_locked(std::exception_ptr error) {
+        if (done_.exchange(true, std::memory_order_acq_rel)) return;
+        if (error) {
+            state_->complete_error(std::move(error));
+        } else {
+            state_->complete_value();
+        }
+    }
+
+    std::shared_ptr<ResultState<Output>> state_;
+    std::mutex mutex_;
+    std::atomic<bool> done_{false};
+    std::uint64_t remaining_;
+};
+
+}  // namespace procpool::detail

@@ -1,0 +1,98 @@
+// procpool internals: thin, EINTR-safe wrappers over the process system calls procpool uses.
+#pragma once
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <atomic>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+namespace procpool::detail {
+
+/// A file descriptor that refers to a process and polls readable when it ends (Linux >= 5.3).
+inline int pidfd_open(pid_t pid) noexcept { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+
+inline void close_quietly(int& fd) noexcept {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+}
+
+/// Sends one datagram on a SOCK_SEQPACKET socket; false if the peer is gone. Never raises SIGPIPE.
+inline bool send_packet(int fd, const void* data, std::size_t size) noexcept {
+    for (;;) {
+        const ssize_t n = ::send(fd, data, size, MSG_NOSIGNAL);
+        if (n >= 0) return true;
+        if (errno != EINTR) return false;
+    }
+}
+
+/// Receives one datagram. Returns bytes read, 0 when the peer closed, -1 when none is waiting (non-blocking) or on
+/// error.
+inline ssize_t receive_packet(int fd, void* data, std::size_t size, bool block) noexcept {
+    for (;;) {
+        const ssize_t n = ::recv(fd, data, size, block ? 0 : MSG_DONTWAIT);
+        if (n >= 0 || errno != EINTR) return n;
+    }
+}
+
+/// Reaps `pid`. Returns its wait status, or -1 if it is not (or no longer) our child. With `block` false,
+/// returns -2 while it still runs.
+inline int reap(pid_t pid, bool block) noexcept {
+    for (;;) {
+        int status = 0;
+        const pid_t r = ::waitpid(pid, &status, block ? 0 : WNOHANG);
+        if (r == pid) return status;
+        if (r == 0) return -2;
+        if (errno != EINTR) return -1;
+    }
+}
+
+/// Flushes C and C++ standard streams, so a fork does not duplicate buffered output and an exiting worker does
+/// not lose it.
+inline void flush_standard_streams() noexcept {
+    try {
+        std::cout.flush();
+        std::cerr.flush();
+        std::clog.flush();
+    } catch (...) {
+    }
+    std::fflush(nullptr);
+}
+
+/// Counts the forks this process descends from (bumped in every child by a pthread_atfork handler), so an
+/// object can tell cheaply that it is being used in a child forked after it was made.
+inline std::atomic<unsigned>& fork_generation_counter() noexcept {
+    static std::atomic<unsigned> counter{0};
+    return counter;
+}
+inline unsigned fork_generation() noexcept {
+    static const bool registered = [] {
+        ::pthread_atfork(nullptr, nullptr, [] { fork_generation_counter().fetch_add(1, std::memory_order_relaxed); });
+        return true;
+    }();
+    (void)registered;
+    return fork_generation_counter().load(std::memory_order_relaxed);
+}
+
+/// The CPUs this process may run on (its affinity mask), at least 1.
+inline std::size_t usable_cpu_count() noexcept {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        const int n = CPU_COUNT(&set);
+        if (n > 0) return static_cast<std::size_t>(n);
+    }
+    const unsigned hardware = std::thread::hardware_concurrency();
+    return hardware == 0 ? 1 : hardware;
+}
+
+}  // namespace procpool::detail

@@ -1,0 +1,751 @@
+// procpool internals: the scheduler, the parent's side of a pool, written against a Transport.
+//
+// Jobs wait in a FIFO. Workers are kept `depth` tasks deep (one running, the next ones already in the worker's
+// inbox so it never waits for a round trip); a worker that runs dry while others still have unstarted tasks
+// queued takes one of them over (the parent revokes it in the other inbox with a compare-exchange the worker
+// races). Chunks of automatic size follow guided self-scheduling (shrinking towards the end of a map) capped by a
+// time target derived from measured item times, so results stream and skewed loads balance.
+//
+// The service thread drains result rings, routes results to their jobs, handles the fork server's reports
+// (crashes, replacements) and moves the life cycle along. Everything mutable here is guarded by `mutex_`, except
+// what the service thread alone touches (noted).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "procpool/detail/events.hpp"
+#include "procpool/detail/exceptions.hpp"
+#include "procpool/detail/jobs.hpp"
+#include "procpool/detail/process.hpp"
+#include "procpool/detail/task.hpp"
+#include "procpool/errors.hpp"
+
+namespace procpool::detail {
+
+struct SchedulerSettings {
+    std::optional<std::size_t> max_items_per_worker;
+    std::optional<std::chrono::milliseconds> task_timeout;
+    bool has_initializer = false;
+    std::chrono::nanoseconds service_spin = std::chrono::microseconds(50);
+    std::chrono::nanoseconds chunk_target = std::chrono::milliseconds(2);    // automatic chunks take about this long
+    std::chrono::nanoseconds queue_target = std::chrono::microseconds(200);  // work kept queued per worker
+    std::size_t max_depth = 64;
+};
+
+template <class Transport>
+class Scheduler {
+public:
+    Scheduler(Transport& transport, SchedulerSettings settings)
+        : transport_(transport), settings_(settings), workers_(transport.size()), generation_(fork_generation()) {
+        const auto& pids = transport_.initial_pids();
+        for (std::size_t i = 0; i < workers_.size(); ++i) {
+            workers_[i].pid = pids[i];
+            workers_[i].phase = Phase::running;
+            workers_[i].budget = settings_.max_items_per_worker.value_or(kUnlimited);
+        }
+        {
+            std::lock_guard lock(mutex_);
+            for (const WorkerEvent& report : transport_.take_early_exits()) handle_report(report);
+        }
+        deliver_failures();
+        service_ = std::thread([this] { service_loop(); });
+    }
+
+    Scheduler(const Scheduler&) = delete;
+    Scheduler& operator=(const Scheduler&) = delete;
+
+    ~Scheduler() {
+        if (service_.joinable()) terminate();
+    }
+
+    [[nodiscard]] std::size_t size() const noexcept { return workers_.size(); }
+
+    std::vector<pid_t> worker_pids() const {
+        std::lock_guard lock(mutex_);
+        std::vector<pid_t> pids;
+        for (const WorkerSlot& w : workers_) {
+            if (w.pid > 0 && w.phase != Phase::dead) pids.push_back(w.pid);
+        }
+        return pids;
+    }
+
+    // ---- submission (any thread) ------------------------------------------------------------------------------
+    /// Queues a job with its first segments and starts sending it. Throws PoolStateError after close()/terminate().
+    void submit(const std::shared_ptr<JobBase>& job, std::vector<Segment> segments) {
+        std::lock_guard lock(mutex_);
+        check_open_locked();
+        for (Segment& segment : segments) add_segment_locked(*job, std::move(segment));
+        enqueue_locked(job);
+        dispatch_locked();
+    }
+
+    /// Adds items to a job submitted earlier (imap reading more input). Allowed after close() until join() has
+    /// begun; throws PoolStateError after that or after terminate().
+    void extend(const std::shared_ptr<JobBase>& job, Segment segment) {
+        std::lock_guard lock(mutex_);
+        if (state_ != State::running && state_ != State::closed) throw_state_error_locked();
+        add_segment_locked(*job, std::move(segment));
+        enqueue_locked(job);
+        dispatch_locked();
+    }
+
+    /// Drops a job's items that were not sent yet (an imap range abandoned by its reader). Never blocks on workers.
+    void abandon(JobBase& job) {
+        std::lock_guard lock(mutex_);
+        job.ready.clear();
+        job.unsent_items = 0;
+        idle_cv_.notify_all();
+    }
+
+    // ---- life cycle -------------------------------------------------------------------------------------------
+    void close() {
+        std::lock_guard lock(mutex_);
+        check_owner();
+        if (state_ == State::running) state_ = State::closed;
+    }
+
+    /// Waits until all queued work is done, then stops the workers and the fork server.
+    void join() {
+        check_owner();
+        std::lock_guard life(lifecycle_mutex_);
+        {
+            std::unique_lock lock(mutex_);
+            if (state_ == State::running) {
+                throw PoolStateError("procpool: join() called before close() or terminate()");
+            }
+            idle_cv_.wait(lock, [&] { return state_ != State::closed || !work_left_locked(); });
+            if (state_ == State::closed) state_ = State::joining;
+        }
+        stop_service();
+    }
+
+    /// Stops the workers now; every unfinished result fails with PoolStateError. Returns once all processes are
+    /// reaped.
+    void terminate() {
+        check_owner();
+        std::lock_guard life(lifecycle_mutex_);
+        {
+            std::lock_guard lock(mutex_);
+            fail_everything_locked(
+                std::make_exception_ptr(PoolStateError("procpool: the pool was terminated before this task finished")),
+                State::terminated);
+        }
+        deliver_failures();
+        transport_.terminate();
+        stop_service();
+    }
+
+    [[nodiscard]] bool closed() const {
+        std::lock_guard lock(mutex_);
+        return state_ != State::running;
+    }
+
+private:
+    static constexpr std::size_t kUnlimited = ~std::size_t{0};
+
+    enum class State { running, closed, joining, terminated, broken };
+    enum class Phase { starting, running, exiting, dead };
+
+    struct Task {
+        std::uint64_t id = 0;
+        std::shared_ptr<JobBase> job;
+        Segment segment;
+        std::uint64_t delivered = 0;  // items of the segment whose results arrived (a prefix)
+        TaskHeader header{};
+        std::size_t written = 0;      // message bytes in the worker's inbox so far
+        std::size_t total = 0;
+        std::uint64_t position = 0;   // ring position of the message
+        bool fragmented = false;
+        [[nodiscard]] bool fully_written() const noexcept { return written == total; }
+    };
+
+    struct WorkerSlot {
+        Phase phase = Phase::starting;
+        pid_t pid = 0;
+        std::deque<Task> inflight;        // in inbox order; only the front can be running
+        std::size_t budget = kUnlimited;  // items it may still be given (max_tasks_per_child)
+        std::int64_t last_active_ns = 0;
+        std::int64_t respawn_at_ns = 0;   // retry time after a failed fork
+        int failed_starts = 0;            // consecutive workers that died before their initializer finished
+    };
+
+    // ---- submission helpers (mutex_ held) ----------------------------------------------------------------------
+    void check_owner() const {
+        if (fork_generation() != generation_) {
+            throw PoolStateError("procpool: a pool cannot be used from a process forked after it was built");
+        }
+    }
+    void check_open_locked() const {
+        check_owner();
+        if (state_ != State::running) throw_state_error_locked();
+    }
+    [[noreturn]] void throw_state_error_locked() const {
+        switch (state_) {
+            case State::broken: throw PoolStateError("procpool: the pool is broken: " + broken_reason_);
+            case State::terminated: throw PoolStateError("procpool: the pool was terminated");
+            default: throw PoolStateError("procpool: the pool is closed; no more tasks can be submitted");
+        }
+    }
+
+    void add_segment_locked(JobBase& job, Segment segment) {
+        if (segment.count == 0) return;
+        job.unsent_items += segment.count;
+        job.encoded_items += segment.count;
+        job.encoded_bytes += segment.block->items(segment.block_first, segment.count).size();
+        job.ready.push_back(std::move(segment));
+    }
+    void enqueue_locked(const std::shared_ptr<JobBase>& job, bool front = false) {
+        if (job->queued || job->ready.empty()) return;
+        job->queued = true;
+        if (front) jobs_.push_front(job);
+        else jobs_.push_back(job);
+    }
+
+    /// True if some job still has items to send (stops at the first such job: O(1) unless many jobs failed).
+    [[nodiscard]] bool unsent_work_locked() const noexcept {
+        for (const auto& job : jobs_) {
+            if (!job->ready.empty() && !job->cancelled()) return true;
+        }
+        return false;
+    }
+    [[nodiscard]] bool work_left_locked() const noexcept {
+        if (unsent_work_locked()) return true;
+        for (const WorkerSlot& w : workers_) {
+            if (!w.inflight.empty()) return true;
+        }
+        return false;
+    }
+
+    // ---- dispatch (mutex_ held) -------------------------------------------------------------------------------
+    void dispatch_locked() {
+        if (state_ == State::terminated || state_ == State::broken) return;
+        // 1. Finish messages that did not fit in an inbox at once.
+        for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+            WorkerSlot& w = workers_[slot];
+            if (!w.inflight.empty() && !w.inflight.back().fully_written()) write_task_locked(slot, w.inflight.back());
+        }
+        // 2. Hand out new tasks, least loaded worker first, most recently active among equals (it is still awake).
+        for (;;) {
+            const std::optional<std::size_t> slot = pick_worker_locked();
+            if (!slot) break;
+            std::optional<Task> task = next_task_locked(workers_[*slot]);
+            if (!task) break;
+            WorkerSlot& w = workers_[*slot];
+            w.budget -= task->segment.count;
+            w.inflight.push_back(std::move(*task));
+            write_task_locked(*slot, w.inflight.back());
+        }
+        // 3. A worker with nothing to do takes over a task queued behind another worker's running task.
+        rebalance_locked();
+        // 4. Workers that used up their budget leave once their queue is empty; at shutdown all of them do.
+        for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+            WorkerSlot& w = workers_[slot];
+            const bool leave = w.budget == 0 || state_ == State::joining;
+            if (leave && w.inflight.empty() && (w.phase == Phase::running || w.phase == Phase::starting)) {
+                std::size_t written = 0;
+                if (transport_.write(slot, kExitMessage, {}, 0, written)) w.phase = Phase::exiting;
+            }
+        }
+    }
+
+    [[nodiscard]] std::size_t depth_locked() const noexcept {
+        if (task_ns_ <= 0) return 2;
+        const double wanted = static_cast<double>(settings_.queue_target.count()) / task_ns_ + 1.0;
+        return std::clamp<std::size_t>(static_cast<std::size_t>(wanted), 2, settings_.max_depth);
+    }
+
+    std::optional<std::size_t> pick_worker_locked() const noexcept {
+        const std::size_t depth = depth_locked();
+        std::optional<std::size_t> best;
+        for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+            const WorkerSlot& w = workers_[slot];
+            if (w.phase != Phase::running && w.phase != Phase::starting) continue;
+            if (w.budget == 0 || w.inflight.size() >= depth) continue;
+            if (!w.inflight.empty() && !w.inflight.back().fully_written()) continue;
+            if (!best) {
+                best = slot;
+                continue;
+            }
+            const WorkerSlot& b = workers_[*best];
+            if (w.inflight.size() < b.inflight.size() ||
+                (w.inflight.size() == b.inflight.size() && w.last_active_ns > b.last_active_ns)) {
+                best = slot;
+            }
+        }
+        return best;
+    }
+
+    std::optional<Task> next_task_locked(const WorkerSlot& w) {
+        while (!jobs_.empty()) {
+            std::shared_ptr<JobBase>& job = jobs_.front();
+            if (job->cancelled()) {
+                job->ready.clear();
+                job->unsent_items = 0;
+            }
+            if (job->ready.empty()) {
+                job->queued = false;
+                jobs_.pop_front();
+                continue;
+            }
+            Segment& front = job->ready.front();
+            const std::uint64_t n = std::min<std::uint64_t>({chunk_size_locked(*job, front), front.count, w.budget});
+            Task task;
+            task.id = ++last_task_id_;
+            task.job = job;
+            if (n == front.count) {
+                task.segment = std::move(front);
+                job->ready.pop_front();
+            } else {
+                task.segment = front.take_front(n);
+            }
+            job->unsent_items -= n;
+            ++job->tasks_sent;
+            if (job->ready.empty()) {
+                job->queued = false;
+                jobs_.pop_front();
+            } else if (jobs_.size() > 1) {
+                // Round-robin between jobs: the next task goes to the next job.
+                jobs_.push_back(std::move(jobs_.front()));
+                jobs_.pop_front();
+            }
+            return task;
+        }
+        return std::nullopt;
+    }
+
+    /// Items per task for `job`'s next task.
+    std::uint64_t chunk_size_locked(const JobBase& job, const Segment& front) const noexcept {
+        if (job.chunksize_ != 0) return job.chunksize_;
+        if (job.presized_segments_) return front.count;
+        const std::uint64_t workers = workers_.size();
+        // Guided self-scheduling: a share of what is left, so chunks shrink as the end nears.
+        const std::uint64_t guided = (job.unsent_items + 2 * workers - 1) / (2 * workers);
+        // Time target: chunks of about chunk_target once items were measured; doubling probes before.
+        std::uint64_t timed;
+        if (const double item_ns = job.item_ns.load(std::memory_order_relaxed); item_ns > 0) {
+            timed = static_cast<std::uint64_t>(static_cast<double>(settings_.chunk_target.count()) / item_ns);
+        } else {
+            timed = std::uint64_t{1} << std::min<std::uint32_t>(job.tasks_sent, 16);
+        }
+        // Size target: a chunk should fit one ring fragment (decoded in place, revocable).
+        const std::uint64_t per_item = job.encoded_items == 0 ? 1 : std::max<std::uint64_t>(1, job.encoded_bytes / job.encoded_items);
+        const std::uint64_t sized = transport_.max_fragment() / 2 / per_item;
+        return std::max<std::uint64_t>(1, std::min({guided, timed, sized}));
+    }
+
+    void write_task_locked(std::size_t slot, Task& task) {
+        if (task.total == 0) {
+            const JobBase& job = *task.job;
+            task.header = TaskHeader{task.id, Transport::entry_id(job.entry()), kUnclaimed,
+                                     static_cast<std::uint32_t>(task.segment.count),
+                                     static_cast<std::uint32_t>(job.callable().size()),
+                                     settings_.task_timeout ? static_cast<std::uint32_t>(kTimedItems) : 0u};
+            task.total = sizeof(TaskHeader) + align8(job.callable().size()) +
+                         task.segment.block->items(task.segment.block_first, task.segment.count).size();
+            task.fragmented = task.total > transport_.max_fragment();
+        }
+        static constexpr std::byte zeros[8] = {};
+        const Buffer& callable = task.job->callable();
+        const auto items = task.segment.block->items(task.segment.block_first, task.segment.count);
+        const Piece pieces[] = {{&task.header, sizeof task.header},
+                                {callable.data(), callable.size()},
+                                {zeros, align8(callable.size()) - callable.size()},
+                                {items.data(), items.size()}};
+        // An unfinished message is continued by dispatch_locked() when the worker frees space.
+        transport_.write(slot, kTaskMessage, pieces, task.total, task.written,
+                         task.written == 0 ? &task.position : nullptr);
+    }
+
+    /// Moves unstarted tasks from busy workers to idle ones while no unsent work is left.
+    void rebalance_locked() {
+        for (;;) {
+            if (unsent_work_locked()) return;
+            std::optional<std::size_t> idle;
+            std::optional<std::size_t> victim;
+            for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+                const WorkerSlot& w = workers_[slot];
+                const bool usable = (w.phase == Phase::running || w.phase == Phase::starting) && w.budget > 0;
+                if (usable && w.inflight.empty() && !idle) idle = slot;
+                if (w.inflight.size() >= 2 && (!victim || w.inflight.size() > workers_[*victim].inflight.size())) {
+                    victim = slot;
+                }
+            }
+            if (!idle || !victim) return;
+            WorkerSlot& from = workers_[*victim];
+            Task& last = from.inflight.back();
+            if (!last.fully_written() || last.fragmented || last.segment.count > workers_[*idle].budget ||
+                !transport_.revoke(*victim, last.position)) {
+                return;
+            }
+            Task moved = std::move(last);
+            from.inflight.pop_back();
+            from.budget += moved.segment.count;
+            moved.written = moved.total = 0;
+            moved.header.claim = kUnclaimed;
+            WorkerSlot& to = workers_[*idle];
+            to.budget -= moved.segment.count;
+            to.inflight.push_back(std::move(moved));
+            write_task_locked(*idle, to.inflight.back());
+        }
+    }
+
+    // ---- the service thread ------------------------------------------------------------------------------------
+    void service_loop() {
+        std::int64_t next_housekeeping = 0;
+        for (;;) {
+            bool worked = false;
+            for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+                worked |= transport_.drain(slot, [&](std::uint16_t kind, std::span<const std::byte> bytes) {
+                    handle_message(slot, kind, bytes);
+                });
+            }
+            if (transport_.reports_pending()) {
+                while (std::optional<WorkerEvent> report = transport_.poll_report()) {
+                    if (report->kind == kWorkerExited && report->slot < workers_.size()) {
+                        // Results the worker published before it died are valid: take them first.
+                        transport_.drain(report->slot, [&](std::uint16_t kind, std::span<const std::byte> bytes) {
+                            handle_message(report->slot, kind, bytes);
+                        });
+                    }
+                    {
+                        std::lock_guard lock(mutex_);
+                        handle_report(*report);
+                    }
+                    deliver_failures();
+                    worked = true;
+                }
+            }
+            if (transport_.take_attention()) {
+                std::lock_guard lock(mutex_);
+                dispatch_locked();  // continue messages that were waiting for inbox space
+                worked = true;
+            }
+            const std::int64_t now = monotonic_ns();
+            if (now >= next_housekeeping || stop_requested_.load(std::memory_order_acquire)) {
+                next_housekeeping = now + 50'000'000;
+                const bool finished = housekeeping();
+                deliver_failures();
+                if (finished) return;
+            }
+            if (worked) continue;
+            transport_.wait(MonotonicClock::now() + std::chrono::milliseconds(100), settings_.service_spin,
+                            [&] { return stop_requested_.load(std::memory_order_acquire); });
+        }
+    }
+
+    /// Periodic and life-cycle work. Returns true when the service thread should end.
+    bool housekeeping() {
+        std::lock_guard lock(mutex_);
+        const std::int64_t now = monotonic_ns();
+        if (state_ == State::terminated) return workers_gone_locked() || !transport_.server_alive();
+        if (!transport_.server_alive() && state_ != State::joining) {
+            break_locked("the fork server process died");
+            return true;
+        }
+        if (state_ == State::joining) {
+            if (!shutdown_sent_) {
+                dispatch_locked();  // sends exit messages
+                transport_.shutdown();
+                shutdown_sent_ = true;
+            }
+            return workers_gone_locked() && !transport_.server_alive();
+        }
+        for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+            WorkerSlot& w = workers_[slot];
+            if (w.phase == Phase::dead && w.respawn_at_ns != 0 && now >= w.respawn_at_ns) {
+                w.respawn_at_ns = 0;
+                w.phase = Phase::starting;
+                transport_.respawn(slot);
+            }
+        }
+        dispatch_locked();
+        return false;
+    }
+
+    [[nodiscard]] bool workers_gone_locked() const noexcept {
+        for (const WorkerSlot& w : workers_) {
+            if (w.phase != Phase::dead) return false;
+        }
+        return true;
+    }
+
+    void stop_service() {
+        stop_requested_.store(true, std::memory_order_release);
+        transport_.wake();
+        if (service_.joinable()) service_.join();
+        transport_.wait_server_exit();
+    }
+
+    void handle_message(std::size_t slot, std::uint16_t kind, std::span<const std::byte> bytes) {
+        if (kind == kResultMessage) {
+            handle_result(slot, bytes);
+        } else if (kind == kInitFailedMessage) {
+            std::exception_ptr error;
+            try {
+                InputArchive ar(bytes);
+                error = decode_error(ar);
+            } catch (...) {
+                error = std::current_exception();
+            }
+            std::lock_guard lock(mutex_);
+            init_error_ = error;
+        }
+    }
+
+    void handle_result(std::size_t slot, std::span<const std::byte> bytes) {
+        ResultHeader header;
+        if (bytes.size() < sizeof header) return protocol_error(slot, "short result message");
+        std::memcpy(&header, bytes.data(), sizeof header);
+        if (bytes.size() - sizeof header < header.errors_size) return protocol_error(slot, "bad result message");
+
+        std::shared_ptr<JobBase> job;
+        std::uint64_t first = 0;
+        {
+            std::lock_guard lock(mutex_);
+            WorkerSlot& w = workers_[slot];
+            if (w.inflight.empty() || w.inflight.front().id != header.task_id) {
+                return protocol_error_locked(slot, "result for a task the worker does not hold");
+            }
+            Task& task = w.inflight.front();
+            if (task.delivered != header.first || header.first + header.count > task.segment.count) {
+                return protocol_error_locked(slot, "result out of order");
+            }
+            job = task.job;
+            first = task.segment.job_first + header.first;
+        }
+
+        std::vector<ItemError> errors;
+        InputArchive error_ar(bytes.subspan(sizeof header, header.errors_size));
+        InputArchive values(bytes.subspan(sizeof header + header.errors_size));
+        try {
+            errors.reserve(header.error_count);
+            for (std::uint32_t i = 0; i < header.error_count; ++i) {
+                std::uint32_t index = 0;
+                error_ar.read_bytes(&index, sizeof index);
+                errors.push_back(ItemError{first - header.first + index, decode_error(error_ar)});
+            }
+            job->deliver(first, header.count, errors, values);
+        } catch (...) {
+            job->fail(first, header.count, std::current_exception());
+        }
+
+        std::lock_guard lock(mutex_);
+        WorkerSlot& w = workers_[slot];
+        if (w.inflight.empty() || w.inflight.front().id != header.task_id) return;  // terminated meanwhile
+        Task& task = w.inflight.front();
+        task.delivered += header.count;
+        w.last_active_ns = monotonic_ns();
+        if (header.count != 0) {
+            const double per_item = static_cast<double>(header.busy_ns) / static_cast<double>(header.count);
+            const double old = task.job->item_ns.load(std::memory_order_relaxed);
+            task.job->item_ns.store(old <= 0 ? per_item : 0.7 * old + 0.3 * per_item, std::memory_order_relaxed);
+        }
+        if ((header.flags & kFinalResult) != 0) {
+            const double task_ns = static_cast<double>(header.busy_ns) + 2'000.0;  // plus a hand-off
+            task_ns_ = task_ns_ <= 0 ? task_ns : 0.8 * task_ns_ + 0.2 * task_ns;
+            w.inflight.pop_front();
+        }
+        dispatch_locked();
+        if (!work_left_locked()) idle_cv_.notify_all();
+    }
+
+    void protocol_error(std::size_t slot, const char* what) {
+        std::lock_guard lock(mutex_);
+        protocol_error_locked(slot, what);
+    }
+    void protocol_error_locked(std::size_t slot, const char* what) {
+        std::fprintf(stderr, "procpool: internal error: %s (worker %d); replacing the worker\n", what,
+                     static_cast<int>(workers_[slot].pid));
+        transport_.signal(slot, SIGKILL);
+    }
+
+    // ---- the fork server's reports (mutex_ held) ----------------------------------------------------------------
+    void handle_report(const WorkerEvent& report) {
+        if (report.slot >= workers_.size()) return;
+        WorkerSlot& w = workers_[report.slot];
+        switch (report.kind) {
+            case kWorkerSpawned:
+                w.pid = report.pid;
+                if (w.phase == Phase::starting) w.phase = Phase::running;
+                break;
+            case kSpawnFailed:
+                w.phase = Phase::dead;
+                w.respawn_at_ns = monotonic_ns() + 100'000'000;  // retry: fork fails under transient pressure
+                break;
+            case kWorkerExited:
+                handle_exit(report);
+                break;
+            default:
+                break;
+        }
+    }
+
+    void handle_exit(const WorkerEvent& report) {
+        const std::size_t slot = report.slot;
+        WorkerSlot& w = workers_[slot];
+        const bool expected = w.phase == Phase::exiting && w.inflight.empty();
+        const bool initialized = transport_.status(slot).initialized.load(std::memory_order_acquire) != 0;
+        if (!w.inflight.empty()) requeue_or_fail_locked(slot, report);
+        w.phase = Phase::dead;
+        if (state_ == State::terminated || state_ == State::broken) return;
+
+        if (!initialized && !expected && settings_.has_initializer) {
+            // The initializer threw or crashed, or the worker was killed while it ran.
+            if (init_error_ || report.signal != SIGKILL || ++w.failed_starts >= 3) {
+                std::exception_ptr cause = init_error_;
+                if (!cause) {
+                    cause = std::make_exception_ptr(WorkerCrashed(report.pid, report.signal, report.exit_code));
+                }
+                std::string reason = "the initializer failed in worker " + std::to_string(report.pid);
+                try {
+                    std::rethrow_exception(cause);
+                } catch (const std::exception& e) {
+                    reason += ": " + std::string(e.what());
+                } catch (...) {
+                }
+                break_locked(reason, cause);
+                return;
+            }
+        } else {
+            w.failed_starts = 0;
+        }
+        if (state_ == State::joining) return;  // leaving for good
+        w.budget = settings_.max_items_per_worker.value_or(kUnlimited);
+        w.phase = Phase::starting;
+        w.pid = 0;
+        transport_.respawn(slot);
+        dispatch_locked();
+        if (!work_left_locked()) idle_cv_.notify_all();
+    }
+
+    /// A worker died holding tasks: the one it was running fails (from the first undelivered item up to the item
+    /// it was in); everything it had not started goes back to the front of the queue.
+    void requeue_or_fail_locked(std::size_t slot, const WorkerEvent& report) {
+        WorkerSlot& w = workers_[slot];
+        const auto& status = transport_.status(slot);
+        const std::uint64_t running_task = status.task.load(std::memory_order_acquire);
+        const std::uint64_t running_item = status.item.load(std::memory_order_acquire);
+        const std::uint64_t head = transport_.inbox_head(slot);
+        std::vector<std::pair<std::shared_ptr<JobBase>, Segment>> back_to_queue;
+        std::vector<std::pair<std::shared_ptr<JobBase>, Segment>> failed;
+        for (std::size_t i = 0; i < w.inflight.size(); ++i) {
+            Task& task = w.inflight[i];
+            Segment rest = task.segment;
+            rest.take_front(task.delivered);
+            // Only the front task can have been started: a worker claims the next one after it has delivered the
+            // previous one's final result (which was drained before this report was handled).
+            bool held = false;
+            std::uint64_t through = task.delivered;  // task-relative index of the last item that may have run
+            if (i == 0 && task.written != 0) {
+                if (running_task == task.id) {
+                    held = true;
+                    through = std::max(through, running_item);
+                } else {
+                    // Consumed from the inbox, or claimed and died before saying so.
+                    held = head > task.position || transport_.claimed(slot, task.position);
+                }
+            }
+            if (held) {
+                const std::uint64_t lost = std::min<std::uint64_t>(through - task.delivered + 1, rest.count);
+                failed.emplace_back(task.job, rest.take_front(lost));
+            }
+            if (rest.count != 0) back_to_queue.emplace_back(task.job, std::move(rest));
+        }
+        w.inflight.clear();
+        // Back in the original order, ahead of everything else.
+        for (auto it = back_to_queue.rbegin(); it != back_to_queue.rend(); ++it) {
+            JobBase& job = *it->first;
+            job.unsent_items += it->second.count;
+            job.ready.push_front(std::move(it->second));
+            if (job.queued) {
+                auto found = std::find(jobs_.begin(), jobs_.end(), it->first);
+                if (found != jobs_.end()) jobs_.erase(found);
+                job.queued = false;
+            }
+            enqueue_locked(it->first, true);
+        }
+        if (!failed.empty()) {
+            const auto error = std::make_exception_ptr(WorkerCrashed(report.pid, report.signal, report.exit_code));
+            for (auto& [job, segment] : failed) failures_.push_back(Failure{std::move(job), segment, error});
+        }
+    }
+
+    /// The pool cannot go on (its fork server died, an initializer failed): fail everything, stop the workers.
+    void break_locked(const std::string& reason, std::exception_ptr cause = nullptr) {
+        broken_reason_ = reason;
+        if (!cause) cause = std::make_exception_ptr(PoolStateError("procpool: the pool is broken: " + reason));
+        fail_everything_locked(cause, State::broken);
+        transport_.terminate();
+    }
+
+    /// Moves to `final_state` and queues the failure of every unsent or unfinished item with `error`.
+    void fail_everything_locked(const std::exception_ptr& error, State final_state) {
+        if (state_ == State::terminated || state_ == State::broken) return;
+        state_ = final_state;
+        for (auto& job : jobs_) {
+            for (Segment& segment : job->ready) failures_.push_back(Failure{job, std::move(segment), error});
+            job->ready.clear();
+            job->unsent_items = 0;
+            job->queued = false;
+        }
+        jobs_.clear();
+        for (WorkerSlot& w : workers_) {
+            for (Task& task : w.inflight) {
+                Segment rest = task.segment;
+                rest.take_front(task.delivered);
+                if (rest.count != 0) failures_.push_back(Failure{task.job, rest, error});
+            }
+            w.inflight.clear();
+        }
+        idle_cv_.notify_all();
+    }
+
+    /// Tells jobs about failed items collected under the lock (jobs may run user callbacks: never under mutex_).
+    void deliver_failures() {
+        std::vector<Failure> failures;
+        {
+            std::lock_guard lock(mutex_);
+            failures.swap(failures_);
+        }
+        for (Failure& f : failures) f.job->fail(f.segment.job_first, f.segment.count, f.error);
+    }
+
+    struct Failure {
+        std::shared_ptr<JobBase> job;
+        Segment segment;
+        std::exception_ptr error;
+    };
+
+    Transport& transport_;
+    const SchedulerSettings settings_;
+    mutable std::mutex mutex_;
+    std::condition_variable idle_cv_;
+    std::mutex lifecycle_mutex_;
+    State state_ = State::running;
+    std::string broken_reason_;
+    std::exception_ptr init_error_;
+    bool shutdown_sent_ = false;
+    std::deque<std::shared_ptr<JobBase>> jobs_;
+    std::vector<Failure> failures_;  // to deliver once mutex_ is released
+    std::vector<WorkerSlot> workers_;
+    std::uint64_t last_task_id_ = 0;
+    double task_ns_ = 0;  // moving average of worker time per task
+    std::atomic<bool> stop_requested_{false};
+    unsigned generation_;  // fork_generation() where the pool was built
+    std::thread service_;
+};
+
+}  // namespace procpool::detail

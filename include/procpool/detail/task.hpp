@@ -1,0 +1,305 @@
+// procpool internals: the task wire format and the worker side of running one task.
+//
+// A task message is   TaskHeader | callable bytes (padded to 8) | the encoded items, back to back.
+// A result message is ResultHeader | error records | encoded values of the items that succeeded, in item order.
+// A worker may answer one task with several result messages (partial deliveries, see TaskRunner::begin_item).
+//
+// Which code runs is named by `TaskHeader::entry`: the address of an instantiation of run_task<F, Item, Unpack>,
+// valid in the worker because workers are forked from the same program image (the MPI transport maps it to a
+// stable id instead).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "procpool/detail/buffer.hpp"
+#include "procpool/detail/exceptions.hpp"
+#include "procpool/detail/ring.hpp"
+#include "procpool/serialize.hpp"
+
+namespace procpool::detail {
+
+// ---- message kinds ----------------------------------------------------------------------------------------------
+enum InboxKind : std::uint16_t { kTaskMessage = 1, kExitMessage = 2 };
+enum OutboxKind : std::uint16_t { kResultMessage = 1, kInitFailedMessage = 2 };
+
+/// Claim states of a task message still in a worker's inbox: the worker takes it, or the parent revokes it to give
+/// it to an idle worker. Exactly one compare-exchange from kUnclaimed wins.
+enum ClaimState : std::uint32_t { kUnclaimed = 0, kTaken = 1, kRevoked = 2 };
+
+struct TaskHeader {
+    std::uint64_t task_id;
+    std::uint64_t entry;        // the TaskEntry, as the transport encodes it
+    std::uint32_t claim;        // ClaimState; accessed through std::atomic_ref
+    std::uint32_t item_count;
+    std::uint32_t callable_size;
+    std::uint32_t flags;        // TaskFlag bits
+};
+static_assert(sizeof(TaskHeader) == 32 && offsetof(TaskHeader, claim) % alignof(std::uint32_t) == 0,
+              "TaskHeader is read in place from 8-byte aligned ring memory");
+static_assert(std::atomic_ref<std::uint32_t>::is_always_lock_free, "the claim word must be lock-free");
+
+enum TaskFlag : std::uint32_t { kTimedItems = 1 };  // the worker stamps each item's start time (task_timeout)
+
+struct ResultHeader {
+    std::uint64_t task_id;
+    std::uint32_t first;        // task-relative index of the first item this message covers
+    std::uint32_t count;        // items covered: each either has a value below or an error record
+    std::uint32_t error_count;
+    std::uint32_t flags;        // kFinalResult on the task's last message
+    std::uint64_t busy_ns;      // worker time spent on these items
+    std::uint64_t errors_size;  // bytes of error records that follow this header
+};
+static_assert(sizeof(ResultHeader) == 40, "ResultHeader layout is part of the wire format");
+enum ResultFlag : std::uint32_t { kFinalResult = 1 };
+
+inline std::int64_t monotonic_ns() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(MonotonicClock::now().time_since_epoch()).count();
+}
+
+// ---- worker side ------------------------------------------------------------------------------------------------
+/// Where a worker's result messages go (the fork transport writes them to the worker's outbox ring).
+class ResultSink {
+public:
+    virtual void send_result(std::span<const Piece> pieces, std::size_t total) = 0;
+
+protected:
+    ~ResultSink() = default;
+};
+
+/// Shared words a worker updates while it runs items, read by the parent for crash attribution and timeouts.
+struct ProgressWords {
+    std::atomic<std::uint64_t>* item = nullptr;
+    std::atomic<std::int64_t>* item_start_ns = nullptr;
+};
+
+/// Runs one task's items on the worker side and streams their results back. Results are sent when the task ends
+/// and, for long tasks, whenever `flush_interval` has passed since the last send, so completed items reach the
+/// caller (and survive a later crash of the worker) without a message per tiny item.
+class TaskRunner {
+public:
+    TaskRunner(const TaskHeader& header, std::span<const std::byte> callable, std::span<const std::byte> items,
+               ResultSink& sink, ProgressWords progress, Buffer& values, Buffer& errors,
+               std::chrono::nanoseconds flush_interval)
+        : task_id_(header.task_id), count_(header.item_count), timed_((header.flags & kTimedItems) != 0),
+          callable_(callable), items_(items), sink_(sink), progress_(progress), values_(values), errors_(errors),
+          flush_interval_ns_(flush_interval.count()) {
+        values_.clear();
+        errors_.clear();
+        last_flush_ns_ = last_check_ns_ = monotonic_ns();
+    }
+
+    [[nodiscard]] std::span<const std::byte> callable() const noexcept { return callable_; }
+    [[nodiscard]] InputArchive& items() noexcept { return items_; }
+    [[nodiscard]] std::uint32_t count() const noexcept { return count_; }
+
+    /// Marks item `index` as started: publishes progress and sends the results gathered so far when they are due.
+    void begin_item(std::uint32_t index) {
+        current_ = index;
+        if (progress_.item != nullptr) progress_.item->store(index, std::memory_order_relaxed);
+        std::int64_t now = 0;
+        if (timed_) {
+            now = monotonic_ns();
+            progress_.item_start_ns->store(now, std::memory_order_relaxed);
+        }
+        if (index == first_unsent_ || --countdown_ > 0) return;
+        if (now == 0) now = monotonic_ns();
+        if (now - last_flush_ns_ >= flush_interval_ns_) {
+            send(now, false);
+            stride_ = countdown_ = 1;
+        } else {
+            // Fast items: look at the clock less often (up to every 256 items); slow items: every item.
+            stride_ = now - last_check_ns_ < 2'000 ? std::min<std::uint32_t>(stride_ * 2, 256) : 1;
+            countdown_ = stride_;
+        }
+        last_check_ns_ = now;
+    }
+
+    void item_done() noexcept {}
+
+    template <class R>
+    void item_done(const R& value) {
+        const std::size_t mark = values_.size();
+        try {
+            OutputArchive ar(values_);
+            encode(ar, value);
+        } catch (...) {
+            values_.truncate(mark);
+            item_failed();
+        }
+    }
+
+    /// Records the exception being handled as the current item's error. Call only inside a catch block.
+    void item_failed() { record_error(current_); }
+
+    /// Records the exception being handled for items [from, count): used when the input stream itself is broken.
+    void fail_rest(std::uint32_t from) {
+        for (std::uint32_t i = from; i < count_; ++i) record_error(i);
+        current_ = count_ - 1;
+    }
+
+    /// Sends everything not sent yet as the task's final result message.
+    void finish() { send(monotonic_ns(), true); }
+
+private:
+    void record_error(std::uint32_t index) {
+        OutputArchive ar(errors_);
+        ar.write_bytes(&index, sizeof index);
+        encode_current_exception(ar);
+        ++error_count_;
+    }
+
+    void send(std::int64_t now, bool final) {
+        const std::uint32_t end = final ? count_ : current_;
+        ResultHeader header{task_id_,
+                            first_unsent_,
+                            end - first_unsent_,
+                            error_count_,
+                            final ? static_cast<std::uint32_t>(kFinalResult) : 0u,
+                            static_cast<std::uint64_t>(now - last_flush_ns_),
+                            errors_.size()};
+        const Piece pieces[] = {{&header, sizeof header}, {errors_.data(), errors_.size()},
+                                {values_.data(), values_.size()}};
+        sink_.send_result(pieces, sizeof header + errors_.size() + values_.size());
+        values_.clear();
+        errors_.clear();
+        error_count_ = 0;
+        first_unsent_ = end;
+        last_flush_ns_ = now;
+    }
+
+    std::uint64_t task_id_;
+    std::uint32_t count_;
+    bool timed_;
+    std::span<const std::byte> callable_;
+    InputArchive items_;
+    ResultSink& sink_;
+    ProgressWords progress_;
+    Buffer& values_;
+    Buffer& errors_;
+    std::int64_t flush_interval_ns_;
+    std::int64_t last_flush_ns_ = 0;
+    std::int64_t last_check_ns_ = 0;
+    std::uint32_t current_ = 0;
+    std::uint32_t first_unsent_ = 0;
+    std::uint32_t error_count_ = 0;
+    std::uint32_t stride_ = 1;
+    std::uint32_t countdown_ = 1;
+};
+
+using TaskEntry = void (*)(TaskRunner&);
+
+// ---- what a task may be -----------------------------------------------------------------------------------------
+/// A callable crosses into the worker byte for byte (function pointers, captureless lambdas, lambdas and function
+/// objects with trivially copyable captures) or through its serialize() member.
+template <class F>
+inline constexpr bool transferable_callable_v =
+    bitwise<F>() || (user_serializable_v<F> && std::is_default_constructible_v<F>);
+
+template <class F>
+void encode_callable(Buffer& out, const F& f) {
+    if constexpr (bitwise<F>()) {
+        out.append(&f, sizeof f);
+    } else {
+        OutputArchive ar(out);
+        encode(ar, f);
+    }
+}
+
+template <class F>
+F decode_callable(std::span<const std::byte> bytes) {
+    InputArchive ar(bytes);
+    return decode_as<F>(ar);
+}
+
+template <class T>
+concept tuple_like = requires { std::tuple_size<T>::value; };
+
+template <class F, class Tuple, class = std::make_index_sequence<std::tuple_size_v<Tuple>>>
+struct apply_traits;
+template <class F, class Tuple, std::size_t... I>
+struct apply_traits<F, Tuple, std::index_sequence<I...>> {
+    static constexpr bool by_rvalue = std::is_invocable_v<F&, std::tuple_element_t<I, Tuple>&&...>;
+    static constexpr bool by_lvalue = std::is_invocable_v<F&, std::tuple_element_t<I, Tuple>&...>;
+    template <bool Rvalue>
+    using result = std::invoke_result_t<
+        F&, std::conditional_t<Rvalue, std::tuple_element_t<I, Tuple>&&, std::tuple_element_t<I, Tuple>&>...>;
+};
+
+/// How a worker calls F on one decoded Item: f(item), or std::apply(f, item) when Unpack. Items are passed as
+/// rvalues when F accepts them (no copy of a large argument), as lvalues otherwise.
+template <class F, class Item, bool Unpack>
+struct Invocation {
+    static consteval bool rvalue_ok() {
+        if constexpr (!Unpack) return std::is_invocable_v<F&, Item&&>;
+        else if constexpr (tuple_like<Item>) return apply_traits<F, Item>::by_rvalue;
+        else return false;
+    }
+    static consteval bool lvalue_ok() {
+        if constexpr (!Unpack) return std::is_invocable_v<F&, Item&>;
+        else if constexpr (tuple_like<Item>) return apply_traits<F, Item>::by_lvalue;
+        else return false;
+    }
+    static constexpr bool invocable = rvalue_ok() || lvalue_ok();
+
+    static decltype(auto) call(F& f, Item& item) {
+        if constexpr (rvalue_ok()) {
+            if constexpr (Unpack) return std::apply(f, std::move(item));
+            else return std::invoke(f, std::move(item));
+        } else {
+            if constexpr (Unpack) return std::apply(f, item);
+            else return std::invoke(f, item);
+        }
+    }
+};
+
+template <class F, class Item, bool Unpack>
+using raw_result_t = decltype(Invocation<F, Item, Unpack>::call(std::declval<F&>(), std::declval<Item&>()));
+
+/// The value type a task produces: the callable's result without reference or cv qualifiers (void stays void).
+template <class F, class Item, bool Unpack>
+using task_result_t = std::remove_cvref_t<raw_result_t<F, Item, Unpack>>;
+
+/// The worker side of every task: decode the callable, then for each item decode, call, record.
+template <class F, class Item, bool Unpack>
+void run_task(TaskRunner& run) {
+    using Result = task_result_t<F, Item, Unpack>;
+    std::optional<F> f;
+    try {
+        f.emplace(decode_callable<F>(run.callable()));
+    } catch (...) {
+        run.fail_rest(0);
+        run.finish();
+        return;
+    }
+    for (std::uint32_t i = 0; i < run.count(); ++i) {
+        run.begin_item(i);
+        std::optional<Item> item;
+        try {
+            item.emplace(decode_as<Item>(run.items()));
+        } catch (...) {
+            run.fail_rest(i);  // the item stream is unreadable from here on
+            break;
+        }
+        try {
+            if constexpr (std::is_void_v<Result>) {
+                Invocation<F, Item, Unpack>::call(*f, *item);
+                run.item_done();
+            } else {
+                run.item_done(static_cast<const Result&>(Invocation<F, Item, Unpack>::call(*f, *item)));
+            }
+        } catch (...) {
+            run.item_failed();
+        }
+    }
+    run.finish();
+}
+
+}  // namespace procpool::detail

@@ -1,0 +1,171 @@
+// procpool internals: the loop a worker process runs (fork transport).
+//
+// A worker reads task messages from its inbox ring, claims each (a compare-exchange on the message's claim word,
+// racing the parent, who may revoke a queued task to give it to an idle worker), runs it, streams the results into
+// its outbox ring and waits for the next. Between tasks it spins briefly, then sleeps on the inbox's doorbell.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <optional>
+#include <span>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "procpool/detail/buffer.hpp"
+#include "procpool/detail/exceptions.hpp"
+#include "procpool/detail/process.hpp"
+#include "procpool/detail/ring.hpp"
+#include "procpool/detail/shared_layout.hpp"
+#include "procpool/detail/task.hpp"
+
+namespace procpool::detail {
+
+/// Exit code of a worker whose initializer threw (it also sends the exception to the parent first).
+inline constexpr int kInitializerFailedExit = 3;
+
+/// What a worker needs to know, all of it already in its (forked) memory.
+struct WorkerEnvironment {
+    void* shared_base = nullptr;
+    SharedLayout layout;
+    std::size_t slot = 0;
+    const std::function<void()>* initializer = nullptr;
+    pid_t server_pid = 0;
+    std::chrono::nanoseconds spin{};            // how long to poll an empty inbox before sleeping
+    std::chrono::nanoseconds flush_interval{};  // how often a long task sends the results it has so far
+};
+
+class Worker final : private ResultSink {
+public:
+    explicit Worker(const WorkerEnvironment& env)
+        : env_(env), control_(env.layout.control(env.shared_base)), slot_(env.layout.slot(env.shared_base, env.slot)),
+          inbox_(&slot_->inbox, env.layout.inbox_data(env.shared_base, env.slot), env.layout.ring_bytes()),
+          outbox_(&slot_->outbox, env.layout.outbox_data(env.shared_base, env.slot), env.layout.ring_bytes()) {}
+
+    /// Runs the initializer, then serves tasks until told to exit. Never returns.
+    [[noreturn]] void run() noexcept {
+        run_initializer();
+        for (;;) {
+            const Fragment fragment = next_fragment();
+            switch (fragment.header.kind) {
+                case kExitMessage:
+                    inbox_.consume(fragment);
+                    exit_process(0);
+                case kTaskMessage:
+                    handle_task(fragment);
+                    break;
+                default:
+                    std::abort();  // protocol violation: let the parent see a crash rather than guess
+            }
+        }
+    }
+
+    /// Ends the worker process: flushes buffered output (a task's printf must not be lost), skips atexit handlers
+    /// and static destructors that belong to the parent's program.
+    [[noreturn]] static void exit_process(int code) noexcept {
+        flush_standard_streams();
+        ::_exit(code);
+    }
+
+private:
+    void run_initializer() noexcept {
+        if (env_.initializer != nullptr && *env_.initializer) {
+            try {
+                (*env_.initializer)();
+            } catch (...) {
+                Buffer message;
+                OutputArchive ar(message);
+                encode_current_exception(ar);
+                const Piece piece{message.data(), message.size()};
+                send(kInitFailedMessage, {&piece, 1}, message.size());
+                exit_process(kInitializerFailedExit);
+            }
+        }
+        slot_->status.initialized.store(1, std::memory_order_release);
+    }
+
+    Fragment next_fragment() noexcept {
+        std::optional<Fragment> fragment;
+        slot_->inbox.readable.wait([&] { return (fragment = inbox_.peek()).has_value(); }, std::nullopt, env_.spin);
+        return *fragment;
+    }
+
+    /// Releases inbox space; tells the parent if it is waiting to write more.
+    void release(const Fragment& fragment) noexcept {
+        inbox_.consume(fragment);
+        std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the parent's flag-then-recheck
+        if (slot_->inbox.producer_waiting.load(std::memory_order_relaxed) != 0 &&
+            slot_->inbox.producer_waiting.exchange(0, std::memory_order_relaxed) != 0) {
+            control_->attention.store(1, std::memory_order_release);
+            control_->parent_bell.ring();
+        }
+    }
+
+    void handle_task(const Fragment& first) noexcept {
+        TaskHeader header;
+        std::memcpy(&header, first.payload, sizeof header);
+        std::atomic_ref<std::uint32_t> claim(*reinterpret_cast<std::uint32_t*>(first.payload + offsetof(TaskHeader, claim)));
+        std::uint32_t expected = kUnclaimed;
+        if (!claim.compare_exchange_strong(expected, kTaken, std::memory_order_acq_rel)) {
+            release(first);  // revoked by the parent; revoked tasks are always a single fragment
+            return;
+        }
+        slot_->status.item.store(0, std::memory_order_relaxed);
+        slot_->status.task.store(header.task_id, std::memory_order_release);
+
+        std::span<const std::byte> body;
+        const bool single = first.first() && first.last();
+        if (single) {
+            body = first.bytes();
+        } else {
+            body = reassemble(first);
+        }
+        const std::size_t callable_at = sizeof(TaskHeader);
+        const std::size_t items_at = callable_at + align8(header.callable_size);
+        TaskRunner runner(header, body.subspan(callable_at, header.callable_size), body.subspan(items_at), *this,
+                          ProgressWords{&slot_->status.item, &slot_->status.item_start_ns}, values_, errors_,
+                          env_.flush_interval);
+        reinterpret_cast<TaskEntry>(header.entry)(runner);
+
+        slot_->status.task.store(0, std::memory_order_release);  // results are out: nothing is held any more
+        if (single) release(first);
+    }
+
+    std::span<const std::byte> reassemble(const Fragment& first) noexcept {
+        message_.clear();
+        message_.append(first.payload, first.header.size);
+        release(first);
+        for (bool last = false; !last;) {
+            const Fragment next = next_fragment();
+            message_.append(next.payload, next.header.size);
+            last = next.last();
+            release(next);
+        }
+        return message_.view();
+    }
+
+    void send_result(std::span<const Piece> pieces, std::size_t total) override {
+        send(kResultMessage, pieces, total);
+    }
+
+    void send(std::uint16_t kind, std::span<const Piece> pieces, std::size_t total) noexcept {
+        const bool sent = outbox_.write_all(
+            kind, pieces, total, [this] { control_->parent_bell.ring(); },
+            [this] { return ::getppid() == env_.server_pid; }, env_.spin);
+        if (!sent) exit_process(1);  // the fork server (and so the pool) is gone
+    }
+
+    WorkerEnvironment env_;
+    ControlBlock* control_;
+    SlotBlock* slot_;
+    RingConsumer inbox_;
+    RingProducer outbox_;
+    Buffer message_;  // reassembly of tasks that arrived in several fragments
+    Buffer values_;   // results of the items run since the last send
+    Buffer errors_;
+};
+
+}  // namespace procpool::detail

@@ -1,0 +1,95 @@
+// procpool: the error types. Every error procpool raises itself derives from procpool::Error.
+#pragma once
+
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <sys/types.h>
+#include <utility>
+
+namespace procpool {
+
+/// Base of every error procpool raises itself; a std::runtime_error.
+class Error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+/// A task threw something other than the standard exceptions that travel as themselves.
+/// `type_name()` is the thrown type's demangled name, `what()` its message.
+class RemoteError : public Error {
+public:
+    RemoteError(std::string type_name, const std::string& message)
+        : Error(message), type_name_(std::move(type_name)) {}
+    [[nodiscard]] const std::string& type_name() const noexcept { return type_name_; }
+
+private:
+    std::string type_name_;
+};
+
+/// The worker process running the task died (signal, exit, abort). Only the tasks that worker held fail;
+/// the worker is replaced and the pool goes on.
+class WorkerCrashed : public Error {
+public:
+    /// `signal` is the signal that killed the worker (0 if it exited); `exit_code` its exit status (0 if killed).
+    WorkerCrashed(pid_t pid, int signal, int exit_code)
+        : Error(describe(pid, signal, exit_code)), pid_(pid), signal_(signal), exit_code_(exit_code) {}
+    [[nodiscard]] pid_t pid() const noexcept { return pid_; }
+    [[nodiscard]] int signal() const noexcept { return signal_; }
+    [[nodiscard]] int exit_code() const noexcept { return exit_code_; }
+
+private:
+    static std::string describe(pid_t pid, int signal, int exit_code) {
+        std::string text = "procpool: worker " + std::to_string(pid);
+        if (signal != 0) {
+            const char* name = sigabbrev_np(signal);
+            text += " was killed by signal " + std::to_string(signal);
+            if (name != nullptr) text += std::string(" (SIG") + name + ")";
+        } else {
+            text += " exited with code " + std::to_string(exit_code);
+        }
+        return text + " while running this task";
+    }
+
+    pid_t pid_;
+    int signal_;
+    int exit_code_;
+};
+
+/// The task ran past PoolOptions::task_timeout; its worker was killed and replaced.
+class TaskTimeout : public Error {
+public:
+    TaskTimeout(pid_t pid, std::chrono::milliseconds timeout)
+        : Error("procpool: task ran past its timeout of " + std::to_string(timeout.count()) +
+                " ms; worker " + std::to_string(pid) + " was killed"),
+          pid_(pid), timeout_(timeout) {}
+    [[nodiscard]] pid_t pid() const noexcept { return pid_; }
+    [[nodiscard]] std::chrono::milliseconds timeout() const noexcept { return timeout_; }
+
+private:
+    pid_t pid_;
+    std::chrono::milliseconds timeout_;
+};
+
+/// AsyncResult::get(duration) ran out of time; the task keeps running.
+class TimeoutError : public Error {
+public:
+    using Error::Error;
+};
+
+/// Misuse of the pool's life cycle: submitting after close()/terminate(), join() before close(), a result
+/// failed by terminate(), successful() on a result that is not ready.
+class PoolStateError : public Error {
+public:
+    using Error::Error;
+};
+
+/// A value could not be encoded or decoded at run time (truncated or corrupt data, a throwing serialize()).
+class SerializationError : public Error {
+public:
+    using Error::Error;
+};
+
+}  // namespace procpool

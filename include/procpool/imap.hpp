@@ -1,0 +1,316 @@
+// procpool: ImapRange, what imap and imap_unordered return: a lazy input range of results.
+//
+// The input is read in the thread that iterates, only as results are consumed: at most a window of chunks is
+// in flight, so infinite inputs work and memory stays bounded. Dereferencing an iterator whose item failed throws
+// that item's exception; incrementing it moves on to the next item (like Python's imap). Destroying the range
+// early (a `break`) drops the unsent input and ignores the results still in flight: it never waits for them.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ranges>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "procpool/detail/futex.hpp"
+#include "procpool/detail/jobs.hpp"
+#include "procpool/detail/pool_core.hpp"
+#include "procpool/options.hpp"
+
+namespace procpool {
+
+namespace detail {
+
+/// The job behind an ImapRange. Ordered mode keeps a slot per item of each chunk and releases items to the reader
+/// in input order; unordered mode releases each item as it arrives.
+template <class R>
+class ImapJob final : public JobBase {
+public:
+    using Value = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
+    struct Entry {
+        std::optional<Value> value;
+        std::exception_ptr error;
+    };
+
+    ImapJob(TaskEntry entry, Buffer callable, std::size_t chunksize, bool ordered)
+        : JobBase(entry, std::move(callable), chunksize, true), ordered_(ordered) {}
+
+    // ---- reader side ----
+    /// Registers items [first, first + count) before they are submitted.
+    void expect(std::uint64_t first, std::uint64_t count) {
+        std::lock_guard lock(mutex_);
+        outstanding_ += count;
+        if (ordered_) chunks_.push_back(Chunk{first, 0, std::vector<Slot>(count)});
+    }
+    /// Items submitted whose entries the reader has not taken yet.
+    [[nodiscard]] std::uint64_t unconsumed() const noexcept { return unconsumed_.load(std::memory_order_acquire); }
+    void add_unconsumed(std::uint64_t n) noexcept { unconsumed_.fetch_add(n, std::memory_order_acq_rel); }
+
+    /// Takes the next released entry, if any.
+    std::optional<Entry> try_take() {
+        if (available_.load(std::memory_order_acquire) == 0) return std::nullopt;
+        std::lock_guard lock(mutex_);
+        if (released_.empty()) return std::nullopt;
+        Entry entry = std::move(released_.front());
+        released_.pop_front();
+        available_.fetch_sub(1, std::memory_order_acq_rel);
+        unconsumed_.fetch_sub(1, std::memory_order_acq_rel);
+        return entry;
+    }
+    /// Waits until an entry is released (or `deadline`).
+    void wait_available(Deadline deadline) {
+        bell_.wait([this] { return available_.load(std::memory_order_acquire) != 0; }, deadline,
+                   std::chrono::microseconds(20));
+    }
+    void abandon() noexcept { abandoned_.store(true, std::memory_order_release); }
+
+    // ---- JobBase ----
+    void deliver(std::uint64_t first, std::uint64_t count, std::span<const ItemError> errors,
+                 InputArchive& values) override {
+        if (abandoned_.load(std::memory_order_acquire)) return;
+        std::vector<Entry> entries(count);
+        auto error = errors.begin();
+        for (std::uint64_t i = 0; i < count; ++i) {
+            if (error != errors.end() && error->index == first + i) {
+                entries[i].error = error->error;
+                ++error;
+                continue;
+            }
+            try {
+                if constexpr (std::is_void_v<R>) {
+                    entries[i].value.emplace();
+                } else {
+                    entries[i].value.emplace(decode_as<R>(values));
+                }
+            } catch (...) {
+                // The value stream is unreadable from here on: fail this item and the rest of the message.
+                for (std::uint64_t k = i; k < count; ++k) entries[k].error = std::current_exception();
+                break;
+            }
+        }
+        resolve(first, entries);
+    }
+
+    void fail(std::uint64_t first, std::uint64_t count, const std::exception_ptr& error) override {
+        if (abandoned_.load(std::memory_order_acquire)) return;
+        std::vector<Entry> entries(count);
+        for (Entry& entry : entries) entry.error = error;
+        resolve(first, entries);
+    }
+
+    [[nodiscard]] bool cancelled() const noexcept override { return abandoned_.load(std::memory_order_acquire); }
+
+private:
+    struct Slot {
+        bool resolved = false;
+        Entry entry;
+    };
+    struct Chunk {
+        std::uint64_t first;
+        std::uint64_t next;  // slots before this were released
+        std::vector<Slot> slots;
+    };
+
+    void resolve(std::uint64_t first, std::vector<Entry>& entries) {
+        std::size_t released = 0;
+        {
+            std::lock_guard lock(mutex_);
+            if (!ordered_) {
+                for (Entry& entry : entries) released_.push_back(std::move(entry));
+                released = entries.size();
+            } else {
+                // Items of one message always fall in one chunk.
+                auto chunk = std::upper_bound(chunks_.begin(), chunks_.end(), first,
+                                              [](std::uint64_t index, const Chunk& c) { return index < c.first; });
+                if (chunk == chunks_.begin()) return;
+                --chunk;
+                for (std::size_t i = 0; i < entries.size(); ++i) {
+                    Slot& slot = chunk->slots[first - chunk->first + i];
+                    slot.resolved = true;
+                    slot.entry = std::move(entries[i]);
+                }
+                while (!chunks_.empty()) {
+                    Chunk& front = chunks_.front();
+                    while (front.next < front.slots.size() && front.slots[front.next].resolved) {
+                        released_.push_back(std::move(front.slots[front.next].entry));
+                        ++front.next;
+                        ++released;
+                    }
+                    if (front.next < front.slots.size()) break;
+                    chunks_.pop_front();
+                }
+            }
+            outstanding_ -= entries.size();
+            available_.fetch_add(released, std::memory_order_acq_rel);
+        }
+        if (released != 0) bell_.ring();
+    }
+
+    const bool ordered_;
+    std::mutex mutex_;
+    std::deque<Chunk> chunks_;     // ordered mode: chunks not fully released, in input order
+    std::deque<Entry> released_;   // entries the reader may take, in the order it gets them
+    std::uint64_t outstanding_ = 0;
+    std::atomic<std::uint64_t> available_{0};   // released_.size()
+    std::atomic<std::uint64_t> unconsumed_{0};  // submitted, not yet taken by the reader
+    std::atomic<bool> abandoned_{false};
+    Doorbell bell_;
+};
+
+}  // namespace detail
+
+/// A lazy input range of the results of imap/imap_unordered. Iterate it from one thread. Destroying it early
+/// drops the rest without blocking. It may outlive the pool: reading past what was submitted before the pool was
+/// joined then throws PoolStateError.
+template <class Transport, class R, class View>
+class ImapRange {
+    using Item = detail::decoded_t<std::ranges::range_value_t<View>>;
+    using Job = detail::ImapJob<R>;
+
+public:
+    using value_type = typename Job::Value;
+
+    ImapRange(std::shared_ptr<detail::PoolCore<Transport>> core, std::shared_ptr<Job> job, View input,
+              MapOptions options)
+        : core_(std::move(core)), job_(std::move(job)), input_(std::move(input)), options_(options),
+          window_(8 * core_->scheduler.size() + 16) {}
+
+    ImapRange(ImapRange&&) noexcept = default;
+    ImapRange& operator=(ImapRange&&) = delete;
+    ImapRange(const ImapRange&) = delete;
+    ImapRange& operator=(const ImapRange&) = delete;
+
+    ~ImapRange() {
+        if (job_) {
+            job_->abandon();
+            core_->scheduler.abandon(*job_);
+        }
+    }
+
+    class iterator {
+    public:
+        using value_type = ImapRange::value_type;
+        using difference_type = std::ptrdiff_t;
+        using iterator_concept = std::input_iterator_tag;
+
+        iterator() = default;
+        /// The current result; throws the item's exception if it failed (the iterator can still be incremented).
+        value_type& operator*() const { return range_->current(); }
+        value_type* operator->() const { return &range_->current(); }
+        /// Moves to the next result, reading more input as needed. Throws what reading the input throws.
+        iterator& operator++() {
+            range_->advance();
+            return *this;
+        }
+        void operator++(int) { range_->advance(); }
+        friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.at_end(); }
+
+    private:
+        friend class ImapRange;
+        [[nodiscard]] bool at_end() const noexcept { return range_->done_; }
+        explicit iterator(ImapRange* range) : range_(range) {}
+        ImapRange* range_ = nullptr;
+    };
+
+    /// Starts reading input and waits for the first result. Call once.
+    iterator begin() {
+        if (started_) throw PoolStateError("procpool: an imap range can be iterated only once");
+        started_ = true;
+        position_.emplace(std::ranges::begin(input_));
+        advance();
+        return iterator(this);
+    }
+    std::default_sentinel_t end() const noexcept { return {}; }
+
+private:
+    value_type& current() {
+        if (current_->error) std::rethrow_exception(current_->error);
+        return *current_->value;
+    }
+
+    void advance() {
+        current_.reset();
+        refill();
+        for (;;) {
+            if (std::optional<typename Job::Entry> entry = job_->try_take()) {
+                current_ = std::move(entry);
+                refill();
+                return;
+            }
+            if (job_->unconsumed() == 0) {
+                if (input_done_) {
+                    done_ = true;
+                    return;
+                }
+                refill();
+                continue;
+            }
+            job_->wait_available(std::nullopt);
+        }
+    }
+
+    /// Reads input and submits chunks while fewer than `window_` chunks' worth of items are unconsumed.
+    void refill() {
+        while (!input_done_) {
+            const std::uint64_t chunk = chunk_size();
+            if (job_->unconsumed() >= window_ * chunk) return;
+            detail::ItemEncoder<Item> encoder(chunk);
+            std::exception_ptr input_error;
+            try {
+                auto& it = *position_;
+                const auto end = std::ranges::end(input_);
+                while (encoder.count() < chunk && it != end) {
+                    encoder.add(*it);
+                    ++it;
+                }
+                if (it == end) input_done_ = true;
+            } catch (...) {
+                input_done_ = true;
+                input_error = std::current_exception();
+            }
+            const std::uint64_t count = encoder.count();
+            if (count != 0) {
+                const std::uint64_t first = next_index_;
+                next_index_ += count;
+                job_->expect(first, count);
+                job_->add_unconsumed(count);
+                ++chunks_formed_;
+                core_->scheduler.extend(job_, detail::Segment{encoder.finish(), 0, count, first});
+            }
+            if (input_error) std::rethrow_exception(input_error);
+        }
+    }
+
+    std::uint64_t chunk_size() const noexcept {
+        if (options_.chunksize != 0) return options_.chunksize;
+        const double item_ns = job_->item_ns.load(std::memory_order_relaxed);
+        if (item_ns <= 0) return std::min<std::uint64_t>(std::uint64_t{1} << std::min<std::uint64_t>(chunks_formed_, 4), 16);
+        const auto target = static_cast<double>(std::chrono::nanoseconds(std::chrono::milliseconds(2)).count());
+        return std::clamp<std::uint64_t>(static_cast<std::uint64_t>(target / item_ns), 1, 1 << 16);
+    }
+
+    std::shared_ptr<detail::PoolCore<Transport>> core_;
+    std::shared_ptr<Job> job_;
+    View input_;
+    MapOptions options_;
+    std::uint64_t window_;
+    std::optional<std::ranges::iterator_t<View>> position_;
+    std::optional<typename Job::Entry> current_;
+    std::uint64_t next_index_ = 0;
+    std::uint64_t chunks_formed_ = 0;
+    bool started_ = false;
+    bool input_done_ = false;
+    bool done_ = false;
+};
+
+}  // namespace procpool

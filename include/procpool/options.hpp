@@ -1,0 +1,38 @@
+// procpool: options for a pool and for one map call.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <optional>
+
+namespace procpool {
+
+/// How a Pool is built. Fields in declaration order, for designated initializers:
+///     procpool::Pool pool(procpool::PoolOptions{.processes = 4, .task_timeout = std::chrono::seconds(5)});
+struct PoolOptions {
+    /// Number of workers; nullopt = the CPUs this process may run on. 0 throws std::invalid_argument.
+    std::optional<std::size_t> processes{};
+    /// Runs once in each new worker (replacements too) before its first task. If it throws or crashes, the pool
+    /// is broken: unfinished results fail with that error and later submissions throw PoolStateError.
+    std::function<void()> initializer{};
+    /// A worker is replaced after running this many items (calls of the task function); nullopt = never.
+    /// 0 throws std::invalid_argument.
+    std::optional<std::size_t> max_tasks_per_child{};
+    /// An item running longer than this is killed together with its worker and fails with TaskTimeout;
+    /// nullopt = no limit. Zero or negative throws std::invalid_argument.
+    std::optional<std::chrono::milliseconds> task_timeout{};
+
+    // ---- beyond Python's Pool ----
+    /// Capacity in bytes of each worker's task ring and result ring (a power of two, at least 4096). Values larger
+    /// than a ring stream through it; a bigger ring only lowers the number of hand-offs for large values.
+    std::size_t ring_bytes = std::size_t{1} << 18;
+};
+
+/// Options for map/imap/imap_unordered/starmap and their async forms.
+struct MapOptions {
+    /// Items sent to a worker at once; 0 lets the pool choose (and adapt it to the measured item time).
+    std::size_t chunksize = 0;
+};
+
+}  // namespace procpool

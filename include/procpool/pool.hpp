@@ -1,0 +1,259 @@
+// procpool: the process pool.
+//
+// BasicPool<Transport> holds the whole API; `Pool` is the single-machine pool (forked workers, shared-memory
+// rings). The MPI pool (procpool/mpi.hpp) is the same template over another transport, so code written against
+// a pool runs on either.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <iterator>
+#include <memory>
+#include <ranges>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "procpool/async_result.hpp"
+#include "procpool/detail/checks.hpp"
+#include "procpool/detail/fork_transport.hpp"
+#include "procpool/detail/jobs.hpp"
+#include "procpool/detail/pool_core.hpp"
+#include "procpool/detail/process.hpp"
+#include "procpool/imap.hpp"
+#include "procpool/options.hpp"
+#include "procpool/serialize.hpp"
+
+namespace procpool {
+
+namespace detail {
+
+inline void validate(const PoolOptions& options) {
+    if (options.processes && *options.processes == 0) {
+        throw std::invalid_argument("procpool: a pool needs at least one process (processes must not be 0)");
+    }
+    if (options.max_tasks_per_child && *options.max_tasks_per_child == 0) {
+        throw std::invalid_argument("procpool: max_tasks_per_child must be at least 1 (or nullopt for no limit)");
+    }
+    if (options.task_timeout && options.task_timeout->count() <= 0) {
+        throw std::invalid_argument("procpool: task_timeout must be positive (or nullopt for no limit)");
+    }
+    if (options.ring_bytes < 4096 || (options.ring_bytes & (options.ring_bytes - 1)) != 0) {
+        throw std::invalid_argument("procpool: ring_bytes must be a power of two of at least 4096");
+    }
+}
+
+template <class Range>
+using range_item_t = decoded_t<std::ranges::range_value_t<Range>>;
+
+}  // namespace detail
+
+template <class Transport>
+class BasicPool {
+    using Core = detail::PoolCore<Transport>;
+
+public:
+    /// One worker per CPU this process may run on. Forks them before returning.
+    BasicPool() : BasicPool(PoolOptions{}) {}
+    /// `processes` workers; 0 throws std::invalid_argument.
+    explicit BasicPool(std::size_t processes) : BasicPool(PoolOptions{.processes = processes}) {}
+    /// Builds a pool as `options` say (see PoolOptions). Throws std::invalid_argument for bad options and
+    /// std::system_error when a worker cannot be forked (the ones already started are killed and reaped).
+    explicit BasicPool(PoolOptions options) : core_(make_core(std::move(options))) {}
+
+    BasicPool(BasicPool&&) noexcept = default;
+    BasicPool& operator=(BasicPool&&) = delete;
+    BasicPool(const BasicPool&) = delete;
+    BasicPool& operator=(const BasicPool&) = delete;
+
+    /// close() then join(): queued work finishes, nothing is lost, no process is left behind.
+    ~BasicPool() {
+        if (!core_) return;
+        try {
+            close();
+            join();
+        } catch (...) {
+            // A pool used in a forked child, or already broken: nothing more to wait for.
+        }
+    }
+
+    /// Number of workers. Never blocks.
+    [[nodiscard]] std::size_t size() const noexcept { return core().scheduler.size(); }
+    /// Pids of the live workers (replacements included). Thread-safe.
+    [[nodiscard]] std::vector<pid_t> worker_pids() const { return core().scheduler.worker_pids(); }
+
+    // ---- single calls ----------------------------------------------------------------------------------------------
+    /// Runs f(args...) in a worker and returns its value; rethrows its exception. Blocks. Thread-safe.
+    template <class F, class... Args>
+    auto apply(F&& f, Args&&... args) {
+        return apply_async(std::forward<F>(f), std::forward<Args>(args)...).get();
+    }
+
+    /// Queues f(args...) and returns at once. Arguments are encoded before it returns (later changes to them are
+    /// not seen). Throws PoolStateError after close()/terminate(). Thread-safe.
+    template <class F, class... Args>
+    auto apply_async(F&& f, Args&&... args) {
+        using Fn = std::decay_t<F>;
+        using Item = std::tuple<detail::arg_t<Args>...>;
+        using R = detail::checked_result_t<Fn, Item, true>;
+        if constexpr (!detail::check_task<Fn, Item, true>()) {
+            return AsyncResult<R>();
+        } else {
+            auto state = std::make_shared<detail::ResultState<R>>();
+            detail::ItemEncoder<Item> items(1);
+            items.add(Item(std::forward<Args>(args)...));
+            auto job = std::make_shared<detail::ApplyJob<R>>(&detail::run_task<Fn, Item, true>, callable_bytes<Fn>(f), state);
+            core().scheduler.submit(job, {detail::Segment{items.finish(), 0, 1, 0}});
+            return AsyncResult<R>(std::move(state));
+        }
+    }
+
+    // ---- maps ------------------------------------------------------------------------------------------------------
+    /// f applied to every element, results in input order. Blocks; reads the whole input first. If any item
+    /// throws, map throws that exception (the first to arrive) and the items not started are dropped.
+    template <class F, std::ranges::input_range Range>
+    auto map(F&& f, Range&& range, MapOptions options = {}) {
+        return wait_for(submit_map<false>(f, range, options));
+    }
+    /// Like map, but returns at once (the input is read and encoded before it returns).
+    template <class F, std::ranges::input_range Range>
+    auto map_async(F&& f, Range&& range, MapOptions options = {}) {
+        return to_async(submit_map<false>(f, range, options));
+    }
+    /// Like map, with each element a tuple (std::tuple, std::pair, std::array) unpacked into f's arguments.
+    template <class F, std::ranges::input_range Range>
+    auto starmap(F&& f, Range&& range, MapOptions options = {}) {
+        return wait_for(submit_map<true>(f, range, options));
+    }
+    template <class F, std::ranges::input_range Range>
+    auto starmap_async(F&& f, Range&& range, MapOptions options = {}) {
+        return to_async(submit_map<true>(f, range, options));
+    }
+
+    /// A lazy range of f's results in input order; reads input only as results are consumed (see ImapRange).
+    /// An lvalue range is referenced (it must outlive the result), an rvalue range is moved in.
+    template <class F, std::ranges::input_range Range>
+    auto imap(F&& f, Range&& range, MapOptions options = {}) {
+        return make_imap(f, std::forward<Range>(range), options, true);
+    }
+    /// Like imap, but results come in the order they complete.
+    template <class F, std::ranges::input_range Range>
+    auto imap_unordered(F&& f, Range&& range, MapOptions options = {}) {
+        return make_imap(f, std::forward<Range>(range), options, false);
+    }
+
+    // ---- life cycle ------------------------------------------------------------------------------------------------
+    /// No more submissions; queued work still runs (and imap ranges already made keep reading input). Never
+    /// blocks. Thread-safe.
+    void close() { core().scheduler.close(); }
+    /// Stops the workers now: unfinished results fail with PoolStateError. Returns when every process is reaped.
+    void terminate() { core().scheduler.terminate(); }
+    /// Waits for queued work to finish and every process to exit. Throws PoolStateError before close() or
+    /// terminate().
+    void join() { core().scheduler.join(); }
+
+private:
+    static std::shared_ptr<Core> make_core(PoolOptions options) {
+        detail::validate(options);
+        typename Transport::Config config;
+        config.workers = options.processes.value_or(detail::usable_cpu_count());
+        config.initializer = options.initializer;
+        config.ring_bytes = options.ring_bytes;
+        detail::SchedulerSettings settings;
+        settings.max_items_per_worker = options.max_tasks_per_child;
+        settings.task_timeout = options.task_timeout;
+        settings.has_initializer = static_cast<bool>(options.initializer);
+        return std::make_shared<Core>(std::move(config), settings);
+    }
+
+    template <class F>
+    static detail::Buffer callable_bytes(const F& f) {
+        detail::Buffer bytes;
+        detail::encode_callable(bytes, f);
+        return bytes;
+    }
+
+    template <class Item, class Range>
+    static std::shared_ptr<detail::ItemBlock> encode_items(Range& range) {
+        std::size_t expected = 0;
+        if constexpr (std::ranges::sized_range<Range>) expected = static_cast<std::size_t>(std::ranges::size(range));
+        detail::ItemEncoder<Item> encoder(expected);
+        if constexpr (std::ranges::contiguous_range<Range> && detail::bitwise<Item>() &&
+                      std::is_same_v<std::remove_cv_t<std::ranges::range_value_t<Range>>, Item>) {
+            encoder.add_contiguous(std::ranges::data(range), expected);
+        } else {
+            for (auto&& element : range) encoder.add(element);
+        }
+        return encoder.finish();
+    }
+
+    /// Encodes the whole input and queues the map. Returns the state and whether the checks passed.
+    template <bool Unpack, class F, class Range>
+    auto submit_map(F& f, Range& range, MapOptions options) {
+        using Fn = std::decay_t<F>;
+        using Item = detail::range_item_t<Range>;
+        static_assert(!Unpack || detail::tuple_like<Item>,
+                      "procpool: starmap needs a range of tuples (std::tuple, std::pair or std::array) whose "
+                      "elements are the function's arguments");
+        using R = detail::checked_result_t<Fn, Item, Unpack>;
+        using Output = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
+        auto state = std::make_shared<detail::ResultState<Output>>();
+        if constexpr (detail::check_task<Fn, Item, Unpack>()) {
+            std::shared_ptr<detail::ItemBlock> block = encode_items<Item>(range);
+            const std::uint64_t count = block->count;
+            auto job = std::make_shared<detail::MapJob<R>>(&detail::run_task<Fn, Item, Unpack>, callable_bytes<Fn>(f),
+                                                           options.chunksize, count, state);
+            core().scheduler.submit(job, {detail::Segment{std::move(block), 0, count, 0}});
+        }
+        return state;
+    }
+
+    template <class Output>
+    static auto wait_for(const std::shared_ptr<detail::ResultState<Output>>& state) {
+        state->wait(std::nullopt);
+        if constexpr (std::is_void_v<Output>) {
+            (void)state->value();
+        } else {
+            return state->take_value();  // nobody else can see this state
+        }
+    }
+    template <class Output>
+    static AsyncResult<Output> to_async(std::shared_ptr<detail::ResultState<Output>> state) {
+        return AsyncResult<Output>(std::move(state));
+    }
+
+    template <class F, class Range>
+    auto make_imap(F& f, Range&& range, MapOptions options, bool ordered) {
+        using Fn = std::decay_t<F>;
+        using View = std::views::all_t<Range>;
+        using Item = detail::range_item_t<View>;
+        using R = detail::checked_result_t<Fn, Item, false>;
+        using Job = detail::ImapJob<R>;
+        static_assert(detail::check_task<Fn, Item, false>());
+        auto job = std::make_shared<Job>(&detail::run_task<Fn, Item, false>, callable_bytes<Fn>(f), options.chunksize,
+                                         ordered);
+        // Like any submission, imap on a closed pool throws now rather than on first use.
+        if (core().scheduler.closed()) core().scheduler.submit(job, {});
+        return ImapRange<Transport, R, View>(shared_core(), std::move(job), std::views::all(std::forward<Range>(range)),
+                                             options);
+    }
+
+    std::shared_ptr<Core> shared_core() const {
+        core();
+        return core_;
+    }
+    Core& core() const {
+        if (!core_) throw PoolStateError("procpool: this pool was moved from");
+        return *core_;
+    }
+
+    std::shared_ptr<Core> core_;
+};
+
+/// The single-machine pool: forked worker processes, shared-memory rings.
+using Pool = BasicPool<detail::ForkTransport>;
+
+}  // namespace procpool

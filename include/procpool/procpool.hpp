@@ -1,0 +1,14 @@
+// procpool: Python's multiprocessing.Pool for C++20. Include this header for the whole single-machine API.
+//
+//     procpool::Pool pool;                                    // one worker per CPU
+//     std::vector<long> squares = pool.map([](long x) { return x * x; }, std::views::iota(0L, 1000L));
+//
+// See README.md for the manual.
+#pragma once
+
+#include "procpool/async_result.hpp"
+#include "procpool/errors.hpp"
+#include "procpool/imap.hpp"
+#include "procpool/options.hpp"
+#include "procpool/pool.hpp"
+#include "procpool/serialize.hpp"

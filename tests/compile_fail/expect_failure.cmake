@@ -1,0 +1,18 @@
+# Compiles SOURCE and passes only if compilation fails with the message named on the file's `// expect:` line.
+file(STRINGS ${SOURCE} expect_lines REGEX "^// expect: ")
+if(NOT expect_lines)
+  message(FATAL_ERROR "${SOURCE} has no `// expect:` line")
+endif()
+execute_process(COMMAND ${COMPILER} -std=c++20 -fsyntax-only -I${INCLUDE_DIR} ${SOURCE}
+                RESULT_VARIABLE result OUTPUT_VARIABLE output ERROR_VARIABLE output)
+if(result EQUAL 0)
+  message(FATAL_ERROR "${SOURCE} compiled, but it must be rejected")
+endif()
+foreach(line ${expect_lines})
+  string(REGEX REPLACE "^// expect: " "" expected "${line}")
+  string(FIND "${output}" "${expected}" found)
+  if(found EQUAL -1)
+    message(FATAL_ERROR "${SOURCE} failed to compile, but without the message:\n  ${expected}\nCompiler output:\n${output}")
+  endif()
+endforeach()
+message(STATUS "rejected as expected")

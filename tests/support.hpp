@@ -1,0 +1,69 @@
+// Helpers shared by procpool's tests: process inspection and deadlines.
+#pragma once
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <dirent.h>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <sys/types.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+namespace test_support {
+
+/// True while `pid` exists in any state (a zombie included).
+inline bool process_exists(pid_t pid) { return ::kill(pid, 0) == 0 || errno == EPERM; }
+
+/// The process state letter from /proc/PID/stat ('Z' for a zombie), or 0 if there is no such process.
+inline char process_state(pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    const auto close = text.rfind(')');
+    if (close == std::string::npos || close + 2 >= text.size()) return 0;
+    return text[close + 2];
+}
+
+/// Children of this process (all threads), from /proc/self/task/*/children.
+inline std::vector<pid_t> child_pids() {
+    std::vector<pid_t> pids;
+    DIR* tasks = ::opendir("/proc/self/task");
+    if (tasks == nullptr) return pids;
+    while (dirent* entry = ::readdir(tasks)) {
+        if (entry->d_name[0] == '.') continue;
+        std::ifstream children(std::string("/proc/self/task/") + entry->d_name + "/children");
+        pid_t pid = 0;
+        while (children >> pid) pids.push_back(pid);
+    }
+    ::closedir(tasks);
+    return pids;
+}
+
+/// Waits up to `timeout` for `done()`; returns its last value.
+template <class Done>
+bool eventually(Done&& done, std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!done()) {
+        if (std::chrono::steady_clock::now() >= deadline) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    return true;
+}
+
+/// Entries of /dev/shm.
+inline std::set<std::string> dev_shm_entries() {
+    std::set<std::string> names;
+    DIR* dir = ::opendir("/dev/shm");
+    if (dir == nullptr) return names;
+    while (dirent* entry = ::readdir(dir)) {
+        if (entry->d_name[0] != '.') names.insert(entry->d_name);
+    }
+    ::closedir(dir);
+    return names;
+}
+
+}  // namespace test_support

@@ -1,0 +1,154 @@
+// Exceptions thrown by tasks come back with their type: each standard type, RemoteError for the rest.
+#include <catch2/catch.hpp>
+#include <procpool/procpool.hpp>
+
+#include <new>
+#include <ranges>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+enum class Kind { logic, invalid_argument, domain, length, out_of_range, runtime, range, overflow, underflow };
+
+int throw_kind(Kind kind) {
+    switch (kind) {
+        case Kind::logic: throw std::logic_error("logic");
+        case Kind::invalid_argument: throw std::invalid_argument("invalid_argument");
+        case Kind::domain: throw std::domain_error("domain");
+        case Kind::length: throw std::length_error("length");
+        case Kind::out_of_range: throw std::out_of_range("out_of_range");
+        case Kind::runtime: throw std::runtime_error("runtime");
+        case Kind::range: throw std::range_error("range");
+        case Kind::overflow: throw std::overflow_error("overflow");
+        case Kind::underflow: throw std::underflow_error("underflow");
+    }
+    return 0;
+}
+
+struct CustomError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+}  // namespace
+
+namespace app {
+struct NotAnException {
+    int code;
+};
+}  // namespace app
+
+TEST_CASE("each standard exception comes back as the same type with the same message") {
+    procpool::Pool pool(2);
+    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::logic), std::logic_error, Catch::Message("logic"));
+    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::invalid_argument), std::invalid_argument,
+                         Catch::Message("invalid_argument"));
+    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::domain), std::domain_error, Catch::Message("domain"));
+    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::length), std::length_error, Catch::Message("length"));
+    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::out_of_range), std::out_of_range,
+                         Catch::Message("out_of_range"));
+    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::runtime), std::runtime_error, Catch::Message("runtime"));
+    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::range), std::range_error, Catch::Message("range"));
+    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::overflow), std::overflow_error, Catch::Message("overflow"));
+    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::underflow), std::underflow_error,
+                         Catch::Message("underflow"));
+}
+
+TEST_CASE("the exact type is kept, not only a base of it") {
+    procpool::Pool pool(1);
+    try {
+        pool.apply(throw_kind, Kind::runtime);
+        FAIL("no exception");
+    } catch (const std::runtime_error& e) {
+        CHECK(typeid(e) == typeid(std::runtime_error));
+    }
+    try {
+        pool.apply(throw_kind, Kind::out_of_range);
+        FAIL("no exception");
+    } catch (const std::logic_error& e) {
+        CHECK(typeid(e) == typeid(std::out_of_range));
+    }
+}
+
+TEST_CASE("other exceptions become RemoteError with the type's readable name") {
+    procpool::Pool pool(1);
+    try {
+        pool.apply([](int) -> int { throw CustomError("custom message"); }, 0);
+        FAIL("no exception");
+    } catch (const procpool::RemoteError& e) {
+        CHECK(e.type_name() == "(anonymous namespace)::CustomError");
+        CHECK(std::string(e.what()) == "custom message");
+    }
+    try {
+        pool.apply([](int) -> int { throw app::NotAnException{7}; }, 0);
+        FAIL("no exception");
+    } catch (const procpool::RemoteError& e) {
+        CHECK(e.type_name() == "app::NotAnException");
+    }
+    try {
+        pool.apply([](int) -> int { throw 42; }, 0);
+        FAIL("no exception");
+    } catch (const procpool::RemoteError& e) {
+        CHECK(e.type_name() == "int");
+    }
+    try {
+        pool.apply([](int) -> int { throw "a C string"; }, 0);
+        FAIL("no exception");
+    } catch (const procpool::RemoteError& e) {
+        CHECK(e.type_name() == "const char*");
+        CHECK(std::string(e.what()) == "a C string");
+    }
+    // RemoteError is a procpool::Error, itself a std::runtime_error.
+    CHECK_THROWS_AS(pool.apply([](int) -> int { throw CustomError("x"); }, 0), procpool::Error);
+    CHECK_THROWS_AS(pool.apply([](int) -> int { throw CustomError("x"); }, 0), std::runtime_error);
+}
+
+TEST_CASE("std::bad_alloc comes back as std::bad_alloc") {
+    procpool::Pool pool(1);
+    CHECK_THROWS_AS(pool.apply([](int) -> int { throw std::bad_alloc(); }, 0), std::bad_alloc);
+}
+
+TEST_CASE("an exception in map fails the map with that exception") {
+    procpool::Pool pool(2);
+    auto f = [](int x) {
+        if (x == 77) throw std::domain_error("seventy-seven");
+        return x;
+    };
+    CHECK_THROWS_MATCHES(pool.map(f, std::views::iota(0, 200)), std::domain_error, Catch::Message("seventy-seven"));
+    auto async = pool.map_async(f, std::views::iota(0, 200), {.chunksize = 1});
+    CHECK_THROWS_AS(async.get(), std::domain_error);
+    CHECK_FALSE(async.successful());
+    CHECK_THROWS_AS(pool.starmap([](int a, int) -> int { throw std::length_error(std::to_string(a)); },
+                                 std::vector<std::pair<int, int>>{{1, 2}}),
+                    std::length_error);
+    CHECK(pool.map(f, std::views::iota(0, 10)).size() == 10);  // the pool goes on
+}
+
+TEST_CASE("an exception thrown while reading map's input reaches the caller as it is") {
+    procpool::Pool pool(2);
+    auto broken = std::views::iota(0, 100) | std::views::transform([](int x) {
+                      if (x == 42) throw std::overflow_error("input 42");
+                      return x;
+                  });
+    CHECK_THROWS_MATCHES(pool.map([](int x) { return x; }, broken), std::overflow_error, Catch::Message("input 42"));
+}
+
+struct ThrowsOnEncode {
+    int value = 0;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        if (value < 0) throw procpool::SerializationError("negative values cannot be sent");
+        ar(value);
+    }
+};
+
+TEST_CASE("a value that cannot be encoded fails with SerializationError") {
+    procpool::Pool pool(1);
+    // In the parent: the argument cannot be encoded, so apply_async throws before anything is queued.
+    CHECK_THROWS_AS(pool.apply_async([](ThrowsOnEncode v) { return v.value; }, ThrowsOnEncode{-1}),
+                    procpool::SerializationError);
+    // In the worker: the result cannot be encoded, so the task fails with it.
+    CHECK_THROWS_AS(pool.apply([](int v) { return ThrowsOnEncode{v}; }, -5), procpool::SerializationError);
+    CHECK(pool.apply([](int v) { return ThrowsOnEncode{v}; }, 5).value == 5);
+}

@@ -1,0 +1,216 @@
+// imap and imap_unordered: order, laziness, bounded reading, infinite inputs, early exit, per-item errors.
+#include <catch2/catch.hpp>
+#include <procpool/procpool.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <numeric>
+#include <ranges>
+#include <set>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+int square(int x) { return x * x; }
+
+/// An input range that counts how many elements were read and can throw at a chosen element.
+class CountingInput : public std::ranges::view_interface<CountingInput> {
+public:
+    struct State {
+        std::atomic<long> read{0};
+        long throw_at = -1;
+    };
+    class iterator {
+    public:
+        using value_type = long;
+        using difference_type = std::ptrdiff_t;
+        iterator() = default;
+        iterator(State* state, long value) : state_(state), value_(value) {}
+        long operator*() const {
+            if (value_ == state_->throw_at) throw std::out_of_range("input broke at " + std::to_string(value_));
+            state_->read.fetch_add(1);
+            return value_;
+        }
+        iterator& operator++() {
+            ++value_;
+            return *this;
+        }
+        void operator++(int) { ++value_; }
+        friend bool operator==(const iterator&, std::unreachable_sentinel_t) { return false; }
+
+    private:
+        State* state_ = nullptr;
+        long value_ = 0;
+    };
+    explicit CountingInput(State* state) : state_(state) {}
+    iterator begin() const { return iterator(state_, 0); }
+    std::unreachable_sentinel_t end() const { return {}; }
+
+private:
+    State* state_;
+};
+static_assert(std::ranges::input_range<CountingInput>);
+
+}  // namespace
+
+TEST_CASE("imap yields results in input order") {
+    procpool::Pool pool(3);
+    std::vector<int> got;
+    for (int value : pool.imap([](int x) {
+             std::this_thread::sleep_for(std::chrono::microseconds((x * 7919) % 2000));  // finish out of order
+             return x * 3;
+         }, std::views::iota(0, 300), {.chunksize = 1})) {
+        got.push_back(value);
+    }
+    std::vector<int> expected(300);
+    for (int i = 0; i < 300; ++i) expected[i] = i * 3;
+    CHECK(got == expected);
+}
+
+TEST_CASE("imap_unordered yields every result exactly once, in completion order") {
+    procpool::Pool pool(2);
+    std::vector<int> got;
+    for (int value : pool.imap_unordered([](int x) {
+             std::this_thread::sleep_for(x == 0 ? 300ms : 1ms);
+             return x;
+         }, std::views::iota(0, 40), {.chunksize = 1})) {
+        got.push_back(value);
+    }
+    REQUIRE(got.size() == 40);
+    CHECK(got.front() != 0);  // the slow first item came late
+    std::sort(got.begin(), got.end());
+    for (int i = 0; i < 40; ++i) CHECK(got[i] == i);
+}
+
+TEST_CASE("imap with every chunk size") {
+    procpool::Pool pool(2);
+    for (std::size_t chunksize : {std::size_t{0}, std::size_t{1}, std::size_t{3}, std::size_t{1000}}) {
+        INFO("chunksize " << chunksize);
+        long sum = 0;
+        long n = 0;
+        for (int value : pool.imap(square, std::views::iota(0, 500), {.chunksize = chunksize})) {
+            sum += value;
+            ++n;
+        }
+        CHECK(n == 500);
+        CHECK(sum == 41541750);  // sum of i^2, i < 500
+        long unordered_sum = 0;
+        for (int value : pool.imap_unordered(square, std::views::iota(0, 500), {.chunksize = chunksize})) {
+            unordered_sum += value;
+        }
+        CHECK(unordered_sum == 41541750);
+    }
+}
+
+TEST_CASE("imap reads an infinite input only as results are consumed, and a break stops it") {
+    procpool::Pool pool(2);
+    CountingInput::State state;
+    long taken = 0;
+    for (long value : pool.imap([](long x) { return x + 1; }, CountingInput(&state))) {
+        CHECK(value == taken + 1);
+        if (++taken == 1000) break;
+    }
+    const long read_at_break = state.read.load();
+    CHECK(read_at_break >= 1000);
+    CHECK(read_at_break < 1000 + 200000);  // bounded read-ahead, not the whole (infinite) input
+    std::this_thread::sleep_for(50ms);
+    CHECK(state.read.load() == read_at_break);  // nothing reads after the range is gone
+    CHECK(pool.apply(square, 4) == 16);          // the pool is fine
+}
+
+TEST_CASE("imap read-ahead stays bounded while the reader is slow") {
+    procpool::Pool pool(2);
+    CountingInput::State state;
+    auto results = pool.imap([](long x) { return x; }, CountingInput(&state), {.chunksize = 1});
+    auto it = results.begin();
+    std::this_thread::sleep_for(200ms);  // the workers are fast, the reader does not read
+    const long read = state.read.load();
+    CHECK(read < 1000);
+    ++it;
+    CHECK(*it == 1);
+}
+
+TEST_CASE("breaking out of a slow imap returns at once without waiting for running tasks") {
+    procpool::Pool pool(2);
+    const auto start = std::chrono::steady_clock::now();
+    for (int value : pool.imap([](int x) {
+             std::this_thread::sleep_for(x == 0 ? 0ms : 2s);
+             return x;
+         }, std::views::iota(0, 100), {.chunksize = 1})) {
+        CHECK(value == 0);
+        break;
+    }
+    CHECK(std::chrono::steady_clock::now() - start < 1s);
+}
+
+TEST_CASE("an exception from the input range reaches the reader as it is") {
+    procpool::Pool pool(2);
+    CountingInput::State state;
+    state.throw_at = 50;
+    std::vector<long> got;
+    bool thrown = false;
+    try {
+        for (long value : pool.imap([](long x) { return x; }, CountingInput(&state), {.chunksize = 4})) {
+            got.push_back(value);
+        }
+    } catch (const std::out_of_range& e) {
+        thrown = true;
+        CHECK(std::string(e.what()) == "input broke at 50");
+    }
+    CHECK(thrown);
+    CHECK(got.size() <= 50);
+    for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] == static_cast<long>(i));
+}
+
+TEST_CASE("a failing item throws when dereferenced and iteration goes on past it") {
+    procpool::Pool pool(2);
+    std::vector<int> values;
+    int failures = 0;
+    auto results = pool.imap([](int x) {
+        if (x % 10 == 3) throw std::invalid_argument("bad " + std::to_string(x));
+        return x;
+    }, std::views::iota(0, 50), {.chunksize = 4});
+    for (auto it = results.begin(); it != results.end(); ++it) {
+        try {
+            values.push_back(*it);
+        } catch (const std::invalid_argument& e) {
+            ++failures;
+            CHECK(std::string(e.what()).rfind("bad ", 0) == 0);
+        }
+    }
+    CHECK(failures == 5);
+    CHECK(values.size() == 45);
+    CHECK(std::is_sorted(values.begin(), values.end()));
+}
+
+TEST_CASE("imap of a void function yields one entry per item") {
+    procpool::Pool pool(2);
+    int n = 0;
+    for ([[maybe_unused]] std::monostate done : pool.imap([](int) {}, std::views::iota(0, 10))) ++n;
+    CHECK(n == 10);
+}
+
+TEST_CASE("imap ranges work as ranges and with strings") {
+    procpool::Pool pool(2);
+    std::vector<std::string> words{"a", "bb", "ccc"};
+    auto lengths = pool.imap([](const std::string& s) { return s + "!"; }, words);
+    std::vector<std::string> got;
+    std::ranges::copy(lengths, std::back_inserter(got));
+    CHECK(got == std::vector<std::string>{"a!", "bb!", "ccc!"});
+}
+
+TEST_CASE("an imap range made before close() still runs but one made after throws") {
+    procpool::Pool pool(2);
+    auto results = pool.imap(square, std::views::iota(0, 100));
+    pool.close();
+    long sum = 0;
+    for (int value : results) sum += value;
+    CHECK(sum == 328350);
+    CHECK_THROWS_AS(pool.imap(square, std::views::iota(0, 3)), procpool::PoolStateError);
+    pool.join();
+}

@@ -1,0 +1,217 @@
+// close, join, terminate and the destructor: queued work finishes, misuse throws, no process is left behind.
+#include <catch2/catch.hpp>
+#include <procpool/procpool.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <ranges>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+int slow_square(int x) {
+    std::this_thread::sleep_for(2ms);
+    return x * x;
+}
+
+/// Every process a pool started is gone (not even a zombie) and this process has no children left.
+void check_no_processes_left(const std::vector<pid_t>& workers) {
+    CHECK(test_support::eventually([&] {
+        for (pid_t pid : workers) {
+            if (test_support::process_exists(pid)) return false;
+        }
+        return true;
+    }));
+    CHECK(test_support::child_pids().empty());
+}
+
+}  // namespace
+
+TEST_CASE("the destructor finishes queued work: nothing is lost") {
+    std::vector<procpool::AsyncResult<int>> results;
+    std::vector<pid_t> workers;
+    {
+        procpool::Pool pool(2);
+        workers = pool.worker_pids();
+        for (int i = 0; i < 200; ++i) results.push_back(pool.apply_async(slow_square, i));
+    }
+    for (int i = 0; i < 200; ++i) {
+        REQUIRE(results[i].ready());
+        CHECK(results[i].get() == i * i);
+    }
+    check_no_processes_left(workers);
+}
+
+TEST_CASE("close() then join(): queued work runs, then every process exits") {
+    procpool::Pool pool(2);
+    const std::vector<pid_t> workers = pool.worker_pids();
+    auto result = pool.map_async(slow_square, std::views::iota(0, 100));
+    pool.close();
+    CHECK_THROWS_AS(pool.apply(slow_square, 1), procpool::PoolStateError);
+    CHECK_THROWS_AS(pool.map(slow_square, std::vector<int>{1}), procpool::PoolStateError);
+    CHECK_THROWS_AS(pool.apply_async(slow_square, 1), procpool::PoolStateError);
+    CHECK_THROWS_AS(pool.starmap_async([](int a, int b) { return a + b; }, std::vector<std::pair<int, int>>{}),
+                    procpool::PoolStateError);
+    pool.join();
+    REQUIRE(result.ready());
+    CHECK(result.get().back() == 99 * 99);
+    check_no_processes_left(workers);
+    pool.close();  // idempotent
+    pool.join();
+}
+
+TEST_CASE("join() before close() throws PoolStateError") {
+    procpool::Pool pool(1);
+    CHECK_THROWS_AS(pool.join(), procpool::PoolStateError);
+    CHECK(pool.apply(slow_square, 3) == 9);  // still usable
+}
+
+TEST_CASE("terminate() returns at once with thousands of tasks queued and unfinished results fail") {
+    procpool::Pool pool(2);
+    const std::vector<pid_t> workers = pool.worker_pids();
+    std::vector<procpool::AsyncResult<int>> results;
+    for (int i = 0; i < 5000; ++i) results.push_back(pool.apply_async(slow_square, i));
+    auto map_result = pool.map_async(slow_square, std::views::iota(0, 5000));
+    const auto start = std::chrono::steady_clock::now();
+    pool.terminate();
+    CHECK(std::chrono::steady_clock::now() - start < 1s);
+    int failed = 0;
+    for (auto& r : results) {
+        REQUIRE(r.ready());
+        if (!r.successful()) {
+            ++failed;
+            CHECK_THROWS_AS(r.get(), procpool::PoolStateError);
+        }
+    }
+    CHECK(failed > 4000);
+    CHECK_THROWS_AS(map_result.get(), procpool::PoolStateError);
+    CHECK_THROWS_AS(pool.apply(slow_square, 1), procpool::PoolStateError);
+    check_no_processes_left(workers);
+    pool.join();  // allowed after terminate()
+    pool.terminate();  // idempotent
+}
+
+TEST_CASE("terminate() kills tasks that are running") {
+    procpool::Pool pool(2);
+    auto stuck = pool.apply_async([] {
+        for (;;) std::this_thread::sleep_for(1s);
+    });
+    std::this_thread::sleep_for(100ms);
+    const auto start = std::chrono::steady_clock::now();
+    pool.terminate();
+    CHECK(std::chrono::steady_clock::now() - start < 1s);
+    CHECK_THROWS_AS(stuck.get(), procpool::PoolStateError);
+}
+
+TEST_CASE("many pools one after another leave nothing behind") {
+    std::vector<pid_t> all;
+    for (int round = 0; round < 30; ++round) {
+        procpool::Pool pool(2);
+        const auto pids = pool.worker_pids();
+        all.insert(all.end(), pids.begin(), pids.end());
+        CHECK(pool.apply(slow_square, round) == round * round);
+    }
+    check_no_processes_left(all);
+}
+
+TEST_CASE("several pools at once") {
+    procpool::Pool a(2);
+    procpool::Pool b(1);
+    auto ra = a.map_async(slow_square, std::views::iota(0, 50));
+    auto rb = b.map_async(slow_square, std::views::iota(50, 100));
+    CHECK(ra.get().back() == 49 * 49);
+    CHECK(rb.get().back() == 99 * 99);
+}
+
+TEST_CASE("a pool moved into another object keeps working and the moved-from one throws") {
+    procpool::Pool first(1);
+    procpool::Pool second(std::move(first));
+    CHECK(second.apply(slow_square, 5) == 25);
+    CHECK_THROWS_AS(first.apply(slow_square, 5), procpool::PoolStateError);  // NOLINT(bugprone-use-after-move)
+}
+
+TEST_CASE("a pool used in a process forked after it was built refuses politely") {
+    procpool::Pool pool(1);
+    const pid_t child = ::fork();
+    if (child == 0) {
+        int code = 1;
+        try {
+            pool.apply(slow_square, 1);
+        } catch (const procpool::PoolStateError&) {
+            code = 0;
+        }
+        ::_exit(code);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(pool.apply(slow_square, 2) == 4);
+}
+
+TEST_CASE("output a task printed is not lost when its worker exits, nor duplicated by forks") {
+    // Run the scenario in a child with stdout on a pipe, so the test sees exactly what was written.
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    const pid_t child = ::fork();
+    if (child == 0) {
+        ::dup2(fds[1], STDOUT_FILENO);
+        ::close(fds[0]);
+        std::printf("before-pool;");  // buffered (a pipe is fully buffered) when the pool forks
+        {
+            procpool::Pool pool(2);
+            pool.map([](int x) {
+                std::printf("task%d;", x);  // buffered in the worker
+                return x;
+            }, std::views::iota(0, 4), {.chunksize = 1});
+        }
+        std::fflush(stdout);
+        ::_exit(0);
+    }
+    ::close(fds[1]);
+    std::string output;
+    char buffer[256];
+    for (ssize_t n; (n = ::read(fds[0], buffer, sizeof buffer)) > 0;) output.append(buffer, static_cast<std::size_t>(n));
+    ::close(fds[0]);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    auto count = [&](const std::string& needle) {
+        std::size_t n = 0;
+        for (std::size_t at = output.find(needle); at != std::string::npos; at = output.find(needle, at + 1)) ++n;
+        return n;
+    };
+    CHECK(count("before-pool;") == 1);
+    for (int i = 0; i < 4; ++i) CHECK(count("task" + std::to_string(i) + ";") == 1);
+}
+
+TEST_CASE("an idle pool sleeps instead of spinning") {
+    procpool::Pool pool(2);
+    pool.apply(slow_square, 1);
+    const std::vector<pid_t> workers = pool.worker_pids();
+    std::this_thread::sleep_for(200ms);  // past every spin phase
+    auto cpu_ticks = [](pid_t pid) {
+        std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+        std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+        std::istringstream fields(text.substr(text.rfind(')') + 2));
+        std::string field;
+        long ticks = 0;
+        for (int i = 3; i <= 15; ++i) {
+            fields >> field;
+            if (i == 14 || i == 15) ticks += std::stol(field);  // utime + stime
+        }
+        return ticks;
+    };
+    long before = 0;
+    for (pid_t pid : workers) before += cpu_ticks(pid);
+    std::this_thread::sleep_for(1s);
+    long after = 0;
+    for (pid_t pid : workers) after += cpu_ticks(pid);
+    CHECK(after - before <= 2);  // clock ticks (1/100 s) over a second, for both workers
+}
