@@ -180,10 +180,15 @@ class ImapRange {
 public:
     using value_type = typename Job::Value;
 
+    /// Chunks read ahead of the reader at most: enough to keep every worker busy with one queued behind.
+    static std::uint64_t window_chunks(std::size_t workers) noexcept { return 4 * workers + 8; }
+    /// Largest automatic chunk (automatic chunks aim at about 2 ms of work each).
+    static constexpr std::uint64_t kMaxAutoChunk = 16384;
+
     ImapRange(std::shared_ptr<detail::PoolCore<Transport>> core, std::shared_ptr<Job> job, View input,
               MapOptions options)
         : core_(std::move(core)), job_(std::move(job)), input_(std::move(input)), options_(options),
-          window_(8 * core_->scheduler.size() + 16) {}
+          window_(window_chunks(core_->scheduler.size())) {}
 
     ImapRange(ImapRange&&) noexcept = default;
     ImapRange& operator=(ImapRange&&) = delete;
@@ -263,7 +268,7 @@ private:
     void refill() {
         while (!input_done_) {
             const std::uint64_t chunk = chunk_size();
-            if (job_->unconsumed() >= window_ * chunk) return;
+            if (job_->unconsumed() + chunk > window_ * chunk) return;  // never more than window_ chunks ahead
             detail::ItemEncoder<Item> encoder(chunk);
             std::exception_ptr input_error;
             try {
@@ -296,7 +301,7 @@ private:
         const double item_ns = job_->item_ns.load(std::memory_order_relaxed);
         if (item_ns <= 0) return std::min<std::uint64_t>(std::uint64_t{1} << std::min<std::uint64_t>(chunks_formed_, 4), 16);
         const auto target = static_cast<double>(std::chrono::nanoseconds(std::chrono::milliseconds(2)).count());
-        return std::clamp<std::uint64_t>(static_cast<std::uint64_t>(target / item_ns), 1, 1 << 16);
+        return std::clamp<std::uint64_t>(static_cast<std::uint64_t>(target / item_ns), 1, kMaxAutoChunk);
     }
 
     std::shared_ptr<detail::PoolCore<Transport>> core_;

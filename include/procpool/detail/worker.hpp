@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <csignal>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -47,6 +48,7 @@ public:
 
     /// Runs the initializer, then serves tasks until told to exit. Never returns.
     [[noreturn]] void run() noexcept {
+        reset_crash_handlers();
         run_initializer();
         for (;;) {
             const Fragment fragment = next_fragment();
@@ -71,6 +73,13 @@ public:
     }
 
 private:
+    /// Handlers the program installed for itself (a crash reporter, a test framework, a sanitizer) must not turn
+    /// a worker's crash into something else: the worker dies from the signal, and WorkerCrashed names it.
+    /// An initializer may install its own.
+    static void reset_crash_handlers() noexcept {
+        for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS}) std::signal(signal, SIG_DFL);
+    }
+
     void run_initializer() noexcept {
         if (env_.initializer != nullptr && *env_.initializer) {
             try {

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""The Python side of procpool's comparison: the same workloads on multiprocessing.Pool.
+
+Prints one JSON object per workload on stdout:
+    {"workload": ..., "value": ..., "unit": ..., "samples": [...]}
+Run by benchmarks/run.sh next to the C++ benchmarks, on the same machine, in the same run.
+
+    python3 benchmarks/python_pool.py [workload ...]    (default: all)
+"""
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+
+
+def noop(x):
+    return x
+
+
+def double(x):
+    return 2 * x
+
+
+def echo(x):
+    return x
+
+
+def make_bytes(n):
+    return b"y" * n
+
+
+def spin(seconds):
+    end = time.perf_counter() + seconds
+    x = 0
+    while time.perf_counter() < end:
+        x += 1
+    return x
+
+
+def emit(workload, value, unit, samples=None, **extra):
+    record = {"workload": workload, "value": value, "unit": unit}
+    if samples is not None:
+        record["samples"] = samples
+    record.update(extra)
+    print(json.dumps(record), flush=True)
+
+
+def bench_apply_round_trip(workers):
+    with mp.Pool(workers) as pool:
+        for i in range(200):
+            pool.apply(noop, (i,))
+        samples = []
+        for i in range(5000):
+            start = time.perf_counter()
+            pool.apply(noop, (i,))
+            samples.append((time.perf_counter() - start) * 1e6)
+    emit("apply_round_trip", statistics.median(samples), "us", None,
+         p90=sorted(samples)[int(len(samples) * 0.9)])
+
+
+def bench_apply_async_burst(workers):
+    with mp.Pool(workers) as pool:
+        pool.apply(noop, (0,))
+        rates = []
+        for _ in range(3):
+            start = time.perf_counter()
+            results = [pool.apply_async(noop, (i,)) for i in range(20000)]
+            for r in results:
+                r.get()
+            rates.append(20000 / (time.perf_counter() - start))
+    emit("apply_async_burst", statistics.median(rates), "tasks/s", rates)
+
+
+def bench_map_tiny(workers):
+    data = list(range(10_000_000))
+    with mp.Pool(workers) as pool:
+        pool.map(double, range(1000))
+        rates = []
+        for _ in range(3):
+            start = time.perf_counter()
+            pool.map(double, data)
+            rates.append(len(data) / (time.perf_counter() - start))
+    emit("map_tiny", statistics.median(rates), "items/s", rates)
+
+
+def bench_imap(workers):
+    data = range(200_000)
+    with mp.Pool(workers) as pool:
+        pool.map(noop, range(1000))
+        for name, chunksize in (("imap_chunksize_1", 1), ("imap_default", None)):
+            for method in ("imap", "imap_unordered"):
+                rates = []
+                for _ in range(3):
+                    start = time.perf_counter()
+                    fn = getattr(pool, method)
+                    n = sum(1 for _ in (fn(noop, data) if chunksize is None else fn(noop, data, chunksize)))
+                    rates.append(n / (time.perf_counter() - start))
+                emit(name.replace("imap", method, 1), statistics.median(rates), "items/s", rates)
+
+
+def bench_large_payloads(workers):
+    payload = b"x" * (10 << 20)
+    items = [payload] * 16
+    with mp.Pool(workers) as pool:
+        pool.map(len, items[:2])
+        args, results = [], []
+        for _ in range(3):
+            start = time.perf_counter()
+            pool.map(len, items)
+            args.append(len(items) * len(payload) / (time.perf_counter() - start) / 1e9)
+            start = time.perf_counter()
+            pool.map(make_bytes, [len(payload)] * len(items))
+            results.append(len(items) * len(payload) / (time.perf_counter() - start) / 1e9)
+    emit("payload_10mib_args", statistics.median(args), "GB/s", args)
+    emit("payload_10mib_results", statistics.median(results), "GB/s", results)
+
+
+def bench_start_teardown(_workers):
+    samples = []
+    for _ in range(20):
+        start = time.perf_counter()
+        with mp.Pool(2) as pool:
+            pool.apply(noop, (1,))
+        samples.append((time.perf_counter() - start) * 1e3)
+    emit("pool2_start_apply_teardown", statistics.median(samples), "ms", samples)
+
+
+def bench_cpu_scaling(workers):
+    for task_ms, count in ((0.3, 2000), (10.0, 60)):
+        tasks = [task_ms / 1e3] * count
+        start = time.perf_counter()
+        for t in tasks:
+            spin(t)
+        serial = time.perf_counter() - start
+        for n in range(1, workers + 1):
+            with mp.Pool(n) as pool:
+                pool.map(spin, [0.0] * n)
+                start = time.perf_counter()
+                pool.map(spin, tasks)
+                elapsed = time.perf_counter() - start
+            emit(f"cpu_scaling_{task_ms}ms_{n}workers", elapsed * 1e3, "ms", None, serial_ms=serial * 1e3,
+                 speedup=serial / elapsed)
+
+
+def bench_skew(workers):
+    tasks = [0.002] * 400
+    tasks[17] = 0.2
+    ideal = max(sum(tasks) / workers, max(tasks))
+    with mp.Pool(workers) as pool:
+        pool.map(spin, [0.0] * workers)
+        start = time.perf_counter()
+        pool.map(spin, tasks)
+        elapsed = time.perf_counter() - start
+    emit("skewed_makespan", elapsed / ideal, "x ideal", None, ideal_ms=ideal * 1e3, makespan_ms=elapsed * 1e3)
+
+
+WORKLOADS = {
+    "apply_round_trip": bench_apply_round_trip,
+    "apply_async_burst": bench_apply_async_burst,
+    "map_tiny": bench_map_tiny,
+    "imap": bench_imap,
+    "large_payloads": bench_large_payloads,
+    "start_teardown": bench_start_teardown,
+    "cpu_scaling": bench_cpu_scaling,
+    "skew": bench_skew,
+}
+
+
+def main():
+    workers = len(os.sched_getaffinity(0))
+    names = sys.argv[1:] or list(WORKLOADS)
+    for name in names:
+        WORKLOADS[name](workers)
+
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    main()
