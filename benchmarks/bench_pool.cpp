@@ -1,31 +1,334 @@
-// procpool benchmarks (Google Benchmark). Run benchmarks/run.sh for the comparison with Python and threads.
+// procpool benchmarks (Google Benchmark). benchmarks/run.sh runs them next to Python's multiprocessing.Pool
+// (benchmarks/python_pool.py) and writes benchmarks/results/.
+//
+// Every benchmark reports its headline figure as the counter "figure" and names it in its label as
+// "<workload>|<unit>", the key report.py matches with the Python side. Baselines measured in the same process
+// (a thread pool doing the same work, a serial loop) are reported as "<workload>_threads" and "_serial".
 #include <benchmark/benchmark.h>
 #include <procpool/procpool.hpp>
 
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <fstream>
+#include <functional>
+#include <future>
+#include <mutex>
 #include <numeric>
+#include <sstream>
+#include <string>
+#include <thread>
 #include <vector>
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+double median(std::vector<double> values) {
+    std::sort(values.begin(), values.end());
+    return values.empty() ? 0 : values[values.size() / 2];
+}
+
+void report(benchmark::State& state, const std::string& workload, double figure, const std::string& unit) {
+    state.counters["figure"] = figure;
+    state.SetLabel(workload + "|" + unit);
+}
+
+std::size_t cpus() { return procpool::detail::usable_cpu_count(); }
+
+/// Burns `seconds` of CPU (the same busy loop as python_pool.py's spin).
+long spin(double seconds) {
+    const auto end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+    long x = 0;
+    while (Clock::now() < end) benchmark::DoNotOptimize(++x);
+    return x;
+}
+
+/// The in-process baseline: a plain thread pool (one queue, N threads) doing the same work.
+class ThreadPool {
+public:
+    explicit ThreadPool(std::size_t n) {
+        for (std::size_t i = 0; i < n; ++i) threads_.emplace_back([this] { run(); });
+    }
+    ~ThreadPool() {
+        {
+            std::lock_guard lock(mutex_);
+            stop_ = true;
+        }
+        cv_.notify_all();
+        for (auto& t : threads_) t.join();
+    }
+    template <class F>
+    auto submit(F f) {
+        auto task = std::make_shared<std::packaged_task<decltype(f())()>>(std::move(f));
+        auto future = task->get_future();
+        {
+            std::lock_guard lock(mutex_);
+            queue_.emplace_back([task] { (*task)(); });
+        }
+        cv_.notify_one();
+        return future;
+    }
+    template <class F, class T>
+    auto map(F f, const std::vector<T>& items) {
+        std::vector<std::future<decltype(f(items[0]))>> futures;
+        futures.reserve(items.size());
+        for (const T& item : items) futures.push_back(submit([f, item] { return f(item); }));
+        std::vector<decltype(f(items[0]))> out;
+        out.reserve(items.size());
+        for (auto& fut : futures) out.push_back(fut.get());
+        return out;
+    }
+
+private:
+    void run() {
+        for (;;) {
+            std::function<void()> job;
+            {
+                std::unique_lock lock(mutex_);
+                cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+                if (queue_.empty()) return;
+                job = std::move(queue_.front());
+                queue_.pop_front();
+            }
+            job();
+        }
+    }
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<std::function<void()>> queue_;
+    std::vector<std::thread> threads_;
+    bool stop_ = false;
+};
+
 int identity(int x) { return x; }
 
+// 1. apply round trip of a no-op, back to back.
 void BM_apply_round_trip(benchmark::State& state) {
-    procpool::Pool pool(2);
-    for (int i = 0; i < 1000; ++i) pool.apply(identity, i);
+    procpool::Pool pool(cpus());
+    for (int i = 0; i < 2000; ++i) pool.apply(identity, i);
+    std::vector<double> samples;
     int i = 0;
-    for (auto _ : state) benchmark::DoNotOptimize(pool.apply(identity, i++));
-    state.SetItemsProcessed(state.iterations());
+    for (auto _ : state) {
+        const auto start = Clock::now();
+        benchmark::DoNotOptimize(pool.apply(identity, i++));
+        samples.push_back(seconds_since(start) * 1e6);
+    }
+    report(state, "apply_round_trip", median(samples), "us");
 }
-BENCHMARK(BM_apply_round_trip)->UseRealTime();
+BENCHMARK(BM_apply_round_trip)->Iterations(20000)->UseRealTime();
 
-void BM_map_tiny_items(benchmark::State& state) {
-    procpool::Pool pool(2);
-    std::vector<int> input(static_cast<std::size_t>(state.range(0)));
-    std::iota(input.begin(), input.end(), 0);
-    for (auto _ : state) benchmark::DoNotOptimize(pool.map([](int x) { return x * 2; }, input));
-    state.SetItemsProcessed(state.iterations() * state.range(0));
+// 2. apply_async burst: 20 000 no-op tasks submitted, then all gathered.
+void BM_apply_async_burst(benchmark::State& state) {
+    procpool::Pool pool(cpus());
+    pool.apply(identity, 0);
+    std::vector<double> rates;
+    for (auto _ : state) {
+        const auto start = Clock::now();
+        std::vector<procpool::AsyncResult<int>> results;
+        results.reserve(20000);
+        for (int k = 0; k < 20000; ++k) results.push_back(pool.apply_async(identity, k));
+        for (auto& r : results) benchmark::DoNotOptimize(r.get());
+        rates.push_back(20000 / seconds_since(start));
+    }
+    report(state, "apply_async_burst", median(rates), "tasks/s");
 }
-BENCHMARK(BM_map_tiny_items)->Arg(10'000'000)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_apply_async_burst)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// 3. map of a tiny function over 10 million integers, default chunksize.
+void BM_map_tiny(benchmark::State& state) {
+    procpool::Pool pool(cpus());
+    std::vector<int> input(10'000'000);
+    std::iota(input.begin(), input.end(), 0);
+    pool.map([](int x) { return 2 * x; }, std::vector<int>(1000, 1));
+    std::vector<double> rates;
+    for (auto _ : state) {
+        const auto start = Clock::now();
+        benchmark::DoNotOptimize(pool.map([](int x) { return 2 * x; }, input));
+        rates.push_back(static_cast<double>(input.size()) / seconds_since(start));
+    }
+    report(state, "map_tiny", median(rates), "items/s");
+}
+BENCHMARK(BM_map_tiny)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// 4. imap and imap_unordered over 200 000 integers, chunksize 1 and default.
+void BM_imap(benchmark::State& state) {
+    const bool ordered = state.range(0) == 1;
+    const std::size_t chunksize = static_cast<std::size_t>(state.range(1));
+    procpool::Pool pool(cpus());
+    pool.apply(identity, 0);
+    std::vector<double> rates;
+    for (auto _ : state) {
+        const auto start = Clock::now();
+        long n = 0;
+        if (ordered) {
+            for (int v : pool.imap(identity, std::views::iota(0, 200000), {.chunksize = chunksize})) n += v;
+        } else {
+            for (int v : pool.imap_unordered(identity, std::views::iota(0, 200000), {.chunksize = chunksize})) n += v;
+        }
+        benchmark::DoNotOptimize(n);
+        rates.push_back(200000 / seconds_since(start));
+    }
+    const std::string method = ordered ? "imap" : "imap_unordered";
+    report(state, method + (chunksize == 1 ? "_chunksize_1" : "_default"), median(rates), "items/s");
+}
+BENCHMARK(BM_imap)->Args({1, 1})->Args({0, 1})->Args({1, 0})->Args({0, 0})->Iterations(5)->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// 5. 10 MiB arguments and 10 MiB results through map.
+void BM_payload(benchmark::State& state) {
+    const bool arguments = state.range(0) == 1;
+    procpool::Pool pool(cpus());
+    const std::size_t size = std::size_t{10} << 20;
+    const std::vector<std::string> items(16, std::string(size, 'x'));
+    const std::vector<std::size_t> sizes(16, size);
+    std::vector<double> rates;
+    for (int warm = 0; warm < 2; ++warm) {
+        pool.map([](const std::string& s) { return s.size(); }, items);
+        pool.map([](std::size_t n) { return std::string(n, 'y'); }, sizes);
+    }
+    for (auto _ : state) {
+        const auto start = Clock::now();
+        if (arguments) {
+            benchmark::DoNotOptimize(pool.map([](const std::string& s) { return s.size(); }, items));
+        } else {
+            benchmark::DoNotOptimize(pool.map([](std::size_t n) { return std::string(n, 'y'); }, sizes));
+        }
+        rates.push_back(16.0 * static_cast<double>(size) / seconds_since(start) / 1e9);
+    }
+    report(state, arguments ? "payload_10mib_args" : "payload_10mib_results", median(rates), "GB/s");
+}
+BENCHMARK(BM_payload)->Arg(1)->Arg(0)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// 6. Pool of 2: construction + first apply + destruction.
+void BM_start_teardown(benchmark::State& state) {
+    std::vector<double> samples;
+    for (auto _ : state) {
+        const auto start = Clock::now();
+        {
+            procpool::Pool pool(2);
+            benchmark::DoNotOptimize(pool.apply(identity, 1));
+        }
+        samples.push_back(seconds_since(start) * 1e3);
+    }
+    report(state, "pool2_start_apply_teardown", median(samples), "ms");
+}
+BENCHMARK(BM_start_teardown)->Iterations(50)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// 7. CPU-bound scaling: fixed sets of ~0.3 ms and ~10 ms tasks at 1..N workers, against a serial loop and a
+// thread pool of the same size.
+void BM_cpu_scaling(benchmark::State& state) {
+    const double task_ms = state.range(0) == 0 ? 0.3 : 10.0;
+    const std::size_t count = state.range(0) == 0 ? 2000 : 60;
+    const auto workers = static_cast<std::size_t>(state.range(1));
+    const std::vector<double> tasks(count, task_ms / 1e3);
+    double serial = 0;
+    double pooled = 0;
+    double threaded = 0;
+    for (auto _ : state) {
+        auto start = Clock::now();
+        for (double t : tasks) benchmark::DoNotOptimize(spin(t));
+        serial = seconds_since(start);
+        {
+            procpool::Pool pool(workers);
+            pool.map(spin, std::vector<double>(workers, 0.0));
+            start = Clock::now();
+            benchmark::DoNotOptimize(pool.map(spin, tasks));
+            pooled = seconds_since(start);
+        }
+        {
+            ThreadPool threads(workers);
+            start = Clock::now();
+            benchmark::DoNotOptimize(threads.map(spin, tasks));
+            threaded = seconds_since(start);
+        }
+    }
+    const std::string name = "cpu_scaling_" + std::string(task_ms < 1 ? "0.3" : "10.0") + "ms_" +
+                             std::to_string(workers) + "workers";
+    report(state, name, pooled * 1e3, "ms");
+    state.counters["serial_ms"] = serial * 1e3;
+    state.counters["threads_ms"] = threaded * 1e3;
+    state.counters["speedup"] = serial / pooled;
+    state.counters["vs_threads"] = threaded / pooled;
+}
+void cpu_scaling_args(benchmark::internal::Benchmark* b) {
+    for (int size : {0, 1}) {
+        for (std::size_t w = 1; w <= cpus(); ++w) b->Args({size, static_cast<long>(w)});
+    }
+}
+BENCHMARK(BM_cpu_scaling)->Apply(cpu_scaling_args)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// 8. Skewed load: one task 100x longer than the rest; makespan against the ideal.
+void BM_skew(benchmark::State& state) {
+    const std::size_t workers = cpus();
+    std::vector<double> tasks(400, 0.002);
+    tasks[17] = 0.2;
+    const double total = std::accumulate(tasks.begin(), tasks.end(), 0.0);
+    const double ideal = std::max(total / static_cast<double>(workers), *std::max_element(tasks.begin(), tasks.end()));
+    procpool::Pool pool(workers);
+    pool.map(spin, std::vector<double>(workers, 0.0));
+    std::vector<double> ratios;
+    for (auto _ : state) {
+        const auto start = Clock::now();
+        benchmark::DoNotOptimize(pool.map(spin, tasks));
+        ratios.push_back(seconds_since(start) / ideal);
+    }
+    report(state, "skewed_makespan", median(ratios), "x ideal");
+}
+BENCHMARK(BM_skew)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+long cpu_ticks(pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    std::istringstream fields(text.substr(text.rfind(')') + 2));
+    std::string field;
+    long ticks = 0;
+    for (int i = 3; i <= 15; ++i) {
+        fields >> field;
+        if (i == 14 || i == 15) ticks += std::stol(field);
+    }
+    return ticks;
+}
+
+long private_kib(pid_t pid) {
+    std::ifstream rollup("/proc/" + std::to_string(pid) + "/smaps_rollup");
+    std::string key;
+    long total = 0;
+    while (rollup >> key) {
+        long value = 0;
+        if (key == "Private_Clean:" || key == "Private_Dirty:") {
+            rollup >> value;
+            total += value;
+        }
+    }
+    return total;
+}
+
+// 9. An idle pool for 5 s: CPU burned by all its processes (percent of one core), and private memory per worker.
+void BM_idle(benchmark::State& state) {
+    for (auto _ : state) {
+        procpool::Pool pool(cpus());
+        pool.map(identity, std::views::iota(0, 1000));
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));  // past every spin phase
+        std::vector<pid_t> pids = pool.worker_pids();
+        long before = 0;
+        for (pid_t p : pids) before += cpu_ticks(p);
+        const long self_before = cpu_ticks(::getpid());
+        std::this_thread::sleep_for(std::chrono::seconds(5));
+        long after = 0;
+        for (pid_t p : pids) after += cpu_ticks(p);
+        const long self_after = cpu_ticks(::getpid());
+        const double ticks = static_cast<double>(after - before + self_after - self_before);
+        report(state, "idle_cpu", ticks / static_cast<double>(sysconf(_SC_CLK_TCK)) / 5.0 * 100.0, "% of a core");
+        long memory = 0;
+        for (pid_t p : pids) memory += private_kib(p);
+        state.counters["private_kib_per_worker"] = static_cast<double>(memory) / static_cast<double>(pids.size());
+    }
+}
+BENCHMARK(BM_idle)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

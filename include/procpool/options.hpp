@@ -24,6 +24,10 @@ struct PoolOptions {
     std::optional<std::chrono::milliseconds> task_timeout{};
 
     // ---- beyond Python's Pool ----
+    /// Bytes of address space each worker may add to what it inherits from your program (RLIMIT_AS): a task
+    /// allocating past it fails with std::bad_alloc (or WorkerCrashed, if the allocation cannot throw), not the
+    /// pool. nullopt = no limit. 0 throws std::invalid_argument.
+    std::optional<std::size_t> memory_limit{};
     /// Capacity in bytes of each worker's task ring and result ring (a power of two, at least 4096). Values larger
     /// than a ring stream through it; a bigger ring only lowers the number of hand-offs for large values.
     std::size_t ring_bytes = std::size_t{1} << 18;

@@ -41,6 +41,9 @@ inline void validate(const PoolOptions& options) {
     if (options.task_timeout && options.task_timeout->count() <= 0) {
         throw std::invalid_argument("procpool: task_timeout must be positive (or nullopt for no limit)");
     }
+    if (options.memory_limit && *options.memory_limit == 0) {
+        throw std::invalid_argument("procpool: memory_limit must be positive (or nullopt for no limit)");
+    }
     if (options.ring_bytes < 4096 || (options.ring_bytes & (options.ring_bytes - 1)) != 0) {
         throw std::invalid_argument("procpool: ring_bytes must be a power of two of at least 4096");
     }
@@ -162,6 +165,7 @@ private:
         config.workers = options.processes.value_or(detail::usable_cpu_count());
         config.initializer = options.initializer;
         config.ring_bytes = options.ring_bytes;
+        config.memory_limit = options.memory_limit;
         detail::SchedulerSettings settings;
         settings.max_items_per_worker = options.max_tasks_per_child;
         settings.task_timeout = options.task_timeout;

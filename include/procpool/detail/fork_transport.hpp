@@ -40,6 +40,7 @@ public:
         std::size_t workers = 1;
         std::function<void()> initializer;
         std::size_t ring_bytes = std::size_t{1} << 18;
+        std::optional<std::size_t> memory_limit;  // address space a worker may add (RLIMIT_AS)
         std::chrono::nanoseconds worker_spin = std::chrono::microseconds(50);
         std::chrono::nanoseconds flush_interval = std::chrono::microseconds(200);
     };
@@ -300,6 +301,7 @@ private:
         env.server_pid = server_pid;
         env.spin = self->config_.worker_spin;
         env.flush_interval = self->config_.flush_interval;
+        env.memory_limit = self->config_.memory_limit;
         Worker(env).run();
     }
 

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <deque>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -43,6 +44,8 @@ struct SchedulerSettings {
     std::chrono::nanoseconds chunk_target = std::chrono::milliseconds(2);    // automatic chunks take about this long
     std::chrono::nanoseconds queue_target = std::chrono::microseconds(200);  // work kept queued per worker
     std::size_t max_depth = 64;
+    std::chrono::nanoseconds kill_grace = std::chrono::milliseconds(250);    // SIGTERM, then SIGKILL after this
+    std::chrono::nanoseconds housekeeping_period = std::chrono::milliseconds(50);
 };
 
 template <class Transport>
@@ -180,6 +183,18 @@ private:
         std::int64_t last_active_ns = 0;
         std::int64_t respawn_at_ns = 0;   // retry time after a failed fork
         int failed_starts = 0;            // consecutive workers that died before their initializer finished
+        /// Set when the worker is being killed because an item ran past task_timeout: which item, and when
+        /// SIGTERM escalates to SIGKILL. A doomed worker gets no more tasks.
+        struct {
+            bool active = false;
+            std::uint64_t task = 0;
+            std::uint64_t item = 0;
+            std::int64_t start_ns = 0;
+            std::int64_t sigkill_at_ns = 0;
+        } doom;
+        [[nodiscard]] bool usable() const noexcept {
+            return (phase == Phase::running || phase == Phase::starting) && !doom.active;
+        }
     };
 
     // ---- submission helpers (mutex_ held) ----------------------------------------------------------------------
@@ -254,7 +269,7 @@ private:
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
             WorkerSlot& w = workers_[slot];
             const bool leave = w.budget == 0 || state_ == State::joining;
-            if (leave && w.inflight.empty() && (w.phase == Phase::running || w.phase == Phase::starting)) {
+            if (leave && w.inflight.empty() && w.usable()) {
                 std::size_t written = 0;
                 if (transport_.write(slot, kExitMessage, {}, 0, written)) w.phase = Phase::exiting;
             }
@@ -272,8 +287,7 @@ private:
         std::optional<std::size_t> best;
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
             const WorkerSlot& w = workers_[slot];
-            if (w.phase != Phase::running && w.phase != Phase::starting) continue;
-            if (w.budget == 0 || w.inflight.size() >= depth) continue;
+            if (!w.usable() || w.budget == 0 || w.inflight.size() >= depth) continue;
             if (!w.inflight.empty() && !w.inflight.back().fully_written()) continue;
             if (!best) {
                 best = slot;
@@ -377,8 +391,7 @@ private:
             std::optional<std::size_t> victim;
             for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
                 const WorkerSlot& w = workers_[slot];
-                const bool usable = (w.phase == Phase::running || w.phase == Phase::starting) && w.budget > 0;
-                if (usable && w.inflight.empty() && !idle) idle = slot;
+                if (w.usable() && w.budget > 0 && w.inflight.empty() && !idle) idle = slot;
                 if (w.inflight.size() >= 2 && (!victim || w.inflight.size() > workers_[*victim].inflight.size())) {
                     victim = slot;
                 }
@@ -433,27 +446,31 @@ private:
                 dispatch_locked();  // continue messages that were waiting for inbox space
                 worked = true;
             }
-            const std::int64_t now = monotonic_ns();
-            if (now >= next_housekeeping || stop_requested_.load(std::memory_order_acquire)) {
-                next_housekeeping = now + 50'000'000;
-                const bool finished = housekeeping();
+            if (monotonic_ns() >= next_housekeeping || stop_requested_.load(std::memory_order_acquire)) {
+                std::optional<std::int64_t> next = housekeeping();
                 deliver_failures();
-                if (finished) return;
+                if (!next) return;
+                next_housekeeping = *next;
             }
             if (worked) continue;
-            transport_.wait(MonotonicClock::now() + std::chrono::milliseconds(100), settings_.service_spin,
-                            [&] { return stop_requested_.load(std::memory_order_acquire); });
+            const auto wake = MonotonicClock::time_point(std::chrono::nanoseconds(next_housekeeping));
+            transport_.wait(wake, settings_.service_spin, [&] { return stop_requested_.load(std::memory_order_acquire); });
         }
     }
 
-    /// Periodic and life-cycle work. Returns true when the service thread should end.
-    bool housekeeping() {
+    /// Periodic and life-cycle work. Returns when it wants to run next (CLOCK_MONOTONIC ns), or nothing when the
+    /// service thread should end.
+    std::optional<std::int64_t> housekeeping() {
         std::lock_guard lock(mutex_);
         const std::int64_t now = monotonic_ns();
-        if (state_ == State::terminated) return workers_gone_locked() || !transport_.server_alive();
+        const std::int64_t next = now + settings_.housekeeping_period.count();
+        if (state_ == State::terminated) {
+            if (workers_gone_locked() || !transport_.server_alive()) return std::nullopt;
+            return next;
+        }
         if (!transport_.server_alive() && state_ != State::joining) {
             break_locked("the fork server process died");
-            return true;
+            return std::nullopt;
         }
         if (state_ == State::joining) {
             if (!shutdown_sent_) {
@@ -461,7 +478,8 @@ private:
                 transport_.shutdown();
                 shutdown_sent_ = true;
             }
-            return workers_gone_locked() && !transport_.server_alive();
+            if (workers_gone_locked() && !transport_.server_alive()) return std::nullopt;
+            return std::min(next, check_timeouts_locked(now));
         }
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
             WorkerSlot& w = workers_[slot];
@@ -472,7 +490,45 @@ private:
             }
         }
         dispatch_locked();
-        return false;
+        return std::min(next, check_timeouts_locked(now));
+    }
+
+    /// Kills workers whose current item ran past task_timeout (SIGTERM, SIGKILL after the grace period).
+    /// Returns the next time a deadline falls due.
+    std::int64_t check_timeouts_locked(std::int64_t now) {
+        std::int64_t next = std::numeric_limits<std::int64_t>::max();
+        if (!settings_.task_timeout) return next;
+        const std::int64_t timeout = std::chrono::nanoseconds(*settings_.task_timeout).count();
+        for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+            WorkerSlot& w = workers_[slot];
+            if (w.phase == Phase::dead) continue;
+            if (w.doom.active) {
+                if (w.doom.sigkill_at_ns != 0 && now >= w.doom.sigkill_at_ns) {
+                    transport_.signal(slot, SIGKILL);  // it ignored or handled SIGTERM
+                    w.doom.sigkill_at_ns = 0;
+                }
+                if (w.doom.sigkill_at_ns != 0) next = std::min(next, w.doom.sigkill_at_ns);
+                continue;
+            }
+            if (w.inflight.empty()) continue;
+            const auto& status = transport_.status(slot);
+            // Read item before and after its start time: the worker writes the start first.
+            const std::uint64_t task = status.task.load(std::memory_order_acquire);
+            const std::uint64_t item = status.item.load(std::memory_order_acquire);
+            const std::int64_t start = status.item_start_ns.load(std::memory_order_acquire);
+            if (item != status.item.load(std::memory_order_acquire) || task != status.task.load(std::memory_order_acquire) ||
+                task == 0 || task != w.inflight.front().id || start == 0) {
+                continue;  // between items or tasks: look again on the next pass
+            }
+            if (now - start < timeout) {
+                next = std::min(next, start + timeout);
+                continue;
+            }
+            w.doom = {true, task, item, start, now + settings_.kill_grace.count()};
+            transport_.signal(slot, SIGTERM);
+            next = std::min(next, w.doom.sigkill_at_ns);
+        }
+        return next;
     }
 
     [[nodiscard]] bool workers_gone_locked() const noexcept {
@@ -626,6 +682,7 @@ private:
         w.budget = settings_.max_items_per_worker.value_or(kUnlimited);
         w.phase = Phase::starting;
         w.pid = 0;
+        w.doom = {};
         transport_.respawn(slot);
         dispatch_locked();
         if (!work_left_locked()) idle_cv_.notify_all();
@@ -641,6 +698,7 @@ private:
         const std::uint64_t head = transport_.inbox_head(slot);
         std::vector<std::pair<std::shared_ptr<JobBase>, Segment>> back_to_queue;
         std::vector<std::pair<std::shared_ptr<JobBase>, Segment>> failed;
+        std::vector<std::pair<std::shared_ptr<JobBase>, Segment>> timed_out;
         for (std::size_t i = 0; i < w.inflight.size(); ++i) {
             Task& task = w.inflight[i];
             Segment rest = task.segment;
@@ -658,7 +716,20 @@ private:
                     held = head > task.position || transport_.claimed(slot, task.position);
                 }
             }
-            if (held) {
+            if (held && w.doom.active) {
+                // We killed this worker because an item ran past task_timeout.
+                const bool guilty = running_task == task.id && running_item == w.doom.item && w.doom.task == task.id &&
+                                    status.item_start_ns.load(std::memory_order_acquire) == w.doom.start_ns;
+                // With a timeout every finished item is sent before the next starts, so normally nothing before
+                // the current item is missing; if something is (it died while sending), it is lost.
+                const std::uint64_t current = running_task == task.id ? running_item : task.delivered;
+                if (current > task.delivered) {
+                    failed.emplace_back(task.job, rest.take_front(std::min(current - task.delivered, rest.count)));
+                }
+                // The guilty item fails with TaskTimeout. An item it started after finishing the late one just
+                // before the signal landed is innocent: it goes back to the queue with the rest.
+                if (guilty && rest.count != 0) timed_out.emplace_back(task.job, rest.take_front(1));
+            } else if (held) {
                 const std::uint64_t lost = std::min<std::uint64_t>(through - task.delivered + 1, rest.count);
                 failed.emplace_back(task.job, rest.take_front(lost));
             }
@@ -680,6 +751,10 @@ private:
         if (!failed.empty()) {
             const auto error = std::make_exception_ptr(WorkerCrashed(report.pid, report.signal, report.exit_code));
             for (auto& [job, segment] : failed) failures_.push_back(Failure{std::move(job), segment, error});
+        }
+        if (!timed_out.empty()) {
+            const auto error = std::make_exception_ptr(TaskTimeout(report.pid, *settings_.task_timeout));
+            for (auto& [job, segment] : timed_out) failures_.push_back(Failure{std::move(job), segment, error});
         }
     }
 

@@ -101,16 +101,21 @@ public:
     [[nodiscard]] std::uint32_t count() const noexcept { return count_; }
 
     /// Marks item `index` as started: publishes progress and sends the results gathered so far when they are due.
+    /// With a task timeout, every finished item is sent before the next starts (a hang then never takes finished
+    /// results down with it), and the start time is published after the send so the send does not count.
     void begin_item(std::uint32_t index) {
         current_ = index;
-        if (progress_.item != nullptr) progress_.item->store(index, std::memory_order_relaxed);
-        std::int64_t now = 0;
         if (timed_) {
-            now = monotonic_ns();
-            progress_.item_start_ns->store(now, std::memory_order_relaxed);
+            if (index != first_unsent_) send(monotonic_ns(), false);
+            // The parent reads item after start: a torn read can only make it see an older item with a newer
+            // start, which delays a kill rather than killing early.
+            progress_.item_start_ns->store(monotonic_ns(), std::memory_order_relaxed);
+            progress_.item->store(index, std::memory_order_release);
+            return;
         }
+        if (progress_.item != nullptr) progress_.item->store(index, std::memory_order_relaxed);
         if (index == first_unsent_ || --countdown_ > 0) return;
-        if (now == 0) now = monotonic_ns();
+        const std::int64_t now = monotonic_ns();
         if (now - last_flush_ns_ >= flush_interval_ns_) {
             send(now, false);
             stride_ = countdown_ = 1;

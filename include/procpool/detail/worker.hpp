@@ -9,11 +9,13 @@
 #include <csignal>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <optional>
 #include <span>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "procpool/detail/buffer.hpp"
@@ -37,6 +39,7 @@ struct WorkerEnvironment {
     pid_t server_pid = 0;
     std::chrono::nanoseconds spin{};            // how long to poll an empty inbox before sleeping
     std::chrono::nanoseconds flush_interval{};  // how often a long task sends the results it has so far
+    std::optional<std::size_t> memory_limit;    // address space the worker may add to what it inherited
 };
 
 class Worker final : private ResultSink {
@@ -49,6 +52,7 @@ public:
     /// Runs the initializer, then serves tasks until told to exit. Never returns.
     [[noreturn]] void run() noexcept {
         reset_crash_handlers();
+        apply_memory_limit();
         run_initializer();
         for (;;) {
             const Fragment fragment = next_fragment();
@@ -78,6 +82,20 @@ private:
     /// An initializer may install its own.
     static void reset_crash_handlers() noexcept {
         for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS}) std::signal(signal, SIG_DFL);
+    }
+
+    /// Caps the worker's address space at what it inherited plus memory_limit (RLIMIT_AS), so a task that
+    /// allocates too much gets std::bad_alloc instead of the machine running out of memory.
+    void apply_memory_limit() const noexcept {
+        if (!env_.memory_limit) return;
+        std::size_t inherited_pages = 0;
+        if (std::FILE* statm = std::fopen("/proc/self/statm", "r")) {
+            if (std::fscanf(statm, "%zu", &inherited_pages) != 1) inherited_pages = 0;
+            std::fclose(statm);
+        }
+        const rlim_t cap = inherited_pages * static_cast<rlim_t>(::sysconf(_SC_PAGESIZE)) + *env_.memory_limit;
+        const rlimit limit{cap, cap};
+        ::setrlimit(RLIMIT_AS, &limit);
     }
 
     void run_initializer() noexcept {

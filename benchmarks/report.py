@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Merges procpool's Google Benchmark JSON with python_pool.py's JSON lines into a Markdown report.
+
+    report.py RESULTS.cpp.json RESULTS.python.jsonl > RESULTS.md
+"""
+import json
+import os
+import platform
+import statistics
+import sys
+
+HIGHER_IS_BETTER = {"tasks/s", "items/s", "GB/s"}
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {len(os.sched_getaffinity(0))} usable cores, Linux {platform.release()}"
+
+
+def load_cpp(path):
+    with open(path) as f:
+        data = json.load(f)
+    figures = {}
+    extras = {}
+    for bench in data["benchmarks"]:
+        if bench.get("run_type") == "aggregate" or "label" not in bench:
+            continue
+        workload, unit = bench["label"].split("|")
+        figures.setdefault(workload, (unit, []))[1].append(bench["figure"])
+        extra = {k: v for k, v in bench.items() if k in ("serial_ms", "threads_ms", "speedup", "vs_threads",
+                                                          "private_kib_per_worker")}
+        if extra:
+            extras.setdefault(workload, []).append(extra)
+    return {w: (u, statistics.median(v)) for w, (u, v) in figures.items()}, extras, data.get("context", {})
+
+
+def load_python(path):
+    figures = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                figures[record["workload"]] = record
+    return figures
+
+
+def ratio(unit, ours, theirs):
+    if not ours or not theirs:
+        return ""
+    value = ours / theirs if unit in HIGHER_IS_BETTER else theirs / ours
+    return f"{value:.1f}x"
+
+
+def main():
+    cpp, extras, context = load_cpp(sys.argv[1])
+    python = load_python(sys.argv[2])
+    print(f"# procpool benchmark results\n\nMachine: {machine()}  ")
+    print(f"Run: {context.get('date', '')}, Google Benchmark `{context.get('library_build_type', '')}` library, "
+          f"Python {platform.python_version()} `multiprocessing.Pool` (fork) on the same machine in the same run.\n")
+    print("Figures are medians of repeated runs. \"procpool vs Python\" is how many times better procpool is.\n")
+    print("| workload | unit | procpool | Python multiprocessing | procpool vs Python |")
+    print("|---|---|---:|---:|---:|")
+    for workload, (unit, value) in cpp.items():
+        if workload.startswith("cpu_scaling"):
+            continue
+        theirs = python.get(workload, {}).get("value")
+        theirs_text = f"{theirs:,.3g}" if theirs else "n/a"
+        print(f"| {workload} | {unit} | {value:,.3g} | {theirs_text} | {ratio(unit, value, theirs)} |")
+    scaling = [(w, v) for w, v in cpp.items() if w.startswith("cpu_scaling")]
+    if scaling:
+        print("\n## CPU-bound scaling (fixed task set)\n")
+        print("| tasks | workers | serial ms | procpool ms | threads ms | speedup vs serial | procpool vs threads"
+              " | Python ms | Python speedup |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for workload, (unit, value) in scaling:
+            size, workers = workload[len("cpu_scaling_"):].split("_")
+            extra = extras.get(workload, [{}])[0]
+            py = python.get(workload, {})
+            print(f"| {size} | {workers.replace('workers', '')} | {extra.get('serial_ms', 0):.0f} | {value:.0f} | "
+                  f"{extra.get('threads_ms', 0):.0f} | {extra.get('speedup', 0):.2f}x | "
+                  f"{extra.get('vs_threads', 0):.3f} | {py.get('value', float('nan')):.0f} | "
+                  f"{py.get('speedup', float('nan')):.2f}x |")
+    idle = extras.get("idle_cpu")
+    if idle:
+        print(f"\nPrivate memory per idle worker: {idle[0].get('private_kib_per_worker', 0):.0f} KiB "
+              "(Private_Clean + Private_Dirty from /proc/PID/smaps_rollup, shared rings excluded).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+// Fault tolerance beyond plain crashes: hard timeouts, worker recycling, parent death, crashes in every phase,
+// signals without SA_RESTART, a fork that fails at start, the per-worker memory cap. Every fault is real.
+#include <catch2/catch.hpp>
+#include <procpool/procpool.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <grp.h>
+#include <ranges>
+#include <set>
+#include <sys/resource.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <system_error>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+int sleep_ms(int ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    return ms;
+}
+
+pid_t worker_pid() { return ::getpid(); }
+
+procpool::PoolOptions with_timeout(std::size_t processes, std::chrono::milliseconds timeout) {
+    procpool::PoolOptions options;
+    options.processes = processes;
+    options.task_timeout = timeout;
+    return options;
+}
+
+}  // namespace
+
+// ---- hard timeouts ------------------------------------------------------------------------------------------------
+
+TEST_CASE("a task past task_timeout fails with TaskTimeout, its worker is replaced, others complete") {
+    procpool::Pool pool(with_timeout(2, 300ms));
+    const std::vector<pid_t> before = pool.worker_pids();
+    auto stuck = pool.apply_async(sleep_ms, 60'000);
+    std::vector<procpool::AsyncResult<int>> fine;
+    for (int i = 0; i < 20; ++i) fine.push_back(pool.apply_async(sleep_ms, 5));
+    const auto start = std::chrono::steady_clock::now();
+    try {
+        stuck.get();
+        FAIL("no exception");
+    } catch (const procpool::TaskTimeout& e) {
+        CHECK(e.timeout() == 300ms);
+        CHECK(std::find(before.begin(), before.end(), e.pid()) != before.end());
+        CHECK(test_support::eventually([&] { return !test_support::process_exists(e.pid()); }));  // killed
+    }
+    CHECK(std::chrono::steady_clock::now() - start < 5s);
+    for (auto& r : fine) CHECK(r.get() == 5);
+    CHECK(test_support::eventually([&] { return pool.worker_pids().size() == 2; }));
+    CHECK(pool.apply(sleep_ms, 1) == 1);
+}
+
+TEST_CASE("a task that ignores SIGTERM is killed with SIGKILL after the grace period") {
+    procpool::Pool pool(with_timeout(1, 200ms));
+    auto stubborn = pool.apply_async([] {
+        std::signal(SIGTERM, SIG_IGN);
+        for (;;) std::this_thread::sleep_for(10ms);
+        return 0;
+    });
+    CHECK_THROWS_AS(stubborn.get(), procpool::TaskTimeout);
+    CHECK(pool.apply(sleep_ms, 1) == 1);
+}
+
+TEST_CASE("the timeout applies to each item of a chunk, not to the chunk") {
+    procpool::Pool pool(with_timeout(2, 150ms));
+    // 20 items of 30 ms in chunks of 20: each chunk takes 600 ms, no item takes more than 30 ms.
+    const std::vector<int> results = pool.map(sleep_ms, std::vector<int>(20, 30), {.chunksize = 20});
+    CHECK(results == std::vector<int>(20, 30));
+}
+
+TEST_CASE("in a chunk, the item that hangs times out and every other item completes") {
+    procpool::Pool pool(with_timeout(2, 250ms));
+    auto f = [](int x) {
+        if (x == 7) std::this_thread::sleep_for(60s);
+        return x * 10;
+    };
+    int index = 0;
+    int timeouts = 0;
+    auto results = pool.imap(f, std::views::iota(0, 30), {.chunksize = 10});
+    for (auto it = results.begin(); it != results.end(); ++it, ++index) {
+        try {
+            const int value = *it;
+            CHECK(value == index * 10);
+        } catch (const procpool::TaskTimeout&) {
+            CHECK(index == 7);
+            ++timeouts;
+        }
+    }
+    CHECK(index == 30);
+    CHECK(timeouts == 1);
+}
+
+TEST_CASE("a timed-out map fails with TaskTimeout and the pool goes on") {
+    procpool::Pool pool(with_timeout(2, 200ms));
+    CHECK_THROWS_AS(pool.map(sleep_ms, std::vector<int>{1, 2, 10'000, 3}), procpool::TaskTimeout);
+    CHECK(pool.map(sleep_ms, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 2, 3});
+}
+
+// ---- recycling ----------------------------------------------------------------------------------------------------
+
+TEST_CASE("max_tasks_per_child replaces workers after N items and loses nothing") {
+    procpool::Pool pool(procpool::PoolOptions{.processes = 2, .max_tasks_per_child = 5});
+    const std::vector<pid_t> pids = pool.map([](int) { return worker_pid(); }, std::views::iota(0, 60), {.chunksize = 1});
+    REQUIRE(pids.size() == 60);
+    const std::set<pid_t> distinct(pids.begin(), pids.end());
+    CHECK(distinct.size() >= 12);  // 60 items, at most 5 per worker
+    for (pid_t pid : distinct) CHECK(std::count(pids.begin(), pids.end(), pid) <= 5);
+    // Automatic chunks never give a worker more than its budget either.
+    const std::vector<pid_t> auto_pids = pool.map([](int) { return worker_pid(); }, std::views::iota(0, 200));
+    for (pid_t pid : std::set<pid_t>(auto_pids.begin(), auto_pids.end())) {
+        CHECK(std::count(auto_pids.begin(), auto_pids.end(), pid) <= 5);
+    }
+}
+
+TEST_CASE("with max_tasks_per_child, queued tasks run and close() then join() does not hang") {
+    procpool::Pool pool(procpool::PoolOptions{.processes = 2, .max_tasks_per_child = 1});
+    std::vector<procpool::AsyncResult<int>> results;
+    for (int i = 0; i < 30; ++i) results.push_back(pool.apply_async([](int x) { return x + 1; }, i));
+    pool.close();
+    pool.join();
+    for (int i = 0; i < 30; ++i) CHECK(results[i].get() == i + 1);
+    CHECK(test_support::child_pids().empty());
+}
+
+// ---- parent death -------------------------------------------------------------------------------------------------
+
+TEST_CASE("when the pool's process is killed with SIGKILL, its fork server and workers exit within a second") {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    const pid_t parent = ::fork();
+    if (parent == 0) {
+        ::close(fds[0]);
+        procpool::Pool pool(3);
+        pool.apply(sleep_ms, 1);
+        std::vector<pid_t> pids = pool.worker_pids();
+        for (pid_t child : test_support::child_pids()) pids.push_back(child);  // the fork server
+        const std::size_t n = pids.size();
+        (void)!::write(fds[1], &n, sizeof n);
+        (void)!::write(fds[1], pids.data(), n * sizeof(pid_t));
+        auto busy = pool.map_async(sleep_ms, std::vector<int>(100, 50));  // workers are mid-task when it dies
+        for (;;) ::pause();
+    }
+    ::close(fds[1]);
+    std::size_t n = 0;
+    REQUIRE(::read(fds[0], &n, sizeof n) == sizeof n);
+    std::vector<pid_t> pids(n);
+    REQUIRE(::read(fds[0], pids.data(), n * sizeof(pid_t)) == static_cast<ssize_t>(n * sizeof(pid_t)));
+    ::close(fds[0]);
+    REQUIRE(pids.size() == 4);
+    std::this_thread::sleep_for(50ms);
+    ::kill(parent, SIGKILL);
+    int status = 0;
+    REQUIRE(::waitpid(parent, &status, 0) == parent);
+    const auto killed = std::chrono::steady_clock::now();
+    // Exited means gone or a zombie: the orphaned fork server is reaped by init, which is not ours to hurry.
+    auto exited = [](pid_t p) {
+        const char state = test_support::process_state(p);
+        return state == 0 || state == 'Z';
+    };
+    CHECK(test_support::eventually([&] { return std::all_of(pids.begin(), pids.end(), exited); }, 3s));
+    CHECK(std::chrono::steady_clock::now() - killed < 1s);
+}
+
+// ---- crashes in every phase ---------------------------------------------------------------------------------------
+
+namespace {
+pid_t g_test_process = ::getpid();
+
+/// Crashes the worker while it decodes this value (never in the test process).
+struct CrashOnDecode {
+    int value = 0;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(value);
+        if constexpr (std::is_same_v<Archive, procpool::InputArchive>) {
+            if (::getpid() != g_test_process && value == 666) std::raise(SIGSEGV);
+        }
+    }
+};
+
+/// Crashes the worker while it encodes this value as a result.
+struct CrashOnEncode {
+    int value = 0;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        if constexpr (std::is_same_v<Archive, procpool::OutputArchive>) {
+            if (::getpid() != g_test_process && value == 666) std::raise(SIGBUS);
+        }
+        ar(value);
+    }
+};
+}  // namespace
+
+TEST_CASE("a crash while decoding the task fails that task") {
+    procpool::Pool pool(2);
+    auto bad = pool.apply_async([](CrashOnDecode v) { return v.value; }, CrashOnDecode{666});
+    auto good = pool.apply_async([](CrashOnDecode v) { return v.value; }, CrashOnDecode{1});
+    try {
+        bad.get();
+        FAIL("no exception");
+    } catch (const procpool::WorkerCrashed& e) {
+        CHECK(e.signal() == SIGSEGV);
+    }
+    CHECK(good.get() == 1);
+}
+
+TEST_CASE("a crash while encoding the result fails that task") {
+    procpool::Pool pool(2);
+    auto bad = pool.apply_async([](int v) { return CrashOnEncode{v}; }, 666);
+    auto good = pool.apply_async([](int v) { return CrashOnEncode{v}; }, 2);
+    try {
+        bad.get();
+        FAIL("no exception");
+    } catch (const procpool::WorkerCrashed& e) {
+        CHECK(e.signal() == SIGBUS);
+    }
+    CHECK(good.get().value == 2);
+}
+
+TEST_CASE("a worker that dies after sending its result fails nothing") {
+    procpool::Pool pool(1);
+    const pid_t first = pool.worker_pids().front();
+    // The task arms a timer and returns: SIGALRM kills the idle worker 50 ms after the result was sent.
+    const int value = pool.apply([] {
+        itimerval timer{};
+        timer.it_value.tv_usec = 50'000;
+        ::setitimer(ITIMER_REAL, &timer, nullptr);
+        return 42;
+    });
+    CHECK(value == 42);
+    CHECK(test_support::eventually([&] { return !test_support::process_exists(first); }));
+    CHECK(test_support::eventually([&] {
+        const auto pids = pool.worker_pids();
+        return pids.size() == 1 && pids.front() != first;
+    }));
+    CHECK(pool.apply(sleep_ms, 1) == 1);
+}
+
+TEST_CASE("a crash is reported within a second of the worker's death") {
+    procpool::Pool pool(2);
+    auto crashing = pool.apply_async([] {
+        std::this_thread::sleep_for(100ms);
+        std::abort();
+    });
+    std::this_thread::sleep_for(50ms);
+    const auto start = std::chrono::steady_clock::now();
+    CHECK_THROWS_AS(crashing.get(), procpool::WorkerCrashed);
+    CHECK(std::chrono::steady_clock::now() - start < 1s);
+}
+
+// ---- signals ------------------------------------------------------------------------------------------------------
+
+namespace {
+std::atomic<long> g_signals_seen{0};
+extern "C" void count_signal(int) { g_signals_seen.fetch_add(1, std::memory_order_relaxed); }
+
+void install_without_restart(int signal) {
+    struct sigaction action{};
+    action.sa_handler = count_signal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0;  // no SA_RESTART: blocking calls return EINTR
+    ::sigaction(signal, &action, nullptr);
+}
+}  // namespace
+
+TEST_CASE("signals delivered without SA_RESTART, to the parent and the workers, change nothing") {
+    install_without_restart(SIGUSR1);
+    procpool::Pool pool(procpool::PoolOptions{.processes = 2, .initializer = [] { install_without_restart(SIGUSR1); }});
+    std::atomic<bool> stop{false};
+    std::thread storm([&] {
+        while (!stop.load()) {
+            ::kill(::getpid(), SIGUSR1);
+            for (pid_t pid : pool.worker_pids()) ::kill(pid, SIGUSR1);
+            std::this_thread::sleep_for(200us);
+        }
+    });
+    long total = 0;
+    for (int round = 0; round < 20; ++round) {
+        const auto squares = pool.map([](int x) {
+            std::this_thread::sleep_for(50us);
+            return x * x;
+        }, std::views::iota(0, 200));
+        total += squares.back();
+        for (int v : pool.imap([](int x) { return x; }, std::views::iota(0, 100), {.chunksize = 1})) total += v;
+        auto slow = pool.apply_async(sleep_ms, 30);
+        CHECK_FALSE(slow.wait(1ms));
+        CHECK(slow.get(10s) == 30);
+    }
+    stop = true;
+    storm.join();
+    CHECK(total == 20 * (199 * 199 + 4950));
+    CHECK(g_signals_seen.load() > 100);
+    std::signal(SIGUSR1, SIG_DFL);
+}
+
+// ---- a fork that fails at start -----------------------------------------------------------------------------------
+
+TEST_CASE("if fork fails for a worker, the constructor throws and the workers already started are reaped") {
+    // As an unprivileged user with RLIMIT_NPROC = 4: this process, the fork server and two workers fit; the
+    // third worker's fork fails with EAGAIN.
+    const pid_t child = ::fork();
+    if (child == 0) {
+        if (::getuid() == 0) {
+            (void)!::setgroups(0, nullptr);
+            if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(10);
+        }
+        const rlimit limit{4, 4};
+        if (::setrlimit(RLIMIT_NPROC, &limit) != 0) ::_exit(11);
+        int code = 1;
+        try {
+            procpool::Pool pool(5);
+            code = 2;  // it should not have started
+        } catch (const std::system_error& e) {
+            // "worker 3 of 5" unless other processes of that user already count against the limit.
+            const bool clear = std::string(e.what()).find("procpool: could not fork") != std::string::npos;
+            code = clear && e.code().value() == EAGAIN ? 0 : 3;
+        }
+        if (code == 0 && !test_support::child_pids().empty()) code = 4;  // the started workers were reaped
+        ::_exit(code);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}
+
+// ---- the memory cap -----------------------------------------------------------------------------------------------
+
+TEST_CASE("a task allocating past memory_limit fails with std::bad_alloc and the pool goes on") {
+    procpool::PoolOptions options;
+    options.processes = 2;
+    options.memory_limit = std::size_t{256} << 20;
+    procpool::Pool pool(options);
+    CHECK_THROWS_AS(pool.apply([](std::size_t n) { return std::vector<char>(n, 1).size(); }, std::size_t{2} << 30),
+                    std::bad_alloc);
+    CHECK(pool.apply([](std::size_t n) { return std::vector<char>(n, 1).size(); }, std::size_t{64} << 20) ==
+          (std::size_t{64} << 20));
+    CHECK_THROWS_AS(procpool::Pool(procpool::PoolOptions{.processes = 1, .memory_limit = 0}), std::invalid_argument);
+}
