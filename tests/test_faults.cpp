@@ -110,6 +110,16 @@ TEST_CASE("a timed-out map fails with TaskTimeout and the pool goes on") {
     CHECK(pool.map(sleep_ms, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 2, 3});
 }
 
+TEST_CASE("a task whose arguments are still arriving is not timed out on the previous item's clock") {
+    procpool::Pool pool(with_timeout(1, 1000ms));
+    pool.apply(sleep_ms, 1);
+    for (int round = 0; round < 3; ++round) {
+        std::this_thread::sleep_for(1200ms);  // idle for longer than the timeout
+        const std::string big(32u << 20, 'a');
+        CHECK(pool.apply([](const std::string& s) { return s.size(); }, big) == big.size());
+    }
+}
+
 // ---- recycling ----------------------------------------------------------------------------------------------------
 
 TEST_CASE("max_tasks_per_child replaces workers after N items and loses nothing") {
@@ -330,6 +340,51 @@ TEST_CASE("if fork fails for a worker, the constructor throws and the workers al
             code = clear && e.code().value() == EAGAIN ? 0 : 3;
         }
         if (code == 0 && !test_support::child_pids().empty()) code = 4;  // the started workers were reaped
+        ::_exit(code);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("tasks queued for a replacement worker whose fork failed are not lost") {
+    // As an unprivileged user: the fork server's RLIMIT_NPROC is dropped to 1 so the replacement of a killed
+    // worker cannot be forked, then raised again: the pool retries and every task completes.
+    const pid_t child = ::fork();
+    if (child == 0) {
+        if (::getuid() == 0) {
+            (void)!::setgroups(0, nullptr);
+            if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(10);
+        }
+        int code = 0;
+        {
+            procpool::Pool pool(2);
+            std::vector<procpool::AsyncResult<int>> results;
+            for (int i = 0; i < 8; ++i) results.push_back(pool.apply_async(sleep_ms, 150));
+            std::this_thread::sleep_for(50ms);
+            const std::vector<pid_t> servers = test_support::child_pids();
+            if (servers.size() != 1) ::_exit(11);
+            rlimit original{};
+            ::prlimit(servers[0], RLIMIT_NPROC, nullptr, &original);
+            const rlimit tight{1, original.rlim_max};
+            if (::prlimit(servers[0], RLIMIT_NPROC, &tight, nullptr) != 0) ::_exit(12);
+            ::kill(pool.worker_pids().front(), SIGKILL);
+            std::this_thread::sleep_for(40ms);
+            ::prlimit(servers[0], RLIMIT_NPROC, &original, nullptr);
+            int ok = 0;
+            int crashed = 0;
+            for (auto& r : results) {
+                if (!r.wait(10s)) ::_exit(13);  // lost
+                try {
+                    r.get();
+                    ++ok;
+                } catch (const procpool::WorkerCrashed&) {
+                    ++crashed;
+                }
+            }
+            if (crashed > 1 || ok + crashed != 8) code = 14;
+        }
         ::_exit(code);
     }
     int status = 0;

@@ -3,6 +3,8 @@
 #include <procpool/procpool.hpp>
 
 #include <atomic>
+#include <random>
+#include <set>
 #include <chrono>
 #include <ranges>
 #include <sys/wait.h>
@@ -214,4 +216,79 @@ TEST_CASE("an idle pool sleeps instead of spinning") {
     long after = 0;
     for (pid_t pid : workers) after += cpu_ticks(pid);
     CHECK(after - before <= 2);  // clock ticks (1/100 s) over a second, for both workers
+}
+
+TEST_CASE("terminate() from another thread ends a join() that waits for a hung task") {
+    procpool::Pool pool(1);
+    auto hung = pool.apply_async([] {
+        for (;;) std::this_thread::sleep_for(1s);
+    });
+    pool.close();
+    std::thread joiner([&] { pool.join(); });
+    std::this_thread::sleep_for(100ms);
+    const auto start = std::chrono::steady_clock::now();
+    pool.terminate();
+    joiner.join();
+    CHECK(std::chrono::steady_clock::now() - start < 2s);
+    CHECK_THROWS_AS(hung.get(), procpool::PoolStateError);
+}
+
+TEST_CASE("terminate() racing deliveries to imap_unordered never duplicates an item nor hangs the reader") {
+    std::mt19937 rng(99);
+    for (int round = 0; round < 30; ++round) {
+        procpool::Pool pool(2);
+        auto results = pool.imap_unordered([](int x) {
+            std::this_thread::sleep_for(std::chrono::microseconds(300 + (x * 37) % 500));
+            return x;
+        }, std::views::iota(0, 48), {.chunksize = 1});
+        const auto delay = std::chrono::milliseconds(2 + rng() % 20);
+        std::thread terminator([&] {
+            std::this_thread::sleep_for(delay);
+            pool.terminate();
+        });
+        std::set<int> seen;
+        int failed = 0;
+        try {
+            for (auto it = results.begin(); it != results.end(); ++it) {
+                try {
+                    const int value = *it;
+                    REQUIRE(seen.insert(value).second);  // each item at most once
+                } catch (const procpool::PoolStateError&) {
+                    ++failed;  // failed by terminate()
+                }
+            }
+        } catch (const procpool::PoolStateError&) {
+            // Reading more input after terminate() throws: the pool takes no more.
+        }
+        terminator.join();
+        CHECK(seen.size() + static_cast<std::size_t>(failed) <= 48);
+    }
+}
+
+TEST_CASE("get() returns only after the result's callbacks have run") {
+    procpool::Pool pool(2);
+    for (int i = 0; i < 20; ++i) {
+        std::atomic<bool> done{false};
+        auto result = pool.apply_async([](int x) { return x; }, i);
+        result.on_success([&](const int&) {
+            std::this_thread::sleep_for(2ms);
+            done = true;
+        });
+        CHECK(result.get() == i);
+        CHECK(done.load());
+    }
+}
+
+TEST_CASE("a process forked after the pool was built can destroy its copy of the pool") {
+    auto* pool = new procpool::Pool(1);
+    const pid_t child = ::fork();
+    if (child == 0) {
+        delete pool;  // must neither abort nor touch the original process's workers
+        ::_exit(0);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status));
+    CHECK(pool->apply(slow_square, 3) == 9);  // the original pool is unharmed
+    delete pool;
 }

@@ -153,12 +153,13 @@ private:
             successes.swap(on_success_);
             errors.swap(on_error_);
         }
-        ready_.set();
+        // Callbacks run before waiters wake (as in Python): after get() returns, they have finished.
         if (error_) {
             for (auto& callback : errors) run_error(callback);
         } else {
             for (auto& callback : successes) run_success(callback);
         }
+        ready_.set();
         return true;
     }
 
@@ -262,7 +263,8 @@ public:
     }
 
     /// Calls `callback` with the value once the task succeeds: at once in this thread if it already has, else in
-    /// the pool's service thread (keep it short; it must not wait for other results of the same pool).
+    /// the pool's service thread, before get()/wait() return. Keep it short; it must not wait for results of the
+    /// same pool (its own included) nor call join().
     AsyncResult& on_success(typename State::SuccessCallback callback) {
         state().on_success(std::move(callback));
         return *this;

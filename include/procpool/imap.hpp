@@ -50,11 +50,18 @@ public:
     void expect(std::uint64_t first, std::uint64_t count) {
         std::lock_guard lock(mutex_);
         outstanding_ += count;
+        unconsumed_.fetch_add(count, std::memory_order_acq_rel);
         if (ordered_) chunks_.push_back(Chunk{first, 0, std::vector<Slot>(count)});
+    }
+    /// Takes back the last expect() when its items could not be submitted after all.
+    void unexpect(std::uint64_t count) {
+        std::lock_guard lock(mutex_);
+        outstanding_ -= count;
+        unconsumed_.fetch_sub(count, std::memory_order_acq_rel);
+        if (ordered_) chunks_.pop_back();
     }
     /// Items submitted whose entries the reader has not taken yet.
     [[nodiscard]] std::uint64_t unconsumed() const noexcept { return unconsumed_.load(std::memory_order_acquire); }
-    void add_unconsumed(std::uint64_t n) noexcept { unconsumed_.fetch_add(n, std::memory_order_acq_rel); }
 
     /// Takes the next released entry, if any.
     std::optional<Entry> try_take() {
@@ -287,10 +294,16 @@ private:
             if (count != 0) {
                 const std::uint64_t first = next_index_;
                 next_index_ += count;
-                job_->expect(first, count);
-                job_->add_unconsumed(count);
+                job_->expect(first, count);  // before extend(): results may arrive before it returns
+                try {
+                    core_->scheduler.extend(job_, detail::Segment{encoder.finish(), 0, count, first});
+                } catch (...) {
+                    job_->unexpect(count);
+                    next_index_ = first;
+                    input_done_ = true;  // the pool no longer takes input; what was read is lost with the error
+                    throw;
+                }
                 ++chunks_formed_;
-                core_->scheduler.extend(job_, detail::Segment{encoder.finish(), 0, count, first});
             }
             if (input_error) std::rethrow_exception(input_error);
         }

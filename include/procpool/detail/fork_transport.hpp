@@ -69,7 +69,8 @@ public:
 
     /// Kills whatever is still running (normally nothing: the pool shut it down) and reaps the fork server.
     ~ForkTransport() {
-        if (server_pid_ > 0) {
+        // In a process forked after the pool was built, the fork server belongs to the original process.
+        if (server_pid_ > 0 && fork_generation() == generation_) {
             terminate();
             wait_server_exit();
         }
@@ -197,15 +198,17 @@ public:
 
     /// True while the fork server runs. Reaps it once it has exited.
     bool server_alive() noexcept {
-        if (server_pid_ <= 0) return false;
-        if (reap(server_pid_, false) == -2) return true;
-        server_pid_ = -1;
+        const pid_t pid = server_pid_.load();
+        if (pid <= 0) return false;
+        if (reap(pid, false) == -2) return true;
+        server_pid_.store(-1);
         return false;
     }
-    /// Blocks until the fork server has exited and reaps it.
+    /// Blocks until the fork server has exited and reaps it. Not concurrently with server_alive().
     void wait_server_exit() noexcept {
-        if (server_pid_ > 0) reap(server_pid_, true);
-        server_pid_ = -1;
+        const pid_t pid = server_pid_.load();
+        if (pid > 0) reap(pid, true);
+        server_pid_.store(-1);
     }
 
     // ---- waiting ------------------------------------------------------------------------------------------------
@@ -233,7 +236,7 @@ private:
     }
 
     void request(const ServerRequest& r) noexcept {
-        if (server_pid_ > 0) send_packet(socket_, &r, sizeof r);
+        if (server_pid_.load() > 0) send_packet(socket_, &r, sizeof r);
     }
     void spawn(std::size_t slot) noexcept { request({kSpawnWorker, static_cast<std::uint32_t>(slot), 0, 0}); }
 
@@ -320,7 +323,8 @@ private:
     std::vector<RingConsumer> outboxes_;
     std::vector<Buffer> reassembly_;
     int socket_ = -1;
-    pid_t server_pid_ = -1;
+    std::atomic<pid_t> server_pid_{-1};  // -1 once reaped; read by user threads (terminate), written by the service thread
+    unsigned generation_ = fork_generation();
     std::uint64_t reports_read_ = 0;
     std::vector<pid_t> initial_pids_;
     std::vector<WorkerEvent> early_exits_;

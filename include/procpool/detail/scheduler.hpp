@@ -59,19 +59,23 @@ public:
             workers_[i].phase = Phase::running;
             workers_[i].budget = settings_.max_items_per_worker.value_or(kUnlimited);
         }
-        {
-            std::lock_guard lock(mutex_);
-            for (const WorkerEvent& report : transport_.take_early_exits()) handle_report(report);
-        }
-        deliver_failures();
-        service_ = std::thread([this] { service_loop(); });
+        // Workers that died while the pool was being built are handled by the service thread like any other
+        // death (it first reads what they sent, an initializer's error for instance).
+        early_events_ = transport_.take_early_exits();
+        service_ = std::make_unique<std::thread>([this] { service_loop(); });
     }
 
     Scheduler(const Scheduler&) = delete;
     Scheduler& operator=(const Scheduler&) = delete;
 
     ~Scheduler() {
-        if (service_.joinable()) terminate();
+        if (fork_generation() != generation_) {
+            // In a process forked after the pool was built the service thread does not exist, and the workers
+            // belong to the original process: touch nothing.
+            (void)service_.release();  // NOLINT: deliberately leaked; destroying it would std::terminate
+            return;
+        }
+        if (service_->joinable()) terminate();
     }
 
     [[nodiscard]] std::size_t size() const noexcept { return workers_.size(); }
@@ -120,10 +124,13 @@ public:
         if (state_ == State::running) state_ = State::closed;
     }
 
-    /// Waits until all queued work is done, then stops the workers and the fork server.
+    /// Waits until all queued work is done, then stops the workers and the fork server. A terminate() from
+    /// another thread ends the wait. Not from a callback (the service thread runs the work being waited for).
     void join() {
         check_owner();
-        std::lock_guard life(lifecycle_mutex_);
+        if (std::this_thread::get_id() == service_id_) {
+            throw PoolStateError("procpool: join() cannot be called from an AsyncResult callback");
+        }
         {
             std::unique_lock lock(mutex_);
             if (state_ == State::running) {
@@ -132,14 +139,14 @@ public:
             idle_cv_.wait(lock, [&] { return state_ != State::closed || !work_left_locked(); });
             if (state_ == State::closed) state_ = State::joining;
         }
+        transport_.wake();
         stop_service();
     }
 
     /// Stops the workers now; every unfinished result fails with PoolStateError. Returns once all processes are
-    /// reaped.
+    /// reaped (from a callback: once they are told to stop).
     void terminate() {
         check_owner();
-        std::lock_guard life(lifecycle_mutex_);
         {
             std::lock_guard lock(mutex_);
             fail_everything_locked(
@@ -417,6 +424,9 @@ private:
 
     // ---- the service thread ------------------------------------------------------------------------------------
     void service_loop() {
+        service_id_ = std::this_thread::get_id();
+        for (const WorkerEvent& event : early_events_) handle_event(event);
+        early_events_.clear();
         std::int64_t next_housekeeping = 0;
         for (;;) {
             bool worked = false;
@@ -427,17 +437,7 @@ private:
             }
             if (transport_.reports_pending()) {
                 while (std::optional<WorkerEvent> report = transport_.poll_report()) {
-                    if (report->kind == kWorkerExited && report->slot < workers_.size()) {
-                        // Results the worker published before it died are valid: take them first.
-                        transport_.drain(report->slot, [&](std::uint16_t kind, std::span<const std::byte> bytes) {
-                            handle_message(report->slot, kind, bytes);
-                        });
-                    }
-                    {
-                        std::lock_guard lock(mutex_);
-                        handle_report(*report);
-                    }
-                    deliver_failures();
+                    handle_event(*report);
                     worked = true;
                 }
             }
@@ -456,6 +456,21 @@ private:
             const auto wake = MonotonicClock::time_point(std::chrono::nanoseconds(next_housekeeping));
             transport_.wait(wake, settings_.service_spin, [&] { return stop_requested_.load(std::memory_order_acquire); });
         }
+    }
+
+    /// A worker life-cycle event. For a death, the results the worker published before it died are valid and
+    /// read first (an initializer's error among them).
+    void handle_event(const WorkerEvent& event) {
+        if (event.kind == kWorkerExited && event.slot < workers_.size()) {
+            transport_.drain(event.slot, [&](std::uint16_t kind, std::span<const std::byte> bytes) {
+                handle_message(event.slot, kind, bytes);
+            });
+        }
+        {
+            std::lock_guard lock(mutex_);
+            handle_report(event);
+        }
+        deliver_failures();
     }
 
     /// Periodic and life-cycle work. Returns when it wants to run next (CLOCK_MONOTONIC ns), or nothing when the
@@ -478,7 +493,8 @@ private:
                 transport_.shutdown();
                 shutdown_sent_ = true;
             }
-            if (workers_gone_locked() && !transport_.server_alive()) return std::nullopt;
+            // Done when every worker and the fork server are gone; a dead fork server took its workers along.
+            if (!transport_.server_alive()) return std::nullopt;
             return std::min(next, check_timeouts_locked(now));
         }
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
@@ -538,10 +554,14 @@ private:
         return true;
     }
 
+    /// Ends the service thread and reaps the fork server. Called from the service thread itself (a callback),
+    /// it only asks: the thread ends when the callback returns, and the pool's destructor reaps it.
     void stop_service() {
         stop_requested_.store(true, std::memory_order_release);
         transport_.wake();
-        if (service_.joinable()) service_.join();
+        if (std::this_thread::get_id() == service_id_) return;
+        std::lock_guard life(lifecycle_mutex_);  // one thread joins, the others wait for it
+        if (service_->joinable()) service_->join();
         transport_.wait_server_exit();
     }
 
@@ -571,6 +591,7 @@ private:
         std::uint64_t first = 0;
         {
             std::lock_guard lock(mutex_);
+            if (state_ == State::terminated || state_ == State::broken) return;  // already failed
             WorkerSlot& w = workers_[slot];
             if (w.inflight.empty() || w.inflight.front().id != header.task_id) {
                 return protocol_error_locked(slot, "result for a task the worker does not hold");
@@ -581,6 +602,8 @@ private:
             }
             job = task.job;
             first = task.segment.job_first + header.first;
+            // These items are delivered from here on: a terminate() while they are decoded must not fail them.
+            task.delivered += header.count;
         }
 
         std::vector<ItemError> errors;
@@ -602,7 +625,6 @@ private:
         WorkerSlot& w = workers_[slot];
         if (w.inflight.empty() || w.inflight.front().id != header.task_id) return;  // terminated meanwhile
         Task& task = w.inflight.front();
-        task.delivered += header.count;
         w.last_active_ns = monotonic_ns();
         if (header.count != 0) {
             const double per_item = static_cast<double>(header.busy_ns) / static_cast<double>(header.count);
@@ -638,6 +660,8 @@ private:
                 if (w.phase == Phase::starting) w.phase = Phase::running;
                 break;
             case kSpawnFailed:
+                // No worker ever read this inbox: everything in it goes back to the queue before the retry resets it.
+                requeue_unstarted_locked(report.slot);
                 w.phase = Phase::dead;
                 w.respawn_at_ns = monotonic_ns() + 100'000'000;  // retry: fork fails under transient pressure
                 break;
@@ -688,6 +712,33 @@ private:
         if (!work_left_locked()) idle_cv_.notify_all();
     }
 
+    /// Puts a slot's queued tasks, none of them started, back at the front of the queue in their order.
+    void requeue_unstarted_locked(std::size_t slot) {
+        WorkerSlot& w = workers_[slot];
+        std::vector<std::pair<std::shared_ptr<JobBase>, Segment>> back;
+        for (Task& task : w.inflight) {
+            Segment rest = task.segment;
+            rest.take_front(task.delivered);
+            if (rest.count != 0) back.emplace_back(task.job, std::move(rest));
+        }
+        w.inflight.clear();
+        requeue_front_locked(back);
+    }
+
+    void requeue_front_locked(std::vector<std::pair<std::shared_ptr<JobBase>, Segment>>& back_to_queue) {
+        for (auto it = back_to_queue.rbegin(); it != back_to_queue.rend(); ++it) {
+            JobBase& job = *it->first;
+            job.unsent_items += it->second.count;
+            job.ready.push_front(std::move(it->second));
+            if (job.queued) {
+                auto found = std::find(jobs_.begin(), jobs_.end(), it->first);
+                if (found != jobs_.end()) jobs_.erase(found);
+                job.queued = false;
+            }
+            enqueue_locked(it->first, true);
+        }
+    }
+
     /// A worker died holding tasks: the one it was running fails (from the first undelivered item up to the item
     /// it was in); everything it had not started goes back to the front of the queue.
     void requeue_or_fail_locked(std::size_t slot, const WorkerEvent& report) {
@@ -736,18 +787,7 @@ private:
             if (rest.count != 0) back_to_queue.emplace_back(task.job, std::move(rest));
         }
         w.inflight.clear();
-        // Back in the original order, ahead of everything else.
-        for (auto it = back_to_queue.rbegin(); it != back_to_queue.rend(); ++it) {
-            JobBase& job = *it->first;
-            job.unsent_items += it->second.count;
-            job.ready.push_front(std::move(it->second));
-            if (job.queued) {
-                auto found = std::find(jobs_.begin(), jobs_.end(), it->first);
-                if (found != jobs_.end()) jobs_.erase(found);
-                job.queued = false;
-            }
-            enqueue_locked(it->first, true);
-        }
+        requeue_front_locked(back_to_queue);  // in the original order, ahead of everything else
         if (!failed.empty()) {
             const auto error = std::make_exception_ptr(WorkerCrashed(report.pid, report.signal, report.exit_code));
             for (auto& [job, segment] : failed) failures_.push_back(Failure{std::move(job), segment, error});
@@ -820,7 +860,9 @@ private:
     double task_ns_ = 0;  // moving average of worker time per task
     std::atomic<bool> stop_requested_{false};
     unsigned generation_;  // fork_generation() where the pool was built
-    std::thread service_;
+    std::vector<WorkerEvent> early_events_;  // deaths seen while the pool was built, for the service thread
+    std::atomic<std::thread::id> service_id_{};
+    std::unique_ptr<std::thread> service_;
 };
 
 }  // namespace procpool::detail

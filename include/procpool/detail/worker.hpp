@@ -140,6 +140,9 @@ private:
             release(first);  // revoked by the parent; revoked tasks are always a single fragment
             return;
         }
+        // No item has started yet: clear the previous item's start time first, or the parent could time this
+        // task out while its arguments are still arriving.
+        slot_->status.item_start_ns.store(0, std::memory_order_relaxed);
         slot_->status.item.store(0, std::memory_order_relaxed);
         slot_->status.task.store(header.task_id, std::memory_order_release);
 
