@@ -1,6 +1,7 @@
 // procpool: AsyncResult<T>, the handle to a value a worker is computing (like Python's AsyncResult).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -68,6 +69,22 @@ private:
     mutable std::atomic<std::uint32_t> word_{0};
 };
 
+/// Lets a thread that waits for a result do the pool's polling itself, instead of handing every result
+/// through the pool's service thread: a round trip then involves two busy threads (the waiter and a worker)
+/// rather than three.
+class WaitHelper {
+public:
+    enum class Outcome { done, timed_out, busy };
+    /// Polls the pool until ready(context) or `budget` passes. Returns `busy` at once if another thread polls.
+    virtual Outcome help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget) noexcept = 0;
+
+protected:
+    ~WaitHelper() = default;
+};
+
+/// How long a waiting thread polls for its result before it sleeps.
+inline constexpr std::chrono::microseconds kHelpBudget{100};
+
 /// The state an AsyncResult shares with the pool: completed exactly once, with a value or an exception.
 template <class T>
 class ResultState {
@@ -82,7 +99,24 @@ public:
     ResultState& operator=(const ResultState&) = delete;
 
     [[nodiscard]] bool ready() const noexcept { return ready_.is_set(); }
-    bool wait(Deadline deadline) const noexcept { return ready_.wait(deadline); }
+
+    /// Waits until completed or `deadline`: polls the pool itself for a moment, then sleeps.
+    bool wait(Deadline deadline) const noexcept {
+        if (ready_.is_set()) return true;
+        std::chrono::nanoseconds spin = std::chrono::microseconds(20);
+        if (std::shared_ptr<WaitHelper> helper = helper_.lock()) {
+            auto budget = std::chrono::nanoseconds(kHelpBudget);
+            if (deadline) budget = std::min(budget, std::chrono::nanoseconds(*deadline - MonotonicClock::now()));
+            const auto outcome = helper->help(
+                [](const void* self) { return static_cast<const ResultState*>(self)->ready(); }, this, budget);
+            if (outcome == WaitHelper::Outcome::done) return true;
+            if (outcome == WaitHelper::Outcome::timed_out) spin = {};  // polled long enough: sleep now
+        }
+        return ready_.wait(deadline, spin);
+    }
+
+    /// The pool whose polling a waiter may take over. Set once, before the state is shared.
+    void set_helper(std::weak_ptr<WaitHelper> helper) noexcept { helper_ = std::move(helper); }
 
     /// Storage the producer may fill before completing (map results are decoded into it in place).
     /// Only the producer touches it before completion.
@@ -180,6 +214,7 @@ private:
     }
 
     ReadyFlag ready_;
+    std::weak_ptr<WaitHelper> helper_;
     std::mutex mutex_;
     bool done_ = false;
     std::optional<Value> value_;

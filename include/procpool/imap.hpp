@@ -74,10 +74,14 @@ public:
         unconsumed_.fetch_sub(1, std::memory_order_acq_rel);
         return entry;
     }
-    /// Waits until an entry is released (or `deadline`).
-    void wait_available(Deadline deadline) {
-        bell_.wait([this] { return available_.load(std::memory_order_acquire) != 0; }, deadline,
-                   std::chrono::microseconds(20));
+    /// Waits until an entry is released: polls the pool through `helper` for a moment, then sleeps.
+    void wait_available(WaitHelper& helper) {
+        auto ready = [](const void* self) { return static_cast<const ImapJob*>(self)->available_.load() != 0; };
+        const auto outcome = helper.help(ready, this, kHelpBudget);
+        if (outcome == WaitHelper::Outcome::done) return;
+        const auto spin = outcome == WaitHelper::Outcome::busy ? std::chrono::nanoseconds(std::chrono::microseconds(20))
+                                                                : std::chrono::nanoseconds::zero();
+        bell_.wait([this] { return available_.load(std::memory_order_acquire) != 0; }, std::nullopt, spin);
     }
     void abandon() noexcept { abandoned_.store(true, std::memory_order_release); }
 
@@ -267,7 +271,7 @@ private:
                 refill();
                 continue;
             }
-            job_->wait_available(std::nullopt);
+            job_->wait_available(core_->scheduler);
         }
     }
 

@@ -106,6 +106,7 @@ public:
             return AsyncResult<R>();
         } else {
             auto state = std::make_shared<detail::ResultState<R>>();
+            state->set_helper(helper());
             detail::ItemEncoder<Item> items(1);
             items.add(Item(std::forward<Args>(args)...));
             auto job = std::make_shared<detail::ApplyJob<R>>(&detail::run_task<Fn, Item, true>, callable_bytes<Fn>(f), state);
@@ -205,6 +206,7 @@ private:
         using R = detail::checked_result_t<Fn, Item, Unpack>;
         using Output = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
         auto state = std::make_shared<detail::ResultState<Output>>();
+        state->set_helper(helper());
         if constexpr (detail::check_task<Fn, Item, Unpack>()) {
             std::shared_ptr<detail::ItemBlock> block = encode_items<Item>(range);
             const std::uint64_t count = block->count;
@@ -245,6 +247,10 @@ private:
                                              options);
     }
 
+    /// The scheduler as a WaitHelper, without keeping the pool alive.
+    std::weak_ptr<detail::WaitHelper> helper() const {
+        return std::shared_ptr<detail::WaitHelper>(core_, &core().scheduler);
+    }
     std::shared_ptr<Core> shared_core() const {
         core();
         return core_;

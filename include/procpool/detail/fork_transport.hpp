@@ -212,21 +212,25 @@ public:
     }
 
     // ---- waiting ------------------------------------------------------------------------------------------------
-    /// Sleeps until a worker posted a message, the fork server a report, `extra()` is true or `deadline` passes.
-    template <class Extra>
-    void wait(Deadline deadline, std::chrono::nanoseconds spin, Extra&& extra) {
-        control_->parent_bell.wait(
-            [&] {
-                if (reports_pending() || attention_pending() || extra()) return true;
-                for (RingConsumer& outbox : outboxes_) {
-                    if (outbox.readable()) return true;
-                }
-                return false;
-            },
-            deadline, spin);
+    /// True when a worker posted a message, the fork server a report, or a worker freed inbox space the parent
+    /// waits for: something for the thread that polls the rings.
+    [[nodiscard]] bool pending() noexcept {
+        if (reports_pending() || attention_pending()) return true;
+        for (RingConsumer& outbox : outboxes_) {
+            if (outbox.readable()) return true;
+        }
+        return false;
+    }
+    /// Sleeps until `ready()` (which should include pending()) or `deadline`, after spinning for `spin`.
+    template <class Ready>
+    void wait(Deadline deadline, std::chrono::nanoseconds spin, Ready&& ready) {
+        control_->parent_bell.wait(ready, deadline, spin);
     }
     /// Wakes the thread in wait() (from another thread of the parent).
     void wake() noexcept { control_->parent_bell.wake_all(); }
+    /// While muted, workers and the fork server do not wake the thread in wait(): another thread polls.
+    void mute() noexcept { control_->parent_bell.mute(); }
+    void unmute() noexcept { control_->parent_bell.unmute(); }
 
 private:
     std::atomic<std::uint32_t>& claim_word(std::size_t slot, std::uint64_t position) noexcept {

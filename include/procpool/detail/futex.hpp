@@ -57,11 +57,20 @@ inline void futex_wake(std::atomic<std::uint32_t>& word, int count, bool shared)
 struct Doorbell {
     std::atomic<std::uint32_t> epoch{0};
     std::atomic<std::uint32_t> sleepers{0};
+    /// Nonzero while another thread of the waiting side polls for what the sleepers wait for (so waking them
+    /// would only cost a system call). Whoever mutes must, after unmuting, look once more (see unmute()).
+    std::atomic<std::uint32_t> muted{0};
 
     /// Call after publishing state that may satisfy a waiter. Never blocks. Safe from any process.
     void ring() noexcept {
         std::atomic_thread_fence(std::memory_order_seq_cst);  // publish happens-before the sleepers check
-        if (sleepers.load(std::memory_order_relaxed) != 0) wake_all();
+        if (sleepers.load(std::memory_order_relaxed) != 0 && muted.load(std::memory_order_relaxed) == 0) wake_all();
+    }
+    void mute() noexcept { muted.store(1, std::memory_order_relaxed); }
+    /// After this returns, a ring() that was muted has published state the caller's next look will see.
+    void unmute() noexcept {
+        muted.store(0, std::memory_order_relaxed);
+        std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the fence in ring()
     }
     void wake_all() noexcept {
         epoch.fetch_add(1, std::memory_order_release);
@@ -91,6 +100,7 @@ struct Doorbell {
     /// Forgets sleepers left behind by a process that died while waiting. Only when no one else uses the bell.
     void reset() noexcept {
         sleepers.store(0, std::memory_order_relaxed);
+        muted.store(0, std::memory_order_relaxed);
         wake_all();
     }
 };

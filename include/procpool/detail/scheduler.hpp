@@ -27,10 +27,12 @@
 #include <thread>
 #include <vector>
 
+#include "procpool/async_result.hpp"
 #include "procpool/detail/events.hpp"
 #include "procpool/detail/exceptions.hpp"
 #include "procpool/detail/jobs.hpp"
 #include "procpool/detail/process.hpp"
+#include "procpool/detail/spin.hpp"
 #include "procpool/detail/task.hpp"
 #include "procpool/errors.hpp"
 
@@ -49,7 +51,7 @@ struct SchedulerSettings {
 };
 
 template <class Transport>
-class Scheduler {
+class Scheduler final : public WaitHelper {
 public:
     Scheduler(Transport& transport, SchedulerSettings settings)
         : transport_(transport), settings_(settings), workers_(transport.size()), generation_(fork_generation()) {
@@ -422,29 +424,75 @@ private:
         }
     }
 
+    // ---- polling: the service thread, or a thread waiting for a result -----------------------------------------
+    /// Reads every result ring, the fork server's reports and the workers' requests for attention. Only the
+    /// holder of `poll_mutex_` (each ring and the report socket have one reader).
+    bool poll_rings() {
+        bool worked = false;
+        for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+            worked |= transport_.drain(slot, [&](std::uint16_t kind, std::span<const std::byte> bytes) {
+                handle_message(slot, kind, bytes);
+            });
+        }
+        if (transport_.reports_pending()) {
+            while (std::optional<WorkerEvent> report = transport_.poll_report()) {
+                handle_event(*report);
+                worked = true;
+            }
+        }
+        if (transport_.take_attention()) {
+            std::lock_guard lock(mutex_);
+            dispatch_locked();  // continue messages that were waiting for inbox space
+            worked = true;
+        }
+        return worked;
+    }
+
+    /// WaitHelper: a thread waiting for a result polls the rings itself while the service thread sleeps, and the
+    /// workers' doorbell is muted meanwhile (a wake-up would only wake the service thread for nothing).
+    Outcome help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget) noexcept override {
+        if (std::this_thread::get_id() == service_id_.load(std::memory_order_relaxed)) return Outcome::busy;
+        std::unique_lock role(poll_mutex_, std::try_to_lock);
+        if (!role.owns_lock()) return Outcome::busy;
+        helpers_.fetch_add(1, std::memory_order_acq_rel);
+        transport_.mute();
+        const std::int64_t end = monotonic_ns() + budget.count();
+        bool done = false;
+        try {
+            for (unsigned round = 0;; ++round) {
+                if (poll_rings()) round = 0;
+                done = ready(context);
+                if (done || ((round & 15) == 15 && monotonic_ns() >= end)) break;
+                cpu_relax();
+            }
+            // Leave: from here on workers wake the service thread again; look once more for what they
+            // published while the doorbell was muted.
+            helpers_.fetch_sub(1, std::memory_order_acq_rel);
+            transport_.unmute();
+            poll_rings();
+        } catch (...) {
+            helpers_.store(0, std::memory_order_release);
+            transport_.unmute();
+            transport_.wake();
+            return Outcome::busy;
+        }
+        return done || ready(context) ? Outcome::done : Outcome::timed_out;
+    }
+
     // ---- the service thread ------------------------------------------------------------------------------------
     void service_loop() {
         service_id_ = std::this_thread::get_id();
-        for (const WorkerEvent& event : early_events_) handle_event(event);
-        early_events_.clear();
+        {
+            std::lock_guard role(poll_mutex_);
+            for (const WorkerEvent& event : early_events_) handle_event(event);
+            early_events_.clear();
+        }
         std::int64_t next_housekeeping = 0;
         for (;;) {
             bool worked = false;
-            for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
-                worked |= transport_.drain(slot, [&](std::uint16_t kind, std::span<const std::byte> bytes) {
-                    handle_message(slot, kind, bytes);
-                });
-            }
-            if (transport_.reports_pending()) {
-                while (std::optional<WorkerEvent> report = transport_.poll_report()) {
-                    handle_event(*report);
-                    worked = true;
-                }
-            }
-            if (transport_.take_attention()) {
-                std::lock_guard lock(mutex_);
-                dispatch_locked();  // continue messages that were waiting for inbox space
-                worked = true;
+            if (helpers_.load(std::memory_order_acquire) == 0) {
+                std::unique_lock role(poll_mutex_, std::try_to_lock);
+                if (role.owns_lock()) worked = poll_rings();
             }
             if (monotonic_ns() >= next_housekeeping || stop_requested_.load(std::memory_order_acquire)) {
                 std::optional<std::int64_t> next = housekeeping();
@@ -453,8 +501,14 @@ private:
                 next_housekeeping = *next;
             }
             if (worked) continue;
+            // Sleep until there is something to poll, unless a waiting thread polls (it looks once more when it
+            // leaves, and later messages ring the doorbell again).
             const auto wake = MonotonicClock::time_point(std::chrono::nanoseconds(next_housekeeping));
-            transport_.wait(wake, settings_.service_spin, [&] { return stop_requested_.load(std::memory_order_acquire); });
+            const bool helped = helpers_.load(std::memory_order_acquire) != 0;
+            transport_.wait(wake, helped ? std::chrono::nanoseconds::zero() : settings_.service_spin, [&] {
+                return stop_requested_.load(std::memory_order_acquire) ||
+                       (helpers_.load(std::memory_order_acquire) == 0 && transport_.pending());
+            });
         }
     }
 
@@ -862,6 +916,8 @@ private:
     unsigned generation_;  // fork_generation() where the pool was built
     std::vector<WorkerEvent> early_events_;  // deaths seen while the pool was built, for the service thread
     std::atomic<std::thread::id> service_id_{};
+    std::mutex poll_mutex_;          // the right to read the result rings and the fork server's reports
+    std::atomic<int> helpers_{0};    // threads waiting for a result that poll instead of the service thread
     std::unique_ptr<std::thread> service_;
 };
 
