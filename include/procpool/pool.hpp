@@ -105,13 +105,12 @@ public:
         if constexpr (!detail::check_task<Fn, Item, true>()) {
             return AsyncResult<R>();
         } else {
-            auto state = std::make_shared<detail::ResultState<R>>();
-            state->set_helper(helper());
-            detail::ItemEncoder<Item> items(1);
+            auto parts = detail::ApplyJob<R>::make(&detail::run_task<Fn, Item, true>, callable_bytes<Fn>(f));
+            parts.state->set_helper(helper());
+            detail::ItemEncoder<Item> items(parts.item, 1);
             items.add(Item(std::forward<Args>(args)...));
-            auto job = std::make_shared<detail::ApplyJob<R>>(&detail::run_task<Fn, Item, true>, callable_bytes<Fn>(f), state);
-            core().scheduler.submit(job, {detail::Segment{items.finish(), 0, 1, 0}});
-            return AsyncResult<R>(std::move(state));
+            core().scheduler.submit(parts.job, {detail::Segment{items.finish(), 0, 1, 0}});
+            return AsyncResult<R>(std::move(parts.state));
         }
     }
 

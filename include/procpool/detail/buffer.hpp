@@ -17,18 +17,16 @@ namespace procpool::detail {
 class Buffer {
 public:
     static constexpr std::size_t kMappedThreshold = std::size_t{2} << 20;
+    /// Up to this many bytes live inside the Buffer itself: a small callable or argument costs no allocation.
+    static constexpr std::size_t kInline = 48;
 
-    Buffer() = default;
+    Buffer() noexcept = default;
     explicit Buffer(std::size_t capacity) { reserve(capacity); }
-    Buffer(Buffer&& other) noexcept
-        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)),
-          capacity_(std::exchange(other.capacity_, 0)) {}
+    Buffer(Buffer&& other) noexcept { take(other); }
     Buffer& operator=(Buffer&& other) noexcept {
         if (this != &other) {
             release();
-            data_ = std::exchange(other.data_, nullptr);
-            size_ = std::exchange(other.size_, 0);
-            capacity_ = std::exchange(other.capacity_, 0);
+            take(other);
         }
         return *this;
     }
@@ -83,6 +81,7 @@ public:
         capacity_ = capacity;
     }
 
+
     /// Appends `n` uninitialised bytes and returns where they start.
     std::byte* extend(std::size_t n) {
         if (capacity_ - size_ < n) reserve(grown_capacity(size_ + n));
@@ -108,21 +107,39 @@ private:
         return next < needed ? needed : next;
     }
 
+    [[nodiscard]] bool is_inline() const noexcept { return data_ == inline_; }
+
+    void take(Buffer& other) noexcept {
+        if (other.is_inline()) {
+            std::memcpy(inline_, other.inline_, other.size_);
+            data_ = inline_;
+        } else {
+            data_ = other.data_;
+        }
+        size_ = other.size_;
+        capacity_ = other.capacity_;
+        other.data_ = other.inline_;
+        other.size_ = 0;
+        other.capacity_ = kInline;
+    }
+
     void release() noexcept {
-        if (data_ != nullptr) {
+        if (!is_inline()) {
             if (capacity_ >= kMappedThreshold) {
                 ::munmap(data_, capacity_);
             } else {
                 ::operator delete(data_);
             }
         }
-        data_ = nullptr;
-        size_ = capacity_ = 0;
+        data_ = inline_;
+        size_ = 0;
+        capacity_ = kInline;
     }
 
-    std::byte* data_ = nullptr;
+    alignas(8) std::byte inline_[kInline];
+    std::byte* data_ = inline_;
     std::size_t size_ = 0;
-    std::size_t capacity_ = 0;
+    std::size_t capacity_ = kInline;
 };
 
 }  // namespace procpool::detail

@@ -42,7 +42,10 @@ struct ItemBlock {
 template <class Item>
 class ItemEncoder {
 public:
-    explicit ItemEncoder(std::size_t expected = 0) {
+    /// Encodes into a new block (finish() returns it).
+    explicit ItemEncoder(std::size_t expected = 0) : ItemEncoder(std::make_shared<ItemBlock>(), expected) {}
+    /// Encodes into `block`, which someone else owns (finish() returns it too).
+    ItemEncoder(std::shared_ptr<ItemBlock> block, std::size_t expected) : block_(std::move(block)) {
         if constexpr (bitwise<Item>()) {
             block_->stride = sizeof(Item);
             block_->bytes.reserve(expected * sizeof(Item));
@@ -84,7 +87,7 @@ public:
     }
 
 private:
-    std::shared_ptr<ItemBlock> block_ = std::make_shared<ItemBlock>();
+    std::shared_ptr<ItemBlock> block_;
 };
 
 /// A run of a job's items waiting to be sent: items [block_first, block_first + count) of `block`, which are the
@@ -103,6 +106,36 @@ struct Segment {
         job_first += n;
         return front;
     }
+};
+
+/// A job's segments not sent yet, in order. Usually holds one segment; costs no allocation until it holds
+/// one (std::deque allocates on construction, and every apply_async makes a job).
+class SegmentQueue {
+public:
+    [[nodiscard]] bool empty() const noexcept { return head_ == items_.size(); }
+    Segment& front() noexcept { return items_[head_]; }
+    void pop_front() noexcept {
+        items_[head_++] = Segment{};
+        if (head_ == items_.size()) clear();
+    }
+    void push_back(Segment segment) { items_.push_back(std::move(segment)); }
+    void push_front(Segment segment) {
+        if (head_ > 0) {
+            items_[--head_] = std::move(segment);
+        } else {
+            items_.insert(items_.begin(), std::move(segment));
+        }
+    }
+    void clear() noexcept {
+        items_.clear();
+        head_ = 0;
+    }
+    auto begin() noexcept { return items_.begin() + static_cast<std::ptrdiff_t>(head_); }
+    auto end() noexcept { return items_.end(); }
+
+private:
+    std::vector<Segment> items_;
+    std::size_t head_ = 0;
 };
 
 /// An error of one item, by job index.
@@ -135,7 +168,7 @@ public:
     [[nodiscard]] const Buffer& callable() const noexcept { return callable_; }
 
     // ---- scheduler state (guarded by the scheduler's lock) ----
-    std::deque<Segment> ready;            // items not sent yet, in order
+    SegmentQueue ready;                   // items not sent yet, in order
     std::uint64_t unsent_items = 0;       // sum of ready[].count
     std::size_t chunksize_;               // the caller's chunksize, 0 = automatic
     bool presized_segments_;              // segments are already chunks (imap) rather than cut at dispatch (map)
@@ -150,36 +183,49 @@ private:
     Buffer callable_;
 };
 
-/// apply/apply_async: one item, one result.
+/// apply/apply_async: one item, one result. The job, its item and its result state are one allocation: the
+/// AsyncResult and the scheduler's task share it through aliasing shared_ptrs (make() returns them).
 template <class R>
 class ApplyJob final : public JobBase {
 public:
-    ApplyJob(TaskEntry entry, Buffer callable, std::shared_ptr<ResultState<R>> state)
-        : JobBase(entry, std::move(callable), 1, true), state_(std::move(state)) {}
+    ApplyJob(TaskEntry entry, Buffer callable) : JobBase(entry, std::move(callable), 1, true) {}
+
+    struct Parts {
+        std::shared_ptr<ApplyJob> job;
+        std::shared_ptr<ResultState<R>> state;
+        std::shared_ptr<ItemBlock> item;
+    };
+    static Parts make(TaskEntry entry, Buffer callable) {
+        auto job = std::make_shared<ApplyJob>(entry, std::move(callable));
+        std::shared_ptr<ResultState<R>> state(job, &job->own_state_);
+        std::shared_ptr<ItemBlock> item(job, &job->item_);
+        return {std::move(job), std::move(state), std::move(item)};
+    }
 
     void deliver(std::uint64_t, std::uint64_t count, std::span<const ItemError> errors, InputArchive& values) override {
         if (count == 0) return;
         if (!errors.empty()) {
-            state_->complete_error(errors.front().error);
+            own_state_.complete_error(errors.front().error);
             return;
         }
         if constexpr (std::is_void_v<R>) {
-            state_->complete_value();
+            own_state_.complete_value();
         } else {
             try {
-                state_->complete_value(decode_as<R>(values));
+                own_state_.complete_value(decode_as<R>(values));
             } catch (...) {
-                state_->complete_error(std::current_exception());
+                own_state_.complete_error(std::current_exception());
             }
         }
     }
     void fail(std::uint64_t, std::uint64_t count, const std::exception_ptr& error) override {
-        if (count != 0) state_->complete_error(error);
+        if (count != 0) own_state_.complete_error(error);
     }
     [[nodiscard]] bool cancelled() const noexcept override { return false; }
 
 private:
-    std::shared_ptr<ResultState<R>> state_;
+    ResultState<R> own_state_;
+    ItemBlock item_;
 };
 
 /// map/map_async/starmap: results decoded in place into the result vector; the first error fails the whole job

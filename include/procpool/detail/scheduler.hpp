@@ -33,6 +33,7 @@
 #include "procpool/detail/jobs.hpp"
 #include "procpool/detail/process.hpp"
 #include "procpool/detail/spin.hpp"
+#include "procpool/detail/spin_mutex.hpp"
 #include "procpool/detail/task.hpp"
 #include "procpool/errors.hpp"
 
@@ -900,8 +901,8 @@ private:
 
     Transport& transport_;
     const SchedulerSettings settings_;
-    mutable std::mutex mutex_;
-    std::condition_variable idle_cv_;
+    mutable SpinMutex mutex_;
+    std::condition_variable_any idle_cv_;
     std::mutex lifecycle_mutex_;
     State state_ = State::running;
     std::string broken_reason_;
