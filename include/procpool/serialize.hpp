@@ -524,12 +524,12 @@ void decode(InputArchive& ar, T& value) {
     } else if constexpr (detail::is_basic_string<U>::value) {
         using Char = typename U::value_type;
         const std::size_t n = ar.read_size(sizeof(Char));
-        value.resize(n);
+        detail::resize_for_overwrite(value, n);
         ar.read_bytes(value.data(), n * sizeof(Char));
     } else if constexpr (detail::is_bitwise_vector<U>::value) {
         using E = typename U::value_type;
         const std::size_t n = ar.read_size(sizeof(E));
-        value.resize(n);
+        detail::resize_for_overwrite(value, n);
         ar.read_bytes(value.data(), n * sizeof(E));
     } else if constexpr (detail::is_std_array<U>::value) {
         for (auto& element : value) decode(ar, element);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <new>
 #include <span>
@@ -9,6 +10,28 @@
 #include <utility>
 
 namespace procpool::detail {
+
+/// Advises transparent huge pages for the whole pages inside [data, data + bytes) when the range is large enough
+/// to benefit (2 MiB and up). Call before the memory is first touched: a first touch then faults once per 2 MiB
+/// instead of once per 4 KiB, which on a virtual machine is the difference between milliseconds and a tenth of a
+/// second for a 40 MB result. Harmless where THP is disabled.
+inline void advise_huge_pages(void* data, std::size_t bytes) noexcept {
+    constexpr std::size_t kHuge = std::size_t{2} << 20;
+    if (bytes < kHuge) return;
+    const auto begin = (reinterpret_cast<std::uintptr_t>(data) + 4095) & ~std::uintptr_t{4095};
+    const auto end = (reinterpret_cast<std::uintptr_t>(data) + bytes) & ~std::uintptr_t{4095};
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
+/// Resizes a contiguous container to `n` elements, advising huge pages before the new memory is touched.
+template <class Container>
+void resize_for_overwrite(Container& c, std::size_t n) {
+    if (n > c.capacity()) {
+        c.reserve(n);
+        advise_huge_pages(c.data(), c.capacity() * sizeof(typename Container::value_type));
+    }
+    c.resize(n);
+}
 
 /// A contiguous, growable byte buffer. Unlike std::vector<std::byte> it never zero-fills new space, so encoding a
 /// large value touches each byte once. Capacities of 2 MiB and more are mapped directly and advised to use

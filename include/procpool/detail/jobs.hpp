@@ -241,7 +241,11 @@ public:
         if constexpr (!std::is_void_v<R>) {
             static_assert(std::is_default_constructible_v<R>,
                           "procpool: map results are decoded in place, so the result type needs a default constructor");
-            state_->prepare().resize(count);
+            if constexpr (std::is_same_v<R, bool>) {
+                state_->prepare().resize(count);
+            } else {
+                resize_for_overwrite(state_->prepare(), count);
+            }
         }
         if (count == 0) finish_locked(nullptr);
     }
