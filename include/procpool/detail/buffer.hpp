@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <span>
 #include <sys/mman.h>
@@ -23,15 +24,80 @@ inline void advise_huge_pages(void* data, std::size_t bytes) noexcept {
     if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
-/// Resizes a contiguous container to `n` elements, advising huge pages before the new memory is touched.
+/// Resizes a contiguous container to `n` elements that the caller overwrites at once, advising huge pages
+/// before the new memory is touched. A std::string skips the zero-fill where C++23's resize_and_overwrite exists.
 template <class Container>
 void resize_for_overwrite(Container& c, std::size_t n) {
     if (n > c.capacity()) {
         c.reserve(n);
         advise_huge_pages(c.data(), c.capacity() * sizeof(typename Container::value_type));
     }
+#if defined(__cpp_lib_string_resize_and_overwrite)
+    if constexpr (requires { c.resize_and_overwrite(n, [](auto*, std::size_t k) { return k; }); }) {
+        c.resize_and_overwrite(n, [](auto*, std::size_t k) { return k; });
+        return;
+    }
+#endif
     c.resize(n);
 }
+
+/// Recently released large buffers, kept for reuse: mapping fresh memory costs a fault per page and the kernel's
+/// zeroing of every page, far more than the copy a large value needs. At most kSlots mappings and kMaxBytes in
+/// all; thread-safe; a forked child inherits the cache like any other memory.
+class MappedCache {
+public:
+    static constexpr std::size_t kSlots = 8;
+    static constexpr std::size_t kMaxBytes = std::size_t{256} << 20;
+
+    /// A cached mapping of at least `capacity` bytes (the smallest that fits), or nothing.
+    static std::pair<std::byte*, std::size_t> take(std::size_t capacity) noexcept {
+        Cache& c = cache();
+        std::lock_guard lock(c.mutex);
+        std::size_t best = kSlots;
+        for (std::size_t i = 0; i < kSlots; ++i) {
+            if (c.data[i] != nullptr && c.capacity[i] >= capacity &&
+                (best == kSlots || c.capacity[i] < c.capacity[best])) {
+                best = i;
+            }
+        }
+        if (best == kSlots) return {nullptr, 0};
+        const std::pair<std::byte*, std::size_t> found{c.data[best], c.capacity[best]};
+        c.data[best] = nullptr;
+        c.total -= found.second;
+        return found;
+    }
+
+    /// Keeps a mapping for reuse; unmaps it (or the oldest) when the cache is full.
+    static void give(std::byte* data, std::size_t capacity) noexcept {
+        Cache& c = cache();
+        {
+            std::lock_guard lock(c.mutex);
+            if (capacity <= kMaxBytes) {
+                for (std::size_t i = 0; i < kSlots && c.total + capacity <= kMaxBytes; ++i) {
+                    if (c.data[i] == nullptr) {
+                        c.data[i] = data;
+                        c.capacity[i] = capacity;
+                        c.total += capacity;
+                        return;
+                    }
+                }
+            }
+        }
+        ::munmap(data, capacity);
+    }
+
+private:
+    struct Cache {
+        std::mutex mutex;
+        std::byte* data[kSlots] = {};
+        std::size_t capacity[kSlots] = {};
+        std::size_t total = 0;
+    };
+    static Cache& cache() noexcept {
+        static Cache* c = new Cache();  // never destroyed: buffers may be released during static destruction
+        return *c;
+    }
+};
 
 /// A contiguous, growable byte buffer. Unlike std::vector<std::byte> it never zero-fills new space, so encoding a
 /// large value touches each byte once. Capacities of 2 MiB and more are mapped directly and advised to use
@@ -80,30 +146,31 @@ public:
     void reserve(std::size_t capacity) {
         if (capacity <= capacity_) return;
         const std::size_t size = size_;
-        std::byte* bigger = nullptr;
         if (capacity < kMappedThreshold) {
-            bigger = static_cast<std::byte*>(::operator new(capacity));
-        } else {
-            capacity = (capacity + kMappedThreshold - 1) & ~(kMappedThreshold - 1);
-            void* mapped = capacity_ >= kMappedThreshold
-                               ? ::mremap(data_, capacity_, capacity, MREMAP_MAYMOVE)
-                               : ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-            if (mapped == MAP_FAILED) throw std::bad_alloc();
-            ::madvise(mapped, capacity, MADV_HUGEPAGE);  // advisory: ignored where THP is off
-            bigger = static_cast<std::byte*>(mapped);
-            if (capacity_ >= kMappedThreshold) {  // mremap moved the old mapping: nothing to copy or free
-                data_ = bigger;
-                capacity_ = capacity;
-                return;
-            }
+            auto* bigger = static_cast<std::byte*>(::operator new(capacity));
+            adopt(bigger, capacity, size);
+            return;
         }
-        if (size != 0) std::memcpy(bigger, data_, size);
-        release();
-        data_ = bigger;
-        size_ = size;
-        capacity_ = capacity;
+        capacity = (capacity + kMappedThreshold - 1) & ~(kMappedThreshold - 1);
+        // A recently released mapping: its pages are already faulted in and need no zeroing.
+        if (const auto [cached, cached_capacity] = MappedCache::take(capacity); cached != nullptr) {
+            adopt(cached, cached_capacity, size);
+            return;
+        }
+        // Our own mapping grows in place: mremap moves the pages without copying them.
+        if (capacity_ >= kMappedThreshold) {
+            void* moved = ::mremap(data_, capacity_, capacity, MREMAP_MAYMOVE);
+            if (moved == MAP_FAILED) throw std::bad_alloc();
+            ::madvise(moved, capacity, MADV_HUGEPAGE);
+            data_ = static_cast<std::byte*>(moved);
+            capacity_ = capacity;
+            return;
+        }
+        void* mapped = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (mapped == MAP_FAILED) throw std::bad_alloc();
+        ::madvise(mapped, capacity, MADV_HUGEPAGE);  // advisory: ignored where THP is off
+        adopt(static_cast<std::byte*>(mapped), capacity, size);
     }
-
 
     /// Appends `n` uninitialised bytes and returns where they start.
     std::byte* extend(std::size_t n) {
@@ -146,10 +213,19 @@ private:
         other.capacity_ = kInline;
     }
 
+    /// Moves the first `size` bytes into `storage` and makes it the buffer's memory.
+    void adopt(std::byte* storage, std::size_t capacity, std::size_t size) noexcept {
+        if (size != 0) std::memcpy(storage, data_, size);
+        release();
+        data_ = storage;
+        size_ = size;
+        capacity_ = capacity;
+    }
+
     void release() noexcept {
         if (!is_inline()) {
             if (capacity_ >= kMappedThreshold) {
-                ::munmap(data_, capacity_);
+                MappedCache::give(data_, capacity_);
             } else {
                 ::operator delete(data_);
             }
