@@ -22,6 +22,9 @@
 #include <thread>
 #include <vector>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -238,6 +241,22 @@ void BM_start_teardown(benchmark::State& state) {
     report(state, "pool2_start_apply_teardown", median(samples), "ms");
 }
 BENCHMARK(BM_start_teardown)->Iterations(50)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// 6b. The floor for 6.: one fork + _exit + waitpid of this process. A pool of 2 needs three forks (the fork
+// server and two workers) and their exits.
+void BM_fork_floor(benchmark::State& state) {
+    std::vector<double> samples;
+    for (auto _ : state) {
+        const auto start = Clock::now();
+        const pid_t child = ::fork();
+        if (child == 0) ::_exit(0);
+        int status = 0;
+        ::waitpid(child, &status, 0);
+        samples.push_back(seconds_since(start) * 1e3);
+    }
+    report(state, "fork_exit_wait_floor", median(samples), "ms");
+}
+BENCHMARK(BM_fork_floor)->Iterations(50)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // 7. CPU-bound scaling: fixed sets of ~0.3 ms and ~10 ms tasks at 1..N workers, against a serial loop and a
 // thread pool of the same size.

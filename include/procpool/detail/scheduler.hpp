@@ -44,7 +44,7 @@ struct SchedulerSettings {
     std::optional<std::chrono::milliseconds> task_timeout;
     bool has_initializer = false;
     std::chrono::nanoseconds service_spin = std::chrono::microseconds(50);
-    std::chrono::nanoseconds chunk_target = std::chrono::milliseconds(2);    // automatic chunks take about this long
+    std::chrono::nanoseconds chunk_target = std::chrono::milliseconds(10);   // automatic chunks take about this long
     std::chrono::nanoseconds queue_target = std::chrono::microseconds(200);  // work kept queued per worker
     std::size_t max_depth = 64;
     std::chrono::nanoseconds kill_grace = std::chrono::milliseconds(250);    // SIGTERM, then SIGKILL after this
