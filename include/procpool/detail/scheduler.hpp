@@ -435,6 +435,7 @@ private:
                 handle_message(slot, kind, bytes);
             });
         }
+        finish_completions();
         if (transport_.reports_pending()) {
             while (std::optional<WorkerEvent> report = transport_.poll_report()) {
                 handle_event(*report);
@@ -521,6 +522,7 @@ private:
                 handle_message(event.slot, kind, bytes);
             });
         }
+        finish_completions();
         {
             std::lock_guard lock(mutex_);
             handle_report(event);
@@ -659,6 +661,7 @@ private:
             first = task.segment.job_first + header.first;
             // These items are delivered from here on: a terminate() while they are decoded must not fail them.
             task.delivered += header.count;
+            if ((header.flags & kFinalResult) != 0) w.inflight.pop_front();  // the worker holds it no more
         }
 
         std::vector<ItemError> errors;
@@ -675,24 +678,42 @@ private:
         } catch (...) {
             job->fail(first, header.count, std::current_exception());
         }
+        // Estimates and refills are applied once per batch of messages (finish_completions()).
+        completions_.push_back(Completion{slot, std::move(job), header.count, header.busy_ns,
+                                          (header.flags & kFinalResult) != 0});
+    }
 
-        std::lock_guard lock(mutex_);
-        WorkerSlot& w = workers_[slot];
-        if (w.inflight.empty() || w.inflight.front().id != header.task_id) return;  // terminated meanwhile
-        Task& task = w.inflight.front();
-        w.last_active_ns = monotonic_ns();
-        if (header.count != 0) {
-            const double per_item = static_cast<double>(header.busy_ns) / static_cast<double>(header.count);
-            const double old = task.job->item_ns.load(std::memory_order_relaxed);
-            task.job->item_ns.store(old <= 0 ? per_item : 0.7 * old + 0.3 * per_item, std::memory_order_relaxed);
+    struct Completion {
+        std::size_t slot;
+        std::shared_ptr<JobBase> job;
+        std::uint64_t count;
+        std::uint64_t busy_ns;
+        bool final;
+    };
+
+    /// Applies the results read since the last call: time estimates, then one dispatch for all of them.
+    /// Poll-role holder only.
+    void finish_completions() {
+        if (completions_.empty()) return;
+        {
+            std::lock_guard lock(mutex_);
+            const std::int64_t now = monotonic_ns();
+            for (const Completion& c : completions_) {
+                workers_[c.slot].last_active_ns = now;
+                if (c.count != 0) {
+                    const double per_item = static_cast<double>(c.busy_ns) / static_cast<double>(c.count);
+                    const double old = c.job->item_ns.load(std::memory_order_relaxed);
+                    c.job->item_ns.store(old <= 0 ? per_item : 0.7 * old + 0.3 * per_item, std::memory_order_relaxed);
+                }
+                if (c.final) {
+                    const double task_ns = static_cast<double>(c.busy_ns) + 2'000.0;  // plus a hand-off
+                    task_ns_ = task_ns_ <= 0 ? task_ns : 0.8 * task_ns_ + 0.2 * task_ns;
+                }
+            }
+            dispatch_locked();
+            if (!work_left_locked()) idle_cv_.notify_all();
         }
-        if ((header.flags & kFinalResult) != 0) {
-            const double task_ns = static_cast<double>(header.busy_ns) + 2'000.0;  // plus a hand-off
-            task_ns_ = task_ns_ <= 0 ? task_ns : 0.8 * task_ns_ + 0.2 * task_ns;
-            w.inflight.pop_front();
-        }
-        dispatch_locked();
-        if (!work_left_locked()) idle_cv_.notify_all();
+        completions_.clear();  // drops the job references outside the lock
     }
 
     void protocol_error(std::size_t slot, const char* what) {
@@ -918,6 +939,7 @@ private:
     std::vector<WorkerEvent> early_events_;  // deaths seen while the pool was built, for the service thread
     std::atomic<std::thread::id> service_id_{};
     std::mutex poll_mutex_;          // the right to read the result rings and the fork server's reports
+    std::vector<Completion> completions_;  // results read but not yet applied (poll-role holder only)
     std::atomic<int> helpers_{0};    // threads waiting for a result that poll instead of the service thread
     std::unique_ptr<std::thread> service_;
 };
