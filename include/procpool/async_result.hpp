@@ -121,7 +121,9 @@ public:
     /// Storage the producer may fill before completing (map results are decoded into it in place).
     /// Only the producer touches it before completion.
     Value& prepare() {
-        if (!value_) value_.emplace();
+        if constexpr (std::is_default_constructible_v<Value>) {
+            if (!value_) value_.emplace();
+        }
         return *value_;
     }
 
@@ -182,7 +184,7 @@ private:
             if (error) {
                 error_ = std::move(error);
             } else if (!value_) {
-                value_.emplace();
+                if constexpr (std::is_default_constructible_v<Value>) value_.emplace();
             }
             successes.swap(on_success_);
             errors.swap(on_error_);

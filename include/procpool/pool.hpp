@@ -107,6 +107,7 @@ public:
         } else {
             auto parts = detail::ApplyJob<R>::make(&detail::run_task<Fn, Item, true>, callable_bytes<Fn>(f));
             parts.state->set_helper(helper());
+            keep_callable_alive<Fn>(*parts.job, f);
             detail::ItemEncoder<Item> items(parts.item, 1);
             items.add(Item(std::forward<Args>(args)...));
             core().scheduler.submit(parts.job, {detail::Segment{items.finish(), 0, 1, 0}});
@@ -179,6 +180,14 @@ private:
         detail::encode_callable(bytes, f);
         return bytes;
     }
+    /// A callable copied byte for byte that is not trivially copyable holds shared-object handles: the job keeps
+    /// a real copy of it until it is done, so the objects it captured outlive the tasks that use them.
+    template <class F>
+    static void keep_callable_alive(detail::JobBase& job, const F& f) {
+        if constexpr (!std::is_trivially_copyable_v<F> && !detail::serialized_callable_v<F>) {
+            job.keep_alive.push_back(std::make_shared<F>(f));
+        }
+    }
 
     template <class Item, class Range>
     static std::shared_ptr<detail::ItemBlock> encode_items(Range& range) {
@@ -211,6 +220,7 @@ private:
             const std::uint64_t count = block->count;
             auto job = std::make_shared<detail::MapJob<R>>(&detail::run_task<Fn, Item, Unpack>, callable_bytes<Fn>(f),
                                                            options.chunksize, count, state);
+            keep_callable_alive<Fn>(*job, f);
             core().scheduler.submit(job, {detail::Segment{std::move(block), 0, count, 0}});
         }
         return state;
@@ -240,6 +250,7 @@ private:
         static_assert(detail::check_task<Fn, Item, false>());
         auto job = std::make_shared<Job>(&detail::run_task<Fn, Item, false>, callable_bytes<Fn>(f), options.chunksize,
                                          ordered);
+        keep_callable_alive<Fn>(*job, f);
         // Like any submission, imap on a closed pool throws now rather than on first use.
         if (core().scheduler.closed()) core().scheduler.submit(job, {});
         return ImapRange<Transport, R, View>(shared_core(), std::move(job), std::views::all(std::forward<Range>(range)),

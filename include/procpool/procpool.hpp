@@ -12,3 +12,5 @@
 #include "procpool/options.hpp"
 #include "procpool/pool.hpp"
 #include "procpool/serialize.hpp"
+#include "procpool/shared.hpp"
+#include "procpool/sync.hpp"

@@ -21,6 +21,7 @@
 #include <initializer_list>
 #include <list>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <span>
@@ -347,7 +348,14 @@ void decode(InputArchive& ar, T& value);
 /// Writes values into a byte buffer. Passed to user `serialize(Archive&)` members: `ar(a, b, c)` encodes a, b, c.
 class OutputArchive {
 public:
-    explicit OutputArchive(detail::Buffer& out) noexcept : out_(&out) {}
+    explicit OutputArchive(detail::Buffer& out, std::vector<std::shared_ptr<const void>>* keep_alive = nullptr) noexcept
+        : out_(&out), keep_alive_(keep_alive) {}
+
+    /// Keeps `object` alive as long as the encoded bytes are in use (shared-object handles register their owner
+    /// here, so an object a queued task refers to cannot be freed before the task ran).
+    void keep_alive(std::shared_ptr<const void> object) {
+        if (keep_alive_ != nullptr && object) keep_alive_->push_back(std::move(object));
+    }
 
     /// Encodes each value in order. Throws what a user serialize() throws.
     template <class... Ts>
@@ -365,6 +373,7 @@ public:
 
 private:
     detail::Buffer* out_;
+    std::vector<std::shared_ptr<const void>>* keep_alive_;
 };
 
 /// Reads values back from bytes. Passed to user `serialize(Archive&)` members: `ar(a, b, c)` decodes a, b, c.
@@ -418,11 +427,23 @@ private:
 
 namespace detail {
 
+template <class T>
+T decode_as(InputArchive& ar);
+
+template <class Tuple, std::size_t... I>
+Tuple decode_tuple_as(InputArchive& ar, std::index_sequence<I...>) {
+    return Tuple{decode_as<std::tuple_element_t<I, Tuple>>(ar)...};  // braced: decoded left to right
+}
+
 /// Decodes and returns a T, also for types without a default constructor that are copied byte for byte
-/// (lambda closures, for example).
+/// (lambda closures, for example), tuples of such, and shared-object handles.
 template <class T>
 T decode_as(InputArchive& ar) {
-    if constexpr (std::is_default_constructible_v<T>) {
+    if constexpr (has_handle_codec<T>) {
+        return T::procpool_decode(ar);  // a handle is never default-constructed (that would make a new object)
+    } else if constexpr (is_tuple_like_std<T>::value) {
+        return decode_tuple_as<T>(ar, std::make_index_sequence<std::tuple_size_v<T>>{});
+    } else if constexpr (std::is_default_constructible_v<T>) {
         T value;
         decode(ar, value);
         return value;

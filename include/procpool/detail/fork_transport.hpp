@@ -28,6 +28,7 @@
 #include "procpool/detail/fork_server.hpp"
 #include "procpool/detail/process.hpp"
 #include "procpool/detail/ring.hpp"
+#include "procpool/detail/shared_heap.hpp"
 #include "procpool/detail/shared_layout.hpp"
 #include "procpool/detail/task.hpp"
 #include "procpool/detail/worker.hpp"
@@ -59,6 +60,9 @@ public:
             outboxes_.emplace_back(&slot->outbox, layout_.outbox_data(base_, i), layout_.ring_bytes());
         }
         reassembly_.resize(config_.workers);
+        // The shared heap must exist before the first fork, so that shared objects made at any time (before or
+        // after this pool) are visible in every worker.
+        SharedHeap::instance();
         start_server();
         for (std::size_t i = 0; i < config_.workers; ++i) spawn(i);
         await_initial_workers();

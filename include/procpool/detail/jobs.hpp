@@ -27,6 +27,7 @@ namespace procpool::detail {
 /// Encoded items, back to back; item i starts at offset(i).
 struct ItemBlock {
     Buffer bytes;
+    std::vector<std::shared_ptr<const void>> keep_alive;  // shared objects the items refer to
     std::vector<std::uint64_t> offsets;  // start of each item, plus the end (unless stride is set)
     std::uint64_t stride = 0;            // every item has this encoded size (bitwise items)
     std::uint64_t count = 0;
@@ -61,7 +62,7 @@ public:
             block_->bytes.append(&item, sizeof item);
         } else {
             block_->offsets.push_back(block_->bytes.size());
-            OutputArchive ar(block_->bytes);
+            OutputArchive ar(block_->bytes, &block_->keep_alive);
             if constexpr (std::is_same_v<std::remove_cvref_t<Value>, Item>) {
                 encode(ar, value);
             } else {
@@ -177,6 +178,7 @@ public:
     std::atomic<double> item_ns{0};       // measured worker time per item (moving average), 0 = not measured yet
     std::uint64_t encoded_bytes = 0;      // bytes of all items added, to estimate bytes per item
     std::uint64_t encoded_items = 0;
+    std::vector<std::shared_ptr<const void>> keep_alive;  // a copy of a callable holding shared-object handles
 
 private:
     TaskEntry entry_;

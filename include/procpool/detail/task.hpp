@@ -12,7 +12,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <functional>
+#include <memory>
+#include <new>
 #include <optional>
 #include <span>
 #include <tuple>
@@ -202,27 +205,59 @@ private:
 using TaskEntry = void (*)(TaskRunner&);
 
 // ---- what a task may be -----------------------------------------------------------------------------------------
-/// A callable crosses into the worker byte for byte (function pointers, captureless lambdas, lambdas and function
-/// objects with trivially copyable captures) or through its serialize() member.
+/// Callables that cross into the worker through their serialize() member (an explicit choice wins).
 template <class F>
-inline constexpr bool transferable_callable_v =
-    bitwise<F>() || (user_serializable_v<F> && std::is_default_constructible_v<F>);
+inline constexpr bool serialized_callable_v = user_serializable_v<F> && std::is_default_constructible_v<F>;
+
+/// Callables copied into the worker byte for byte (workers run the same program image): function pointers,
+/// captureless lambdas, lambdas and function objects with trivially copyable captures, and those whose captures
+/// can all be copied without throwing, which admits procpool's shared-object handles (fork-aware, see
+/// detail/shared_handle.hpp) while rejecting captures that own heap memory (std::string, std::vector,
+/// std::function: their copies can throw). The worker uses its byte copy in place and never destroys it.
+template <class F>
+inline constexpr bool byte_callable_v =
+    !serialized_callable_v<F> && std::is_class_v<F> ? std::is_nothrow_copy_constructible_v<F>
+                                                     : bitwise<F>();
+
+template <class F>
+inline constexpr bool transferable_callable_v = serialized_callable_v<F> || byte_callable_v<F>;
 
 template <class F>
 void encode_callable(Buffer& out, const F& f) {
-    if constexpr (bitwise<F>()) {
-        out.append(&f, sizeof f);
-    } else {
+    if constexpr (serialized_callable_v<F>) {
         OutputArchive ar(out);
         encode(ar, f);
+    } else {
+        out.append(static_cast<const void*>(std::addressof(f)), sizeof f);
     }
 }
 
+/// The callable in the worker: decoded, or a byte copy used in place (never copied again, never destroyed).
 template <class F>
-F decode_callable(std::span<const std::byte> bytes) {
-    InputArchive ar(bytes);
-    return decode_as<F>(ar);
-}
+class WorkerCallable {
+public:
+    explicit WorkerCallable(std::span<const std::byte> bytes) {
+        if constexpr (serialized_callable_v<F>) {
+            InputArchive ar(bytes);
+            decoded_.emplace(decode_as<F>(ar));
+        } else {
+            if (bytes.size() != sizeof(F)) throw SerializationError("procpool: corrupt callable");
+            std::memcpy(storage_, bytes.data(), sizeof(F));
+        }
+    }
+    F& get() noexcept {
+        if constexpr (serialized_callable_v<F>) {
+            return *decoded_;
+        } else {
+            return *std::launder(reinterpret_cast<F*>(storage_));
+        }
+    }
+
+private:
+    struct Empty {};
+    std::conditional_t<serialized_callable_v<F>, std::optional<F>, Empty> decoded_;
+    alignas(F) std::byte storage_[serialized_callable_v<F> ? 1 : sizeof(F)];
+};
 
 template <class T>
 concept tuple_like = requires { std::tuple_size<T>::value; };
@@ -276,14 +311,15 @@ using task_result_t = std::remove_cvref_t<raw_result_t<F, Item, Unpack>>;
 template <class F, class Item, bool Unpack>
 void run_task(TaskRunner& run) {
     using Result = task_result_t<F, Item, Unpack>;
-    std::optional<F> f;
+    std::optional<WorkerCallable<F>> callable;
     try {
-        f.emplace(decode_callable<F>(run.callable()));
+        callable.emplace(run.callable());
     } catch (...) {
         run.fail_rest(0);
         run.finish();
         return;
     }
+    F* f = &callable->get();
     for (std::uint32_t i = 0; i < run.count(); ++i) {
         run.begin_item(i);
         std::optional<Item> item;

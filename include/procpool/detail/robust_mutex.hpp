@@ -1,0 +1,93 @@
+// procpool internals: a mutex in shared memory that survives the death of its holder.
+//
+// Boost.Interprocess's interprocess_mutex is not usable here (see NOTES: 1.74 blocks forever after an owner
+// death, 1.81 becomes unrecoverable for everyone). This is a PTHREAD_PROCESS_SHARED + PTHREAD_MUTEX_ROBUST
+// pthread mutex: when a holder dies the kernel hands the mutex to the next locker with EOWNERDEAD, which makes it
+// consistent at once (so it never becomes ENOTRECOVERABLE) and records that the previous holder died.
+#pragma once
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <ctime>
+#include <pthread.h>
+#include <system_error>
+#include <type_traits>
+#include <unistd.h>
+
+#include "procpool/detail/futex.hpp"
+#include "procpool/errors.hpp"
+
+namespace procpool::detail {
+
+struct RobustMutex {
+    pthread_mutex_t mutex;
+    /// Set by a locker that took the mutex over from a dead holder; cleared when the holder unlocks.
+    std::atomic<std::uint32_t> recovered;
+    /// Recursion depth and thread id of the holder (0 when free), maintained by the holder.
+    std::uint32_t depth;
+    std::atomic<pid_t> owner;
+
+    /// Initialises the mutex in place, in shared memory. Throws std::system_error.
+    void init(bool recursive) {
+        pthread_mutexattr_t attributes;
+        pthread_mutexattr_init(&attributes);
+        pthread_mutexattr_setpshared(&attributes, PTHREAD_PROCESS_SHARED);
+        pthread_mutexattr_setrobust(&attributes, PTHREAD_MUTEX_ROBUST);
+        pthread_mutexattr_settype(&attributes, recursive ? PTHREAD_MUTEX_RECURSIVE : PTHREAD_MUTEX_ERRORCHECK);
+        const int rc = pthread_mutex_init(&mutex, &attributes);
+        pthread_mutexattr_destroy(&attributes);
+        if (rc != 0) throw std::system_error(rc, std::generic_category(), "procpool: pthread_mutex_init failed");
+        recovered.store(0, std::memory_order_relaxed);
+        depth = 0;
+        owner.store(0, std::memory_order_relaxed);
+    }
+
+    /// True when the calling thread holds the mutex.
+    [[nodiscard]] bool held() const noexcept { return owner.load(std::memory_order_relaxed) == ::gettid(); }
+
+    /// Locks, waiting until `deadline` (forever when empty). Returns false on timeout. A lock taken over from a
+    /// holder that died is made consistent and counts as acquired (recovered() tells).
+    bool lock(Deadline deadline = std::nullopt) {
+        int rc = 0;
+        if (deadline) {
+            const timespec abs = to_timespec(*deadline);
+            rc = pthread_mutex_clocklock(&mutex, CLOCK_MONOTONIC, &abs);
+        } else {
+            rc = pthread_mutex_lock(&mutex);
+        }
+        return after_lock(rc);
+    }
+    bool try_lock() { return after_lock(pthread_mutex_trylock(&mutex)); }
+
+    /// Unlocks. Throws PoolStateError when the calling thread does not hold the mutex.
+    void unlock() {
+        if (!held()) throw PoolStateError("procpool: release() of a lock this thread does not hold");
+        if (--depth == 0) {
+            recovered.store(0, std::memory_order_relaxed);
+            owner.store(0, std::memory_order_relaxed);
+        }
+        pthread_mutex_unlock(&mutex);
+    }
+
+private:
+    bool after_lock(int rc) {
+        if (rc == EOWNERDEAD) {
+            // The holder died holding it: take it over. Its depth died with it.
+            pthread_mutex_consistent(&mutex);
+            recovered.store(1, std::memory_order_relaxed);
+            depth = 0;
+            rc = 0;
+        }
+        if (rc == ETIMEDOUT || rc == EBUSY) return false;
+        if (rc == EDEADLK) throw PoolStateError("procpool: acquire() of a non-recursive lock this thread already holds");
+        if (rc != 0) throw std::system_error(rc, std::generic_category(), "procpool: locking a shared mutex failed");
+        ++depth;
+        owner.store(::gettid(), std::memory_order_relaxed);
+        return true;
+    }
+};
+static_assert(std::is_standard_layout_v<RobustMutex>, "RobustMutex lives in shared memory");
+
+}  // namespace procpool::detail

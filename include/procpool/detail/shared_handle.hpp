@@ -1,0 +1,144 @@
+// procpool internals: what every shared-object handle is made of.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <utility>
+
+#include "procpool/detail/process.hpp"
+#include "procpool/detail/shared_heap.hpp"
+#include "procpool/serialize.hpp"
+
+namespace procpool::detail {
+
+enum ObjectKind : std::uint32_t {
+    kLockObject = 1,
+    kRLockObject,
+    kSemaphoreObject,
+    kEventObject,
+    kConditionObject,
+    kBarrierObject,
+    kArrayObject,
+    kQueueObject,
+    kQueueMessage,
+};
+
+/// A handle's reference to an object in the shared heap: the block, its generation (a stale handle is caught when
+/// decoded), where inside the block this handle's object is (a SharedArray's lock lives inside the array's block),
+/// and, in the process that made the block, its Ownership.
+///
+/// Fork-aware: copies and destruction count handles only in the owning process. A handle that reached another
+/// process (decoded there, or copied byte for byte inside a lambda's captures, or inherited by fork) borrows the
+/// object: copying or destroying it there touches nothing but the handle itself. So copying is noexcept, and a
+/// lambda capturing handles can be sent to a worker byte for byte.
+class SharedRef {
+public:
+    SharedRef() noexcept = default;
+    SharedRef(const SharedRef& other) noexcept
+        : address_(other.address_), block_(other.block_), generation_(other.generation_), inner_(other.inner_),
+          kind_(other.kind_), ownership_(other.ownership_), owner_fork_(other.owner_fork_) {
+        if (owned_here()) ownership_->handles.fetch_add(1, std::memory_order_relaxed);
+    }
+    SharedRef(SharedRef&& other) noexcept : SharedRef(other) {}
+    SharedRef& operator=(const SharedRef& other) noexcept {
+        if (this != &other) {
+            SharedRef copy(other);
+            swap(copy);
+        }
+        return *this;
+    }
+    SharedRef& operator=(SharedRef&& other) noexcept { return *this = other; }
+    ~SharedRef() {
+        if (owned_here()) OwnerRegistry::instance().release(ownership_);
+    }
+
+    /// Makes a new zeroed block of `bytes` owned by this process; `destroy` runs on it before it is freed.
+    static SharedRef create(std::size_t bytes, ObjectKind kind, void (*destroy)(void*) = nullptr) {
+        SharedHeap& heap = SharedHeap::instance();
+        const std::uint64_t offset = heap.allocate(bytes, kind);
+        auto* ownership = new (std::nothrow) Ownership();
+        if (ownership == nullptr) {
+            heap.free(offset);
+            throw std::bad_alloc();
+        }
+        ownership->offset = offset;
+        ownership->generation = heap.generation_of(offset);
+        ownership->destroy = destroy;
+        SharedRef ref;
+        ref.address_ = heap.address(offset);
+        ref.block_ = offset;
+        ref.generation_ = ownership->generation;
+        ref.kind_ = kind;
+        ref.ownership_ = ownership;
+        ref.owner_fork_ = fork_generation();
+        OwnerRegistry::instance().add(ownership);
+        return ref;
+    }
+
+    /// A reference to an object `inner` bytes inside the same block (it keeps the whole block alive).
+    [[nodiscard]] SharedRef inner(std::uint64_t inner) const noexcept {
+        SharedRef ref = *this;
+        ref.inner_ = inner;
+        return ref;
+    }
+
+    [[nodiscard]] std::byte* address() const noexcept { return address_ + inner_; }
+    [[nodiscard]] bool valid() const noexcept { return address_ != nullptr; }
+    /// True in the process that made the object (its handles there keep it alive).
+    [[nodiscard]] bool owned_here() const noexcept {
+        return ownership_ != nullptr && owner_fork_ == fork_generation();
+    }
+
+    void encode(OutputArchive& ar) const {
+        if (!valid()) throw SerializationError("procpool: cannot send an empty shared-object handle");
+        const std::uint64_t words[3] = {block_, generation_, inner_};
+        ar.write_bytes(words, sizeof words);
+        ar.write_bytes(&kind_, sizeof kind_);
+        if (owned_here()) ar.keep_alive(std::make_shared<SharedRef>(*this));  // until the task has run
+    }
+
+    /// Decodes and checks a reference; it owns the object again if this process is the one that made it.
+    static SharedRef decode(InputArchive& ar, std::uint32_t expected_kind) {
+        SharedRef ref;
+        std::uint64_t words[3];
+        ar.read_bytes(words, sizeof words);
+        ar.read_bytes(&ref.kind_, sizeof ref.kind_);
+        ref.block_ = words[0];
+        ref.generation_ = words[1];
+        ref.inner_ = words[2];
+        if (ref.inner_ == 0 && ref.kind_ != expected_kind) {
+            throw SerializationError("procpool: a shared-object handle of another type");
+        }
+        ref.address_ = static_cast<std::byte*>(SharedHeap::instance().resolve(ref.block_, ref.generation_, ref.kind_));
+        if (Ownership* ownership = OwnerRegistry::instance().acquire(ref.block_, ref.generation_)) {
+            ref.ownership_ = ownership;
+            ref.owner_fork_ = fork_generation();
+        }
+        return ref;
+    }
+
+    friend bool operator==(const SharedRef& a, const SharedRef& b) noexcept {
+        return a.block_ == b.block_ && a.generation_ == b.generation_ && a.inner_ == b.inner_;
+    }
+
+private:
+    void swap(SharedRef& other) noexcept {
+        std::swap(address_, other.address_);
+        std::swap(block_, other.block_);
+        std::swap(generation_, other.generation_);
+        std::swap(inner_, other.inner_);
+        std::swap(kind_, other.kind_);
+        std::swap(ownership_, other.ownership_);
+        std::swap(owner_fork_, other.owner_fork_);
+    }
+
+    std::byte* address_ = nullptr;
+    std::uint64_t block_ = 0;
+    std::uint64_t generation_ = 0;
+    std::uint64_t inner_ = 0;
+    std::uint32_t kind_ = 0;
+    Ownership* ownership_ = nullptr;
+    unsigned owner_fork_ = 0;
+};
+
+}  // namespace procpool::detail
