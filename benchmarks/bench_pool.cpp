@@ -16,6 +16,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <ranges>
 #include <numeric>
 #include <sstream>
 #include <string>
@@ -371,6 +372,54 @@ void BM_idle(benchmark::State& state) {
     }
 }
 BENCHMARK(BM_idle)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// 10. Shared objects: an uncontended Lock acquire + release (next to std::mutex in the same process), and Queue
+// throughput from one process to another (small items).
+void BM_lock_uncontended(benchmark::State& state) {
+    procpool::Lock lock;
+    std::mutex plain;
+    constexpr int kRounds = 1'000'000;
+    double lock_ns = 0;
+    double mutex_ns = 0;
+    for (auto _ : state) {
+        auto start = Clock::now();
+        for (int i = 0; i < kRounds; ++i) {
+            lock.acquire();
+            lock.release();
+        }
+        lock_ns = seconds_since(start) * 1e9 / kRounds;
+        start = Clock::now();
+        for (int i = 0; i < kRounds; ++i) {
+            plain.lock();
+            benchmark::ClobberMemory();
+            plain.unlock();
+        }
+        mutex_ns = seconds_since(start) * 1e9 / kRounds;
+    }
+    report(state, "lock_acquire_release", lock_ns, "ns");
+    state.counters["std_mutex_ns"] = mutex_ns;
+}
+BENCHMARK(BM_lock_uncontended)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+void BM_queue_throughput(benchmark::State& state) {
+    procpool::Queue<int> queue;
+    procpool::Pool pool(1);
+    constexpr int kItems = 200'000;
+    std::vector<double> rates;
+    for (auto _ : state) {
+        const auto start = Clock::now();
+        auto consumer = pool.apply_async([queue]() mutable {
+            long sum = 0;
+            for (int i = 0; i < kItems; ++i) sum += queue.get();
+            return sum;
+        });
+        for (int i = 0; i < kItems; ++i) queue.put(i);
+        benchmark::DoNotOptimize(consumer.get());
+        rates.push_back(kItems / seconds_since(start));
+    }
+    report(state, "queue_throughput", median(rates), "items/s");
+}
+BENCHMARK(BM_queue_throughput)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -156,6 +156,39 @@ def bench_skew(workers):
     emit("skewed_makespan", elapsed / ideal, "x ideal", None, ideal_ms=ideal * 1e3, makespan_ms=elapsed * 1e3)
 
 
+def bench_lock(_workers):
+    lock = mp.Lock()
+    rounds = 200_000
+    start = time.perf_counter()
+    for _ in range(rounds):
+        lock.acquire()
+        lock.release()
+    emit("lock_acquire_release", (time.perf_counter() - start) * 1e9 / rounds, "ns")
+
+
+def queue_consumer(queue, n, out):
+    total = 0
+    for _ in range(n):
+        total += queue.get()
+    out.put(total)
+
+
+def bench_queue(_workers):
+    n = 200_000
+    rates = []
+    for _ in range(3):
+        queue, out = mp.Queue(), mp.Queue()
+        consumer = mp.Process(target=queue_consumer, args=(queue, n, out))
+        start = time.perf_counter()
+        consumer.start()
+        for i in range(n):
+            queue.put(i)
+        out.get()
+        rates.append(n / (time.perf_counter() - start))
+        consumer.join()
+    emit("queue_throughput", statistics.median(rates), "items/s", rates)
+
+
 WORKLOADS = {
     "apply_round_trip": bench_apply_round_trip,
     "apply_async_burst": bench_apply_async_burst,
@@ -165,6 +198,8 @@ WORKLOADS = {
     "start_teardown": bench_start_teardown,
     "cpu_scaling": bench_cpu_scaling,
     "skew": bench_skew,
+    "lock": bench_lock,
+    "queue": bench_queue,
 }
 
 

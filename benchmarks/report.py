@@ -9,7 +9,7 @@ import platform
 import statistics
 import sys
 
-HIGHER_IS_BETTER = {"tasks/s", "items/s", "GB/s"}
+HIGHER_IS_BETTER = {"tasks/s", "items/s", "GB/s"}  # for the others (us, ms, ns, x ideal) lower is better
 
 
 def machine():
@@ -36,7 +36,7 @@ def load_cpp(path):
         workload, unit = bench["label"].split("|")
         figures.setdefault(workload, (unit, []))[1].append(bench["figure"])
         extra = {k: v for k, v in bench.items() if k in ("serial_ms", "threads_ms", "speedup", "vs_threads",
-                                                          "private_kib_per_worker")}
+                                                          "private_kib_per_worker", "std_mutex_ns")}
         if extra:
             extras.setdefault(workload, []).append(extra)
     return {w: (u, statistics.median(v)) for w, (u, v) in figures.items()}, extras, data.get("context", {})
@@ -88,6 +88,9 @@ def main():
                   f"{extra.get('threads_ms', 0):.0f} | {extra.get('speedup', 0):.2f}x | "
                   f"{extra.get('vs_threads', 0):.3f} | {py.get('value', float('nan')):.0f} | "
                   f"{py.get('speedup', float('nan')):.2f}x |")
+    lock = extras.get("lock_acquire_release")
+    if lock:
+        print(f"\nFor comparison, std::mutex lock + unlock in the same process: {lock[0].get('std_mutex_ns', 0):.1f} ns.")
     idle = extras.get("idle_cpu")
     if idle:
         print(f"\nPrivate memory per idle worker: {idle[0].get('private_kib_per_worker', 0):.0f} KiB "

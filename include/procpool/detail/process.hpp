@@ -83,6 +83,19 @@ inline unsigned fork_generation() noexcept {
     return fork_generation_counter().load(std::memory_order_relaxed);
 }
 
+/// The calling thread's kernel thread id, cached per thread (gettid() is a system call; a thread's id changes only
+/// in a child forked from it, which fork_generation() tells).
+inline pid_t current_thread_id() noexcept {
+    thread_local pid_t tid = 0;
+    thread_local unsigned generation = ~0u;
+    const unsigned now = fork_generation();
+    if (generation != now) {
+        tid = ::gettid();
+        generation = now;
+    }
+    return tid;
+}
+
 /// The CPUs this process may run on (its affinity mask), at least 1.
 inline std::size_t usable_cpu_count() noexcept {
     cpu_set_t set;

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "procpool/detail/futex.hpp"
+#include "procpool/detail/process.hpp"
 #include "procpool/errors.hpp"
 
 namespace procpool::detail {
@@ -45,7 +46,7 @@ struct RobustMutex {
     }
 
     /// True when the calling thread holds the mutex.
-    [[nodiscard]] bool held() const noexcept { return owner.load(std::memory_order_relaxed) == ::gettid(); }
+    [[nodiscard]] bool held() const noexcept { return owner.load(std::memory_order_relaxed) == current_thread_id(); }
 
     /// Locks, waiting until `deadline` (forever when empty). Returns false on timeout. A lock taken over from a
     /// holder that died is made consistent and counts as acquired (recovered() tells).
@@ -84,7 +85,7 @@ private:
         if (rc == EDEADLK) throw PoolStateError("procpool: acquire() of a non-recursive lock this thread already holds");
         if (rc != 0) throw std::system_error(rc, std::generic_category(), "procpool: locking a shared mutex failed");
         ++depth;
-        owner.store(::gettid(), std::memory_order_relaxed);
+        owner.store(current_thread_id(), std::memory_order_relaxed);
         return true;
     }
 };
