@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Merges procpool's Google Benchmark JSON with python_pool.py's JSON lines into a Markdown report.
 
-    report.py RESULTS.cpp.json RESULTS.python.jsonl > RESULTS.md
+    report.py RESULTS.cpp.json RESULTS.python.jsonl [RESULTS.mpi.jsonl] > RESULTS.md
 """
 import json
 import os
@@ -88,6 +88,21 @@ def main():
                   f"{extra.get('threads_ms', 0):.0f} | {extra.get('speedup', 0):.2f}x | "
                   f"{extra.get('vs_threads', 0):.3f} | {py.get('value', float('nan')):.0f} | "
                   f"{py.get('speedup', float('nan')):.2f}x |")
+    mpi_path = sys.argv[3] if len(sys.argv) > 3 else None
+    if mpi_path and os.path.exists(mpi_path):
+        rows = {}
+        with open(mpi_path) as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    rows.setdefault(r["workload"], {})[r["transport"]] = r
+        print("\n## MPI pool on this machine (mpirun -n 3: 2 worker ranks), next to the fork pool with 2 workers\n")
+        print("| workload | unit | MPI pool | fork pool |")
+        print("|---|---|---:|---:|")
+        for workload, by in rows.items():
+            unit = next(iter(by.values()))["unit"]
+            print(f"| {workload} | {unit} | {by.get('mpi', {}).get('value', float('nan')):,.3g} | "
+                  f"{by.get('fork', {}).get('value', float('nan')):,.3g} |")
     lock = extras.get("lock_acquire_release")
     if lock:
         print(f"\nFor comparison, std::mutex lock + unlock in the same process: {lock[0].get('std_mutex_ns', 0):.1f} ns.")

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <chrono>
+#include <concepts>
 #include <cstddef>
 #include <iterator>
 #include <memory>
@@ -59,6 +60,8 @@ class BasicPool {
     using Core = detail::PoolCore<Transport>;
 
 public:
+    using transport_type = Transport;
+
     /// One worker per CPU this process may run on. Forks them before returning.
     BasicPool() : BasicPool(PoolOptions{}) {}
     /// `processes` workers; 0 throws std::invalid_argument.
@@ -102,7 +105,8 @@ public:
         using Fn = std::decay_t<F>;
         using Item = std::tuple<detail::arg_t<Args>...>;
         using R = detail::checked_result_t<Fn, Item, true>;
-        if constexpr (!detail::check_task<Fn, Item, true>()) {
+        if constexpr (!detail::check_task<Fn, Item, true>() ||
+                      !detail::check_transport<Transport::kSharedObjects, Fn, Item, R>()) {
             return AsyncResult<R>();
         } else {
             auto parts = detail::ApplyJob<R>::make(&detail::run_task<Fn, Item, true>, callable_bytes<Fn>(f));
@@ -162,11 +166,7 @@ public:
 private:
     static std::shared_ptr<Core> make_core(PoolOptions options) {
         detail::validate(options);
-        typename Transport::Config config;
-        config.workers = options.processes.value_or(detail::usable_cpu_count());
-        config.initializer = options.initializer;
-        config.ring_bytes = options.ring_bytes;
-        config.memory_limit = options.memory_limit;
+        typename Transport::Config config = Transport::make_config(options);
         detail::SchedulerSettings settings;
         settings.max_items_per_worker = options.max_tasks_per_child;
         settings.task_timeout = options.task_timeout;
@@ -187,6 +187,7 @@ private:
         if constexpr (!std::is_trivially_copyable_v<F> && !detail::serialized_callable_v<F>) {
             job.keep_alive.push_back(std::make_shared<F>(f));
         }
+        job.code_pointer_callable = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
     }
 
     template <class Item, class Range>
@@ -215,7 +216,8 @@ private:
         using Output = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
         auto state = std::make_shared<detail::ResultState<Output>>();
         state->set_helper(helper());
-        if constexpr (detail::check_task<Fn, Item, Unpack>()) {
+        if constexpr (detail::check_task<Fn, Item, Unpack>() &&
+                      detail::check_transport<Transport::kSharedObjects, Fn, Item, R>()) {
             std::shared_ptr<detail::ItemBlock> block = encode_items<Item>(range);
             const std::uint64_t count = block->count;
             auto job = std::make_shared<detail::MapJob<R>>(&detail::run_task<Fn, Item, Unpack>, callable_bytes<Fn>(f),
@@ -248,6 +250,7 @@ private:
         using R = detail::checked_result_t<Fn, Item, false>;
         using Job = detail::ImapJob<R>;
         static_assert(detail::check_task<Fn, Item, false>());
+        static_assert(detail::check_transport<Transport::kSharedObjects, Fn, Item, R>());
         auto job = std::make_shared<Job>(&detail::run_task<Fn, Item, false>, callable_bytes<Fn>(f), options.chunksize,
                                          ordered);
         keep_callable_alive<Fn>(*job, f);
@@ -275,5 +278,10 @@ private:
 
 /// The single-machine pool: forked worker processes, shared-memory rings.
 using Pool = BasicPool<detail::ForkTransport>;
+
+/// Satisfied by every pool (procpool::Pool, procpool::mpi::Pool): write code once, run it on either.
+///     void work(procpool::ProcessPool auto& pool) { pool.map(f, items); }
+template <class P>
+concept ProcessPool = std::same_as<std::remove_cvref_t<P>, BasicPool<typename std::remove_cvref_t<P>::transport_type>>;
 
 }  // namespace procpool

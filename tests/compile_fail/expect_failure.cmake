@@ -3,7 +3,11 @@ file(STRINGS ${SOURCE} expect_lines REGEX "^// expect: ")
 if(NOT expect_lines)
   message(FATAL_ERROR "${SOURCE} has no `// expect:` line")
 endif()
-execute_process(COMMAND ${COMPILER} -std=c++20 -fsyntax-only -I${INCLUDE_DIR} ${SOURCE}
+set(include_flags -I${INCLUDE_DIR})
+foreach(dir ${EXTRA_INCLUDES})
+  list(APPEND include_flags -I${dir})
+endforeach()
+execute_process(COMMAND ${COMPILER} -std=c++20 -fsyntax-only ${include_flags} ${SOURCE}
                 RESULT_VARIABLE result OUTPUT_VARIABLE output ERROR_VARIABLE output)
 if(result EQUAL 0)
   message(FATAL_ERROR "${SOURCE} compiled, but it must be rejected")

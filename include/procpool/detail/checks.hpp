@@ -53,6 +53,28 @@ consteval bool check_task() {
     return callable_ok && item_ok && invocable;
 }
 
+template <class T>
+struct is_shared_handle : std::bool_constant<has_handle_codec<T>> {};
+
+/// Checks what a transport that cannot carry shared memory (MPI) adds: no shared objects among the arguments
+/// and results, and a callable whose bytes mean the same on another machine.
+template <bool SharedObjects, class F, class Item, class R>
+consteval bool check_transport() {
+    if constexpr (SharedObjects) {
+        return true;
+    } else {
+        constexpr bool no_handles = !any_leaf<is_shared_handle, Item>() && !any_leaf<is_shared_handle, R>();
+        static_assert(no_handles,
+                      "procpool: shared-memory objects (SharedArray, SharedValue, Lock, Queue...) cannot cross "
+                      "machines: the MPI pool cannot send them. Send the values themselves.");
+        constexpr bool plain_callable = bitwise<F>() || serialized_callable_v<F>;
+        static_assert(plain_callable,
+                      "procpool: the MPI pool copies the callable to other machines: its captures must be trivially "
+                      "copyable values (numbers, structs of numbers), not shared objects. Pass them as arguments.");
+        return no_handles && plain_callable;
+    }
+}
+
 /// The task's result type when check_task passed, void otherwise (so a failed check does not cascade).
 template <class F, class Item, bool Unpack>
 using checked_result_t = typename std::conditional_t<Invocation<F, Item, Unpack>::invocable,

@@ -32,11 +32,19 @@
 #include "procpool/detail/shared_layout.hpp"
 #include "procpool/detail/task.hpp"
 #include "procpool/detail/worker.hpp"
+#include "procpool/options.hpp"
 
 namespace procpool::detail {
 
 class ForkTransport {
 public:
+    /// Queued tasks can be taken back from a worker's inbox (to give them to an idle one).
+    static constexpr bool kRevocation = true;
+    /// Workers can be signalled, timed out, and replaced when they die.
+    static constexpr bool kWorkerControl = true;
+    /// Shared-memory objects (SharedArray, Lock...) reach the workers.
+    static constexpr bool kSharedObjects = true;
+
     struct Config {
         std::size_t workers = 1;
         std::function<void()> initializer;
@@ -45,6 +53,16 @@ public:
         std::chrono::nanoseconds worker_spin = std::chrono::microseconds(50);
         std::chrono::nanoseconds flush_interval = std::chrono::microseconds(200);
     };
+
+    /// The configuration for a pool built with `options`.
+    static Config make_config(const PoolOptions& options) {
+        Config config;
+        config.workers = options.processes.value_or(usable_cpu_count());
+        config.initializer = options.initializer;
+        config.ring_bytes = options.ring_bytes;
+        config.memory_limit = options.memory_limit;
+        return config;
+    }
 
     /// Maps the shared memory, forks the fork server and has it fork `workers` workers. Blocks until all are
     /// forked. Throws std::system_error if a fork fails (the workers already started are killed and reaped).

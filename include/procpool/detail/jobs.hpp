@@ -179,6 +179,7 @@ public:
     std::uint64_t encoded_bytes = 0;      // bytes of all items added, to estimate bytes per item
     std::uint64_t encoded_items = 0;
     std::vector<std::shared_ptr<const void>> keep_alive;  // a copy of a callable holding shared-object handles
+    bool code_pointer_callable = false;   // the callable's bytes are a function pointer
 
 private:
     TaskEntry entry_;

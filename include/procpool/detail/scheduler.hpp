@@ -274,7 +274,7 @@ private:
             write_task_locked(*slot, w.inflight.back());
         }
         // 3. A worker with nothing to do takes over a task queued behind another worker's running task.
-        rebalance_locked();
+        if constexpr (Transport::kRevocation) rebalance_locked();
         // 4. Workers that used up their budget leave once their queue is empty; at shutdown all of them do.
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
             WorkerSlot& w = workers_[slot];
@@ -287,9 +287,12 @@ private:
     }
 
     [[nodiscard]] std::size_t depth_locked() const noexcept {
-        if (task_ns_ <= 0) return 2;
+        // A task queued behind a long one can be taken back only where the transport allows it; elsewhere a
+        // worker gets one long task at a time (it pulls the next when it is done).
+        constexpr std::size_t kMinimum = Transport::kRevocation ? 2 : 1;
+        if (task_ns_ <= 0) return kMinimum;
         const double wanted = static_cast<double>(settings_.queue_target.count()) / task_ns_ + 1.0;
-        return std::clamp<std::size_t>(static_cast<std::size_t>(wanted), 2, settings_.max_depth);
+        return std::clamp<std::size_t>(static_cast<std::size_t>(wanted), kMinimum, settings_.max_depth);
     }
 
     std::optional<std::size_t> pick_worker_locked() const noexcept {
@@ -376,7 +379,9 @@ private:
             task.header = TaskHeader{task.id, Transport::entry_id(job.entry()), kUnclaimed,
                                      static_cast<std::uint32_t>(task.segment.count),
                                      static_cast<std::uint32_t>(job.callable().size()),
-                                     settings_.task_timeout ? static_cast<std::uint32_t>(kTimedItems) : 0u};
+                                     (settings_.task_timeout ? static_cast<std::uint32_t>(kTimedItems) : 0u) |
+                                         (job.code_pointer_callable ? static_cast<std::uint32_t>(kCodePointerCallable)
+                                                                    : 0u)};
             task.total = sizeof(TaskHeader) + align8(job.callable().size()) +
                          task.segment.block->items(task.segment.block_first, task.segment.count).size();
             task.fragmented = task.total > transport_.max_fragment();
@@ -556,10 +561,12 @@ private:
         }
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
             WorkerSlot& w = workers_[slot];
-            if (w.phase == Phase::dead && w.respawn_at_ns != 0 && now >= w.respawn_at_ns) {
-                w.respawn_at_ns = 0;
-                w.phase = Phase::starting;
-                transport_.respawn(slot);
+            if constexpr (Transport::kWorkerControl) {
+                if (w.phase == Phase::dead && w.respawn_at_ns != 0 && now >= w.respawn_at_ns) {
+                    w.respawn_at_ns = 0;
+                    w.phase = Phase::starting;
+                    transport_.respawn(slot);
+                }
             }
         }
         dispatch_locked();
@@ -570,7 +577,14 @@ private:
     /// Returns the next time a deadline falls due.
     std::int64_t check_timeouts_locked(std::int64_t now) {
         std::int64_t next = std::numeric_limits<std::int64_t>::max();
-        if (!settings_.task_timeout) return next;
+        if constexpr (Transport::kWorkerControl) {  // (a transport that cannot stop a worker has no timeouts)
+            if (settings_.task_timeout) next = kill_late_workers_locked(now);
+        }
+        return next;
+    }
+
+    std::int64_t kill_late_workers_locked(std::int64_t now) {
+        std::int64_t next = std::numeric_limits<std::int64_t>::max();
         const std::int64_t timeout = std::chrono::nanoseconds(*settings_.task_timeout).count();
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
             WorkerSlot& w = workers_[slot];
@@ -635,6 +649,17 @@ private:
             }
             std::lock_guard lock(mutex_);
             init_error_ = error;
+            if constexpr (!Transport::kWorkerControl) {
+                // No exit report will follow (the rank lives on): the pool cannot work, say so now.
+                std::string reason = "the initializer failed on worker " + std::to_string(slot + 1);
+                try {
+                    std::rethrow_exception(error);
+                } catch (const std::exception& e) {
+                    reason += ": " + std::string(e.what());
+                } catch (...) {
+                }
+                break_locked(reason, error);
+            }
         }
     }
 
@@ -723,7 +748,7 @@ private:
     void protocol_error_locked(std::size_t slot, const char* what) {
         std::fprintf(stderr, "procpool: internal error: %s (worker %d); replacing the worker\n", what,
                      static_cast<int>(workers_[slot].pid));
-        transport_.signal(slot, SIGKILL);
+        if constexpr (Transport::kWorkerControl) transport_.signal(slot, SIGKILL);
     }
 
     // ---- the fork server's reports (mutex_ held) ----------------------------------------------------------------
@@ -737,12 +762,12 @@ private:
                 break;
             case kSpawnFailed:
                 // No worker ever read this inbox: everything in it goes back to the queue before the retry resets it.
-                requeue_unstarted_locked(report.slot);
+                if constexpr (Transport::kWorkerControl) requeue_unstarted_locked(report.slot);
                 w.phase = Phase::dead;
                 w.respawn_at_ns = monotonic_ns() + 100'000'000;  // retry: fork fails under transient pressure
                 break;
             case kWorkerExited:
-                handle_exit(report);
+                if constexpr (Transport::kWorkerControl) handle_exit(report);
                 break;
             default:
                 break;

@@ -49,7 +49,10 @@ static_assert(sizeof(TaskHeader) == 32 && offsetof(TaskHeader, claim) % alignof(
               "TaskHeader is read in place from 8-byte aligned ring memory");
 static_assert(std::atomic_ref<std::uint32_t>::is_always_lock_free, "the claim word must be lock-free");
 
-enum TaskFlag : std::uint32_t { kTimedItems = 1 };  // the worker stamps each item's start time (task_timeout)
+enum TaskFlag : std::uint32_t {
+    kTimedItems = 1,           // the worker stamps each item's start time (task_timeout)
+    kCodePointerCallable = 2,  // the callable is a function pointer (a transport between machines renames it)
+};
 
 struct ResultHeader {
     std::uint64_t task_id;

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the cluster example under mpirun on this machine: rank 0 runs the program, the other ranks run tasks.
+#   examples/cluster/run.sh [ranks]        (default 4; --oversubscribe lets a small machine run more ranks than cores)
+# The same binary runs on a cluster under Slurm: see slurm.sbatch.
+set -euo pipefail
+ranks="${1:-4}"
+binary="${CLUSTER_BINARY:-$(dirname "$0")/../../build/release/examples/cluster}"
+flags=(--oversubscribe)
+[ "$(id -u)" -eq 0 ] && flags+=(--allow-run-as-root)
+exec mpirun "${flags[@]}" -n "$ranks" "$binary"
