@@ -25,13 +25,13 @@ namespace procpool {
 namespace detail {
 
 /// Reports an exception that escaped a user callback: it has nowhere else to go (Python prints it, too).
-inline void report_callback_exception() noexcept {
+inline void report_callback_exception(const char* what_callback = "an AsyncResult callback") noexcept {
     try {
         throw;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "procpool: an AsyncResult callback threw: %s\n", e.what());
+        std::fprintf(stderr, "procpool: %s threw: %s\n", what_callback, e.what());
     } catch (...) {
-        std::fprintf(stderr, "procpool: an AsyncResult callback threw a non-standard exception\n");
+        std::fprintf(stderr, "procpool: %s threw a non-standard exception\n", what_callback);
     }
 }
 

@@ -164,6 +164,7 @@ private:
             outstanding_ -= entries.size();
             available_.fetch_add(released, std::memory_order_acq_rel);
         }
+        progress.add(entries.size());
         if (released != 0) bell_.ring();
     }
 
@@ -210,6 +211,7 @@ public:
         if (job_) {
             job_->abandon();
             core_->scheduler.abandon(*job_);
+            job_->progress.finish();  // the final report of a range left early (a no-op after the last result)
         }
     }
 
@@ -266,6 +268,7 @@ private:
             if (job_->unconsumed() == 0) {
                 if (input_done_) {
                     done_ = true;
+                    job_->progress.finish();
                     return;
                 }
                 refill();

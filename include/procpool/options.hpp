@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <optional>
 
@@ -33,10 +34,26 @@ struct PoolOptions {
     std::size_t ring_bytes = std::size_t{1} << 18;
 };
 
+/// How far a map has got, for a progress report.
+struct ProgressInfo {
+    std::uint64_t done = 0;                   // items finished (successfully or not)
+    std::optional<std::uint64_t> total;       // items in all, when known (map; imap over a sized range)
+    std::chrono::duration<double> elapsed{};  // since the map started
+    double rate = 0;                          // items per second so far
+    std::optional<std::chrono::duration<double>> remaining;  // estimated time left, when the total is known
+    bool finished = false;                    // the last report of this map
+};
+
+/// Receives progress reports: at most every 100 ms, and once at the end. Runs in the thread that delivers results
+/// (the pool's service thread, or a thread waiting for results); keep it short.
+using ProgressCallback = std::function<void(const ProgressInfo&)>;
+
 /// Options for map/imap/imap_unordered/starmap and their async forms.
 struct MapOptions {
     /// Items sent to a worker at once; 0 lets the pool choose (and adapt it to the measured item time).
     std::size_t chunksize = 0;
+    /// Progress reports; empty (the default) costs nothing. procpool::progress_bar() draws one on stderr.
+    ProgressCallback progress{};
 };
 
 }  // namespace procpool

@@ -221,7 +221,7 @@ private:
             std::shared_ptr<detail::ItemBlock> block = encode_items<Item>(range);
             const std::uint64_t count = block->count;
             auto job = std::make_shared<detail::MapJob<R>>(&detail::run_task<Fn, Item, Unpack>, callable_bytes<Fn>(f),
-                                                           options.chunksize, count, state);
+                                                           options.chunksize, count, state, std::move(options.progress));
             keep_callable_alive<Fn>(*job, f);
             core().scheduler.submit(job, {detail::Segment{std::move(block), 0, count, 0}});
         }
@@ -254,6 +254,9 @@ private:
         auto job = std::make_shared<Job>(&detail::run_task<Fn, Item, false>, callable_bytes<Fn>(f), options.chunksize,
                                          ordered);
         keep_callable_alive<Fn>(*job, f);
+        std::optional<std::uint64_t> total;
+        if constexpr (std::ranges::sized_range<Range>) total = static_cast<std::uint64_t>(std::ranges::size(range));
+        job->progress.start(options.progress, total);
         // Like any submission, imap on a closed pool throws now rather than on first use.
         if (core().scheduler.closed()) core().scheduler.submit(job, {});
         return ImapRange<Transport, R, View>(shared_core(), std::move(job), std::views::all(std::forward<Range>(range)),

@@ -11,6 +11,7 @@
 #include "procpool/imap.hpp"
 #include "procpool/options.hpp"
 #include "procpool/pool.hpp"
+#include "procpool/progress.hpp"
 #include "procpool/serialize.hpp"
 #include "procpool/shared.hpp"
 #include "procpool/sync.hpp"

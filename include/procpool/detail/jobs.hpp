@@ -20,6 +20,7 @@
 #include "procpool/async_result.hpp"
 #include "procpool/detail/buffer.hpp"
 #include "procpool/detail/task.hpp"
+#include "procpool/options.hpp"
 #include "procpool/serialize.hpp"
 
 namespace procpool::detail {
@@ -139,6 +140,63 @@ private:
     std::size_t head_ = 0;
 };
 
+/// Reports a job's progress to a MapOptions::progress callback: at most every 100 ms and once at the end.
+/// Without a callback it costs one branch per delivery.
+class ProgressTracker {
+public:
+    void start(ProgressCallback callback, std::optional<std::uint64_t> total) {
+        callback_ = std::move(callback);
+        total_ = total;
+        start_ = MonotonicClock::now();
+        last_ = start_;
+    }
+    /// `n` more items finished (delivered or failed).
+    void add(std::uint64_t n) {
+        if (!callback_) return;
+        std::lock_guard lock(mutex_);
+        done_ += n;
+        const auto now = MonotonicClock::now();
+        const bool last = total_ && done_ >= *total_;
+        if (!last && now - last_ < std::chrono::milliseconds(100)) return;
+        last_ = now;
+        report_locked(now, last);
+    }
+    /// The job is over (all delivered, failed, or abandoned): the final report, once.
+    void finish() {
+        if (!callback_) return;
+        std::lock_guard lock(mutex_);
+        report_locked(MonotonicClock::now(), true);
+    }
+
+private:
+    void report_locked(MonotonicClock::time_point now, bool final) {
+        if (finished_) return;
+        finished_ = final;
+        ProgressInfo info;
+        info.done = done_;
+        info.total = total_;
+        info.elapsed = now - start_;
+        info.rate = info.elapsed.count() > 0 ? static_cast<double>(done_) / info.elapsed.count() : 0;
+        if (total_ && info.rate > 0) {
+            info.remaining = std::chrono::duration<double>(static_cast<double>(*total_ - std::min(done_, *total_)) / info.rate);
+        }
+        info.finished = final;
+        try {
+            callback_(info);
+        } catch (...) {
+            report_callback_exception("a progress callback");
+        }
+    }
+
+    ProgressCallback callback_;
+    std::optional<std::uint64_t> total_;
+    std::mutex mutex_;
+    std::uint64_t done_ = 0;
+    MonotonicClock::time_point start_;
+    MonotonicClock::time_point last_;
+    bool finished_ = false;
+};
+
 /// An error of one item, by job index.
 struct ItemError {
     std::uint64_t index;
@@ -179,6 +237,7 @@ public:
     std::uint64_t encoded_bytes = 0;      // bytes of all items added, to estimate bytes per item
     std::uint64_t encoded_items = 0;
     std::vector<std::shared_ptr<const void>> keep_alive;  // a copy of a callable holding shared-object handles
+    ProgressTracker progress;             // MapOptions::progress, if any
     bool code_pointer_callable = false;   // the callable's bytes are a function pointer
 
 private:
@@ -239,8 +298,9 @@ public:
     using Output = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
 
     MapJob(TaskEntry entry, Buffer callable, std::size_t chunksize, std::uint64_t count,
-           std::shared_ptr<ResultState<Output>> state)
+           std::shared_ptr<ResultState<Output>> state, ProgressCallback on_progress = {})
         : JobBase(entry, std::move(callable), chunksize, false), state_(std::move(state)), remaining_(count) {
+        progress.start(std::move(on_progress), count);
         if constexpr (!std::is_void_v<R>) {
             static_assert(std::is_default_constructible_v<R>,
                           "procpool: map results are decoded in place, so the result type needs a default constructor");
@@ -266,13 +326,15 @@ public:
             }
         }
         remaining_ -= count;
-        if (failure || remaining_ == 0) {
-            lock.unlock();
-            finish(failure);
-        }
+        const bool done = failure || remaining_ == 0;
+        lock.unlock();
+        progress.add(count);
+        if (done) finish(failure);
     }
     void fail(std::uint64_t, std::uint64_t count, const std::exception_ptr& error) override {
-        if (count != 0) finish(error);
+        if (count == 0) return;
+        progress.add(count);
+        finish(error);
     }
     [[nodiscard]] bool cancelled() const noexcept override { return done_.load(std::memory_order_acquire); }
 
@@ -307,6 +369,7 @@ private:
     }
     void finish_locked(std::exception_ptr error) {
         if (done_.exchange(true, std::memory_order_acq_rel)) return;
+        progress.finish();
         if (error) {
             state_->complete_error(std::move(error));
         } else {
