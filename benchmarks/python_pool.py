@@ -134,7 +134,7 @@ def bench_cpu_scaling(workers):
         for t in tasks:
             spin(t)
         serial = time.perf_counter() - start
-        for n in range(1, workers + 1):
+        for n in range(1, 2 * workers + 1):  # up to twice the cores, as bench_pool.cpp
             with mp.Pool(n) as pool:
                 pool.map(spin, [0.0] * n)
                 start = time.perf_counter()

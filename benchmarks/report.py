@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Merges procpool's Google Benchmark JSON with python_pool.py's JSON lines into a Markdown report.
 
-    report.py RESULTS.cpp.json RESULTS.python.jsonl [RESULTS.mpi.jsonl] > RESULTS.md
+    report.py RESULTS.cpp.json RESULTS.python.jsonl [RESULTS.mpi.jsonl] [--plot-data FILE.tsv] > RESULTS.md
+
+With --plot-data it also writes the CPU-scaling speedups as a table for benchmarks/speedup.gp.
 """
 import json
 import os
@@ -59,9 +61,44 @@ def ratio(unit, ours, theirs):
     return f"{value:.1f}x"
 
 
+def scaling_rows(cpp, extras, python):
+    """(task size, workers, procpool ms, serial ms, threads ms, python ms, python serial ms) per scaling run."""
+    rows = []
+    for workload, (_, value) in cpp.items():
+        if not workload.startswith("cpu_scaling"):
+            continue
+        size, workers = workload[len("cpu_scaling_"):].split("_")
+        extra = extras.get(workload, [{}])[0]
+        py = python.get(workload, {})
+        rows.append((size, int(workers.replace("workers", "")), value, extra.get("serial_ms", float("nan")),
+                     extra.get("threads_ms", float("nan")), py.get("value", float("nan")),
+                     py.get("serial_ms", float("nan"))))
+    return sorted(rows, key=lambda r: (float(r[0].rstrip("ms")), r[1]))
+
+
+def write_plot_data(path, rows):
+    """One block per task size (gnuplot's `index`): workers and speedup vs serial for procpool, threads, Python."""
+    with open(path, "w") as f:
+        for size in dict.fromkeys(r[0] for r in rows):
+            f.write(f"# {size} tasks: workers procpool threads python\n")
+            for _, workers, ours, serial, threads, py, py_serial in (r for r in rows if r[0] == size):
+                f.write(f"{workers} {serial / ours:.4f} {serial / threads:.4f} {py_serial / py:.4f}\n")
+            f.write("\n\n")
+
+
 def main():
+    args = sys.argv[1:]
+    plot_data = None
+    if "--plot-data" in args:
+        at = args.index("--plot-data")
+        plot_data = args[at + 1]
+        del args[at:at + 2]
+    sys.argv[1:] = args
     cpp, extras, context = load_cpp(sys.argv[1])
     python = load_python(sys.argv[2])
+    rows = scaling_rows(cpp, extras, python)
+    if plot_data:
+        write_plot_data(plot_data, rows)
     print(f"# procpool benchmark results\n\nMachine: {machine()}  ")
     print(f"Run: {context.get('date', '')}, Google Benchmark `{context.get('library_build_type', '')}` library, "
           f"Python {platform.python_version()} `multiprocessing.Pool` (fork) on the same machine in the same run.\n")
@@ -75,6 +112,14 @@ def main():
         theirs_text = f"{theirs:,.3g}" if theirs else "n/a"
         print(f"| {workload} | {unit} | {value:,.3g} | {theirs_text} | {ratio(unit, value, theirs)} |")
     scaling = [(w, v) for w, v in cpp.items() if w.startswith("cpu_scaling")]
+    ten_ms = [r for r in rows if r[0] == "10.0ms"]
+    if ten_ms:
+        base = ten_ms[0][2]
+        print("\n## Processes, runtime, speedup (60 tasks of 10 ms, as in Python multiprocessing guides)\n")
+        print("| processes | runtime | speedup vs 1 process |")
+        print("|---:|---:|---:|")
+        for _, workers, ours, *_ in ten_ms:
+            print(f"| {workers} | {ours:.0f} ms | {base / ours:.2f}x |")
     if scaling:
         print("\n## CPU-bound scaling (fixed task set)\n")
         print("| tasks | workers | serial ms | procpool ms | threads ms | speedup vs serial | procpool vs threads"

@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
-# Runs procpool's benchmarks and Python's multiprocessing.Pool on the same workloads, in one run, and writes
-# benchmarks/results/<date>-<host>.{json,md}. Usage: benchmarks/run.sh [workload ...]
+# The one command that regenerates the benchmark results and the plot. It runs procpool's benchmarks, Python's
+# multiprocessing.Pool on the same workloads and (where MPI is installed) the MPI pool, in one run, and writes
+#   benchmarks/results/<date>-<host>.{cpp.json,python.jsonl,mpi.jsonl,scaling.tsv,md}  raw figures and the report
+#   benchmarks/results/speedup.svg                                                    the plot the README shows
+# Usage: benchmarks/run.sh [python workload ...]. Run it on a quiet machine: the figures are wall-clock times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+missing=()
+for package in g++ cmake ninja-build libboost-dev libbenchmark-dev python3 gnuplot-nox; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
 cmake --preset release >/dev/null
 cmake --build --preset release --target bench_pool >/dev/null
 cmake --build --preset release --target bench_mpi >/dev/null 2>&1 || true  # only where MPI is installed
@@ -20,5 +32,10 @@ if [ -x build/release/benchmarks/bench_mpi ]; then
     [ "$(id -u)" -eq 0 ] && mpi_flags+=(--allow-run-as-root)
     mpirun "${mpi_flags[@]}" -n 3 build/release/benchmarks/bench_mpi > "$out.mpi.jsonl"
 fi
-/usr/bin/python3 benchmarks/report.py "$out.cpp.json" "$out.python.jsonl" "$out.mpi.jsonl" > "$out.md"
+/usr/bin/python3 benchmarks/report.py "$out.cpp.json" "$out.python.jsonl" "$out.mpi.jsonl" \
+    --plot-data "$out.scaling.tsv" > "$out.md"
+machine="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores"
+gnuplot -e "data='$out.scaling.tsv'; out='benchmarks/results/speedup.svg'; cores=$(nproc); machine='$machine'" \
+    benchmarks/speedup.gp
 cat "$out.md"
+echo "benchmarks: wrote $out.md and benchmarks/results/speedup.svg" >&2
