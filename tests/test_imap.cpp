@@ -218,3 +218,29 @@ TEST_CASE("an imap range made before close() still runs but one made after throw
     CHECK_THROWS_AS(pool.imap(square, std::views::iota(0, 3)), procpool::PoolStateError);
     pool.join();
 }
+
+namespace {
+long twice(long x) { return 2 * x; }
+long plus_one(long x) { return x + 1; }
+}  // namespace
+
+TEST_CASE("an imap range is movable: chained as a temporary, piped into a view, move-assigned") {
+    procpool::Pool pool(2);
+    long chained = 0;
+    for (long v : pool.imap(plus_one, pool.imap(twice, std::views::iota(0L, 100L)))) chained += v;
+    CHECK(chained == 10000);
+
+    std::vector<long> taken;
+    for (long v : pool.imap(twice, std::views::iota(0L)) | std::views::take(5)) taken.push_back(v);
+    CHECK(taken == std::vector<long>{0, 2, 4, 6, 8});
+
+    auto first = pool.imap(twice, std::views::iota(0L, 1000000L));
+    auto second = pool.imap(plus_one, std::views::iota(0L, 10L));
+    CHECK(*first.begin() == 0);  // started: the assignment below must abandon it without blocking
+    first = std::move(second);
+    long sum = 0;
+    for (long v : first) sum += v;
+    CHECK(sum == 55);
+    CHECK_THROWS_AS(second.begin(), procpool::PoolStateError);  // NOLINT(bugprone-use-after-move): checked on purpose
+    CHECK(pool.map(twice, std::vector<long>{1, 2}) == std::vector<long>{2, 4});  // the pool still works
+}

@@ -199,11 +199,19 @@ public:
 
     ImapRange(std::shared_ptr<detail::PoolCore<Transport>> core, std::shared_ptr<Job> job, View input,
               MapOptions options)
-        : core_(std::move(core)), job_(std::move(job)), input_(std::move(input)), options_(options),
+        : core_(std::move(core)), job_(std::move(job)), input_(std::make_unique<Input>(std::move(input))), options_(options),
           window_(window_chunks(core_->scheduler.size())) {}
 
+    /// Moves keep the reading position: the input lives on the heap, so its iterators stay valid. A moved-from
+    /// range must not be iterated. (Movable, so an imap result can be the input of another imap or piped into a view.)
     ImapRange(ImapRange&&) noexcept = default;
-    ImapRange& operator=(ImapRange&&) = delete;
+    ImapRange& operator=(ImapRange&& other) noexcept {
+        if (this != &other) {
+            this->~ImapRange();  // abandons this range's job, as its destructor would
+            std::construct_at(this, std::move(other));
+        }
+        return *this;
+    }
     ImapRange(const ImapRange&) = delete;
     ImapRange& operator=(const ImapRange&) = delete;
 
@@ -242,9 +250,10 @@ public:
 
     /// Starts reading input and waits for the first result. Call once.
     iterator begin() {
+        if (!job_) throw PoolStateError("procpool: this imap range was moved from");
         if (started_) throw PoolStateError("procpool: an imap range can be iterated only once");
         started_ = true;
-        position_.emplace(std::ranges::begin(input_));
+        input_->position.emplace(std::ranges::begin(input_->view));
         advance();
         return iterator(this);
     }
@@ -286,8 +295,8 @@ private:
             detail::ItemEncoder<Item> encoder(chunk);
             std::exception_ptr input_error;
             try {
-                auto& it = *position_;
-                const auto end = std::ranges::end(input_);
+                auto& it = *input_->position;
+                const auto end = std::ranges::end(input_->view);
                 while (encoder.count() < chunk && it != end) {
                     encoder.add(*it);
                     ++it;
@@ -326,10 +335,13 @@ private:
 
     std::shared_ptr<detail::PoolCore<Transport>> core_;
     std::shared_ptr<Job> job_;
-    View input_;
+    struct Input {
+        View view;
+        std::optional<std::ranges::iterator_t<View>> position;  // where reading goes on; set when reading starts
+    };
+    std::unique_ptr<Input> input_;
     MapOptions options_;
     std::uint64_t window_;
-    std::optional<std::ranges::iterator_t<View>> position_;
     std::optional<typename Job::Entry> current_;
     std::uint64_t next_index_ = 0;
     std::uint64_t chunks_formed_ = 0;

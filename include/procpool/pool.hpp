@@ -88,7 +88,8 @@ public:
 
     /// Number of workers. Never blocks.
     [[nodiscard]] std::size_t size() const noexcept { return core().scheduler.size(); }
-    /// Pids of the live workers (replacements included). Thread-safe.
+    /// Pids of the live workers. A worker that died is left out until its replacement has started (a few ms), so
+    /// the list may briefly be shorter than size(). Thread-safe.
     [[nodiscard]] std::vector<pid_t> worker_pids() const { return core().scheduler.worker_pids(); }
 
     // ---- single calls ----------------------------------------------------------------------------------------------
