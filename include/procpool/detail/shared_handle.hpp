@@ -85,9 +85,7 @@ public:
     [[nodiscard]] std::byte* address() const noexcept { return address_ + inner_; }
     [[nodiscard]] bool valid() const noexcept { return address_ != nullptr; }
     /// True in the process that made the object (its handles there keep it alive).
-    [[nodiscard]] bool owned_here() const noexcept {
-        return ownership_ != nullptr && owner_fork_ == fork_generation();
-    }
+    [[nodiscard]] bool owned_here() const noexcept { return ownership_ != nullptr && owner_fork_ == fork_generation(); }
 
     void encode(OutputArchive& ar) const {
         if (!valid()) throw SerializationError("procpool: cannot send an empty shared-object handle");
