@@ -315,7 +315,7 @@ TEST_CASE("signals delivered without SA_RESTART, to the parent and the workers, 
     }
     stop = true;
     storm.join();
-    CHECK(total == 20 * (199 * 199 + 4950));
+    CHECK(total == 20L * (199 * 199 + 4950));
     CHECK(g_signals_seen.load() > 100);
     std::signal(SIGUSR1, SIG_DFL);
 }

@@ -199,7 +199,7 @@ public:
 
     ImapRange(std::shared_ptr<detail::PoolCore<Transport>> core, std::shared_ptr<Job> job, View input,
               MapOptions options)
-        : core_(std::move(core)), job_(std::move(job)), input_(std::move(input)), options_(options),
+        : core_(std::move(core)), job_(std::move(job)), input_(std::move(input)), options_(std::move(options)),
           window_(window_chunks(core_->scheduler.size())) {}
 
     ImapRange(ImapRange&&) noexcept = default;

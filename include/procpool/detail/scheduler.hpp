@@ -830,7 +830,9 @@ private:
     }
 
     void requeue_front_locked(std::vector<std::pair<std::shared_ptr<JobBase>, Segment>>& back_to_queue) {
-        for (auto it = back_to_queue.rbegin(); it != back_to_queue.rend(); ++it) {
+        // Back to front, so the queue keeps the original order. (clang-tidy 14 suggests std::ranges::reverse_view,
+        // which clang 14 cannot compile against libstdc++ 12.)
+        for (auto it = back_to_queue.rbegin(); it != back_to_queue.rend(); ++it) {  // NOLINT(modernize-loop-convert)
             JobBase& job = *it->first;
             job.unsent_items += it->second.count;
             job.ready.push_front(std::move(it->second));

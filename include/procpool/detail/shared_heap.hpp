@@ -189,7 +189,7 @@ private:
         return size_class;
     }
     /// Blocks up to this payload keep their pages when freed (reused quickly); larger ones release them.
-    static constexpr std::uint64_t release_threshold(std::uint32_t) noexcept { return 64 * 1024; }
+    static constexpr std::uint64_t release_threshold(std::uint32_t) noexcept { return std::uint64_t{64} * 1024; }
 
     [[nodiscard]] HeapHeader* header() const noexcept { return std::launder(reinterpret_cast<HeapHeader*>(base_)); }
     [[nodiscard]] BlockHeader* block_at(std::uint64_t block) const noexcept {

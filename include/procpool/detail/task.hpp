@@ -282,20 +282,22 @@ struct apply_traits<F, Tuple, std::index_sequence<I...>> {
 /// rvalues when F accepts them (no copy of a large argument), as lvalues otherwise.
 template <class F, class Item, bool Unpack>
 struct Invocation {
-    static consteval bool rvalue_ok() {
+    // Immediately-invoked lambdas, not static consteval member functions: a member function is not defined yet
+    // where `invocable` is initialised (the class is incomplete), which Clang rejects.
+    static constexpr bool rvalue_ok = [] {
         if constexpr (!Unpack) return std::is_invocable_v<F&, Item&&>;
         else if constexpr (tuple_like<Item>) return apply_traits<F, Item>::by_rvalue;
         else return false;
-    }
-    static consteval bool lvalue_ok() {
+    }();
+    static constexpr bool lvalue_ok = [] {
         if constexpr (!Unpack) return std::is_invocable_v<F&, Item&>;
         else if constexpr (tuple_like<Item>) return apply_traits<F, Item>::by_lvalue;
         else return false;
-    }
-    static constexpr bool invocable = rvalue_ok() || lvalue_ok();
+    }();
+    static constexpr bool invocable = rvalue_ok || lvalue_ok;
 
     static decltype(auto) call(F& f, Item& item) {
-        if constexpr (rvalue_ok()) {
+        if constexpr (rvalue_ok) {
             if constexpr (Unpack) return std::apply(f, std::move(item));
             else return std::invoke(f, std::move(item));
         } else {
