@@ -16,8 +16,8 @@
 #include <functional>
 #include <future>
 #include <mutex>
-#include <ranges>
 #include <numeric>
+#include <ranges>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -213,8 +213,8 @@ void BM_imap(benchmark::State& state) {
     const std::string method = ordered ? "imap" : "imap_unordered";
     report(state, method + (chunksize == 1 ? "_chunksize_1" : "_default"), median(rates), "items/s");
 }
-BENCHMARK(BM_imap)->Args({1, 1})->Args({0, 1})->Args({1, 0})->Args({0, 0})->Iterations(5)->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_imap)->Args({1, 1})->Args({0, 1})->Args({1, 0})->Args({0, 0})->Iterations(5)->UseRealTime()->Unit(
+    benchmark::kMillisecond);
 
 // 5. 10 MiB arguments and 10 MiB results through map.
 void BM_payload(benchmark::State& state) {

@@ -94,7 +94,7 @@ TEST_CASE("chaos: random SIGKILLs throughout a map of 100 000 items") {
         }
     }
     killer.stop();
-    CHECK(index == kItems);  // none lost
+    CHECK(index == kItems);                                           // none lost
     for (int i = 0; i < kItems; ++i) REQUIRE(counts[i].load() <= 1);  // none duplicated
     CHECK(killer.kills.load() > 10);
     CHECK(crashed <= killer.kills.load() * 300);  // only items a dead worker held (chunks flush every 200 us)

@@ -68,10 +68,12 @@ TEST_CASE("abort(), exit() and _exit() fail only their own task") {
 
 TEST_CASE("a worker killed from outside with SIGKILL in the middle of a map fails at most the items it held") {
     procpool::Pool pool(2);
-    auto results = pool.imap([](int x) {
-        std::this_thread::sleep_for(20ms);
-        return x;
-    }, std::views::iota(0, 100), {.chunksize = 1});
+    auto results = pool.imap(
+        [](int x) {
+            std::this_thread::sleep_for(20ms);
+            return x;
+        },
+        std::views::iota(0, 100), {.chunksize = 1});
     int ok = 0;
     int crashed = 0;
     int index = 0;
@@ -117,18 +119,21 @@ TEST_CASE("a crash inside a chunk fails the item that crashed and the chunk's ot
 
 TEST_CASE("a crash fails a map with WorkerCrashed and the pool goes on") {
     procpool::Pool pool(2);
-    CHECK_THROWS_AS(pool.map([](int x) {
-        if (x == 50) std::abort();
-        return x;
-    }, std::views::iota(0, 100)), procpool::WorkerCrashed);
+    CHECK_THROWS_AS(pool.map(
+                        [](int x) {
+                            if (x == 50) std::abort();
+                            return x;
+                        },
+                        std::views::iota(0, 100)),
+                    procpool::WorkerCrashed);
     CHECK(pool.map([](int x) { return x; }, std::views::iota(0, 100)).size() == 100);
 }
 
 TEST_CASE("an initializer that throws breaks the pool with that error instead of looping") {
     for (std::size_t processes : {1u, 2u, 4u}) {
         procpool::Pool pool(procpool::PoolOptions{.processes = processes, .initializer = [] {
-            throw std::runtime_error("cannot load the model");
-        }});
+                                                      throw std::runtime_error("cannot load the model");
+                                                  }});
         // Either the task was queued before the pool broke (it fails with the initializer's exception) or the
         // pool had already broken (submitting throws PoolStateError naming it): the message is there either way.
         try {

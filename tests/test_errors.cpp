@@ -46,13 +46,11 @@ TEST_CASE("each standard exception comes back as the same type with the same mes
                          Catch::Message("invalid_argument"));
     CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::domain), std::domain_error, Catch::Message("domain"));
     CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::length), std::length_error, Catch::Message("length"));
-    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::out_of_range), std::out_of_range,
-                         Catch::Message("out_of_range"));
+    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::out_of_range), std::out_of_range, Catch::Message("out_of_range"));
     CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::runtime), std::runtime_error, Catch::Message("runtime"));
     CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::range), std::range_error, Catch::Message("range"));
     CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::overflow), std::overflow_error, Catch::Message("overflow"));
-    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::underflow), std::underflow_error,
-                         Catch::Message("underflow"));
+    CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::underflow), std::underflow_error, Catch::Message("underflow"));
 }
 
 TEST_CASE("the exact type is kept, not only a base of it") {

@@ -124,7 +124,8 @@ TEST_CASE("a task whose arguments are still arriving is not timed out on the pre
 
 TEST_CASE("max_tasks_per_child replaces workers after N items and loses nothing") {
     procpool::Pool pool(procpool::PoolOptions{.processes = 2, .max_tasks_per_child = 5});
-    const std::vector<pid_t> pids = pool.map([](int) { return worker_pid(); }, std::views::iota(0, 60), {.chunksize = 1});
+    const std::vector<pid_t> pids = pool.map([](int) { return worker_pid(); }, std::views::iota(0, 60),
+                                             {.chunksize = 1});
     REQUIRE(pids.size() == 60);
     const std::set<pid_t> distinct(pids.begin(), pids.end());
     CHECK(distinct.size() >= 12);  // 60 items, at most 5 per worker
@@ -279,7 +280,7 @@ std::atomic<long> g_signals_seen{0};
 extern "C" void count_signal(int) { g_signals_seen.fetch_add(1, std::memory_order_relaxed); }
 
 void install_without_restart(int signal) {
-    struct sigaction action{};
+    struct sigaction action {};
     action.sa_handler = count_signal;
     sigemptyset(&action.sa_mask);
     action.sa_flags = 0;  // no SA_RESTART: blocking calls return EINTR
@@ -300,10 +301,12 @@ TEST_CASE("signals delivered without SA_RESTART, to the parent and the workers, 
     });
     long total = 0;
     for (int round = 0; round < 20; ++round) {
-        const auto squares = pool.map([](int x) {
-            std::this_thread::sleep_for(50us);
-            return x * x;
-        }, std::views::iota(0, 200));
+        const auto squares = pool.map(
+            [](int x) {
+                std::this_thread::sleep_for(50us);
+                return x * x;
+            },
+            std::views::iota(0, 200));
         total += squares.back();
         for (int v : pool.imap([](int x) { return x; }, std::views::iota(0, 100), {.chunksize = 1})) total += v;
         auto slow = pool.apply_async(sleep_ms, 30);
@@ -312,7 +315,7 @@ TEST_CASE("signals delivered without SA_RESTART, to the parent and the workers, 
     }
     stop = true;
     storm.join();
-    CHECK(total == 20 * (199 * 199 + 4950));
+    CHECK(total == 20L * (199 * 199 + 4950));
     CHECK(g_signals_seen.load() > 100);
     std::signal(SIGUSR1, SIG_DFL);
 }
@@ -400,7 +403,9 @@ TEST_CASE("a task allocating past memory_limit fails with std::bad_alloc and the
     options.processes = 2;
     options.memory_limit = std::size_t{256} << 20;
     procpool::Pool pool(options);
-    auto too_much = [&] { pool.apply([](std::size_t n) { return std::vector<char>(n, 1).size(); }, std::size_t{2} << 30); };
+    auto too_much = [&] {
+        pool.apply([](std::size_t n) { return std::vector<char>(n, 1).size(); }, std::size_t{2} << 30);
+    };
 #if defined(__SANITIZE_ADDRESS__)
     // AddressSanitizer's own shadow mappings count against the cap: the worker dies instead (also allowed).
     try {

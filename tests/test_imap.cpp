@@ -61,10 +61,12 @@ static_assert(std::ranges::input_range<CountingInput>);
 TEST_CASE("imap yields results in input order") {
     procpool::Pool pool(3);
     std::vector<int> got;
-    for (int value : pool.imap([](int x) {
-             std::this_thread::sleep_for(std::chrono::microseconds((x * 7919) % 2000));  // finish out of order
-             return x * 3;
-         }, std::views::iota(0, 300), {.chunksize = 1})) {
+    for (int value : pool.imap(
+             [](int x) {
+                 std::this_thread::sleep_for(std::chrono::microseconds((x * 7919) % 2000));  // finish out of order
+                 return x * 3;
+             },
+             std::views::iota(0, 300), {.chunksize = 1})) {
         got.push_back(value);
     }
     std::vector<int> expected(300);
@@ -75,10 +77,12 @@ TEST_CASE("imap yields results in input order") {
 TEST_CASE("imap_unordered yields every result exactly once, in completion order") {
     procpool::Pool pool(2);
     std::vector<int> got;
-    for (int value : pool.imap_unordered([](int x) {
-             std::this_thread::sleep_for(x == 0 ? 300ms : 1ms);
-             return x;
-         }, std::views::iota(0, 40), {.chunksize = 1})) {
+    for (int value : pool.imap_unordered(
+             [](int x) {
+                 std::this_thread::sleep_for(x == 0 ? 300ms : 1ms);
+                 return x;
+             },
+             std::views::iota(0, 40), {.chunksize = 1})) {
         got.push_back(value);
     }
     REQUIRE(got.size() == 40);
@@ -123,7 +127,7 @@ TEST_CASE("imap reads an infinite input only as results are consumed, and a brea
     CHECK(read_at_break <= 1000 + bound);
     std::this_thread::sleep_for(50ms);
     CHECK(state.read.load() == read_at_break);  // nothing reads after the range is gone
-    CHECK(pool.apply(square, 4) == 16);          // the pool is fine
+    CHECK(pool.apply(square, 4) == 16);         // the pool is fine
 }
 
 TEST_CASE("imap read-ahead stays bounded while the reader is slow") {
@@ -142,10 +146,12 @@ TEST_CASE("imap read-ahead stays bounded while the reader is slow") {
 TEST_CASE("breaking out of a slow imap returns at once without waiting for running tasks") {
     procpool::Pool pool(2);
     const auto start = std::chrono::steady_clock::now();
-    for (int value : pool.imap([](int x) {
-             std::this_thread::sleep_for(x == 0 ? 0ms : 2s);
-             return x;
-         }, std::views::iota(0, 100), {.chunksize = 1})) {
+    for (int value : pool.imap(
+             [](int x) {
+                 std::this_thread::sleep_for(x == 0 ? 0ms : 2s);
+                 return x;
+             },
+             std::views::iota(0, 100), {.chunksize = 1})) {
         CHECK(value == 0);
         break;
     }
@@ -175,10 +181,12 @@ TEST_CASE("a failing item throws when dereferenced and iteration goes on past it
     procpool::Pool pool(2);
     std::vector<int> values;
     int failures = 0;
-    auto results = pool.imap([](int x) {
-        if (x % 10 == 3) throw std::invalid_argument("bad " + std::to_string(x));
-        return x;
-    }, std::views::iota(0, 50), {.chunksize = 4});
+    auto results = pool.imap(
+        [](int x) {
+            if (x % 10 == 3) throw std::invalid_argument("bad " + std::to_string(x));
+            return x;
+        },
+        std::views::iota(0, 50), {.chunksize = 4});
     for (auto it = results.begin(); it != results.end(); ++it) {
         try {
             values.push_back(*it);

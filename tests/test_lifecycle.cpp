@@ -3,10 +3,10 @@
 #include <procpool/procpool.hpp>
 
 #include <atomic>
-#include <random>
-#include <set>
 #include <chrono>
+#include <random>
 #include <ranges>
+#include <set>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -96,7 +96,7 @@ TEST_CASE("terminate() returns at once with thousands of tasks queued and unfini
     CHECK_THROWS_AS(map_result.get(), procpool::PoolStateError);
     CHECK_THROWS_AS(pool.apply(slow_square, 1), procpool::PoolStateError);
     check_no_processes_left(workers);
-    pool.join();  // allowed after terminate()
+    pool.join();       // allowed after terminate()
     pool.terminate();  // idempotent
 }
 
@@ -169,10 +169,12 @@ TEST_CASE("output a task printed is not lost when its worker exits, nor duplicat
         std::printf("before-pool;");  // buffered (a pipe is fully buffered) when the pool forks
         {
             procpool::Pool pool(2);
-            pool.map([](int x) {
-                std::printf("task%d;", x);  // buffered in the worker
-                return x;
-            }, std::views::iota(0, 4), {.chunksize = 1});
+            pool.map(
+                [](int x) {
+                    std::printf("task%d;", x);  // buffered in the worker
+                    return x;
+                },
+                std::views::iota(0, 4), {.chunksize = 1});
         }
         std::fflush(stdout);
         ::_exit(0);
@@ -180,7 +182,8 @@ TEST_CASE("output a task printed is not lost when its worker exits, nor duplicat
     ::close(fds[1]);
     std::string output;
     char buffer[256];
-    for (ssize_t n; (n = ::read(fds[0], buffer, sizeof buffer)) > 0;) output.append(buffer, static_cast<std::size_t>(n));
+    for (ssize_t n; (n = ::read(fds[0], buffer, sizeof buffer)) > 0;)
+        output.append(buffer, static_cast<std::size_t>(n));
     ::close(fds[0]);
     int status = 0;
     REQUIRE(::waitpid(child, &status, 0) == child);
@@ -237,10 +240,12 @@ TEST_CASE("terminate() racing deliveries to imap_unordered never duplicates an i
     std::mt19937 rng(99);
     for (int round = 0; round < 30; ++round) {
         procpool::Pool pool(2);
-        auto results = pool.imap_unordered([](int x) {
-            std::this_thread::sleep_for(std::chrono::microseconds(300 + (x * 37) % 500));
-            return x;
-        }, std::views::iota(0, 48), {.chunksize = 1});
+        auto results = pool.imap_unordered(
+            [](int x) {
+                std::this_thread::sleep_for(std::chrono::microseconds(300 + (x * 37) % 500));
+                return x;
+            },
+            std::views::iota(0, 48), {.chunksize = 1});
         const auto delay = std::chrono::milliseconds(2 + rng() % 20);
         std::thread terminator([&] {
             std::this_thread::sleep_for(delay);

@@ -111,10 +111,12 @@ TEST_CASE("void tasks") {
 
 TEST_CASE("AsyncResult: get, get(timeout), wait, ready, successful") {
     procpool::Pool pool(2);
-    auto slow = pool.apply_async([](int ms) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-        return ms;
-    }, 300);
+    auto slow = pool.apply_async(
+        [](int ms) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+            return ms;
+        },
+        300);
     CHECK_FALSE(slow.ready());
     CHECK_THROWS_AS(slow.successful(), procpool::PoolStateError);
     CHECK_THROWS_AS(slow.get(10ms), procpool::TimeoutError);
@@ -186,8 +188,8 @@ TEST_CASE("map returns results in input order for any input range") {
     const std::set<std::string> words{"pear", "apple", "fig"};
     CHECK(pool.map([](const std::string& s) { return s.size(); }, words) == std::vector<std::size_t>{5, 3, 4});
     const std::map<std::string, int> ages{{"a", 1}, {"b", 2}};
-    CHECK(pool.map([](const std::pair<std::string, int>& kv) { return kv.first + std::to_string(kv.second); },
-                   ages) == std::vector<std::string>{"a1", "b2"});
+    CHECK(pool.map([](const std::pair<std::string, int>& kv) { return kv.first + std::to_string(kv.second); }, ages) ==
+          std::vector<std::string>{"a1", "b2"});
     auto evens = std::views::iota(0, 20) | std::views::filter([](int x) { return x % 2 == 0; });
     CHECK(pool.map(square, evens).size() == 10);
 }
@@ -199,7 +201,8 @@ TEST_CASE("map with every chunk size: 1, automatic, larger than the input") {
     std::vector<long> expected(input.size());
     std::transform(input.begin(), input.end(), expected.begin(), [](long x) { return 3 * x + 1; });
     auto f = [](long x) { return 3 * x + 1; };
-    for (std::size_t chunksize : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{2500}, std::size_t{100000}}) {
+    for (std::size_t chunksize :
+         {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{2500}, std::size_t{100000}}) {
         INFO("chunksize " << chunksize);
         CHECK(pool.map(f, input, {.chunksize = chunksize}) == expected);
     }
@@ -217,10 +220,12 @@ TEST_CASE("empty inputs give empty results") {
 
 TEST_CASE("map_async returns at once and delivers the whole vector") {
     procpool::Pool pool(2);
-    auto result = pool.map_async([](int x) {
-        std::this_thread::sleep_for(1ms);
-        return x + 1;
-    }, std::views::iota(0, 200));
+    auto result = pool.map_async(
+        [](int x) {
+            std::this_thread::sleep_for(1ms);
+            return x + 1;
+        },
+        std::views::iota(0, 200));
     CHECK_FALSE(result.ready());
     const std::vector<int>& values = result.get();
     REQUIRE(values.size() == 200);
@@ -248,10 +253,12 @@ TEST_CASE("starmap unpacks tuples, pairs and arrays") {
 
 TEST_CASE("work is spread over all workers") {
     procpool::Pool pool(3);
-    const std::vector<pid_t> pids = pool.map([](int) {
-        std::this_thread::sleep_for(5ms);
-        return ::getpid();
-    }, std::views::iota(0, 60), {.chunksize = 1});
+    const std::vector<pid_t> pids = pool.map(
+        [](int) {
+            std::this_thread::sleep_for(5ms);
+            return ::getpid();
+        },
+        std::views::iota(0, 60), {.chunksize = 1});
     const std::set<pid_t> distinct(pids.begin(), pids.end());
     CHECK(distinct.size() == 3);
 }
@@ -267,10 +274,12 @@ TEST_CASE("a long task does not hold back short tasks queued behind it") {
     });
     std::vector<procpool::AsyncResult<int>> short_tasks;
     for (int i = 0; i < 20; ++i) {
-        short_tasks.push_back(pool.apply_async([](int x) {
-            std::this_thread::sleep_for(10ms);
-            return x;
-        }, i));
+        short_tasks.push_back(pool.apply_async(
+            [](int x) {
+                std::this_thread::sleep_for(10ms);
+                return x;
+            },
+            i));
     }
     const auto start = std::chrono::steady_clock::now();
     for (auto& r : short_tasks) r.get();
@@ -310,8 +319,7 @@ TEST_CASE("bad pool options throw std::invalid_argument") {
     CHECK_THROWS_AS(procpool::Pool(procpool::PoolOptions{.processes = 1, .max_tasks_per_child = 0}),
                     std::invalid_argument);
     CHECK_THROWS_AS(procpool::Pool(procpool::PoolOptions{.processes = 1, .task_timeout = 0ms}), std::invalid_argument);
-    CHECK_THROWS_AS(procpool::Pool(procpool::PoolOptions{.processes = 1, .task_timeout = -5ms}),
-                    std::invalid_argument);
+    CHECK_THROWS_AS(procpool::Pool(procpool::PoolOptions{.processes = 1, .task_timeout = -5ms}), std::invalid_argument);
     procpool::PoolOptions odd_ring;
     odd_ring.processes = 1;
     odd_ring.ring_bytes = 5000;

@@ -14,8 +14,8 @@
 #include <ranges>
 #include <set>
 #include <string>
-#include <thread>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -45,7 +45,9 @@ TEST_CASE("a SharedArray made before or after the pool is the same memory in the
     procpool::SharedArray<long> after(1000);
     // As an argument...
     pool.starmap([](procpool::SharedArray<double> a, int i) { a[static_cast<std::size_t>(i)] = i * 0.5; },
-                 std::views::iota(0, 100) | std::views::transform([&](int i) { return std::pair{before, i}; }));
+                 std::views::iota(0, 100) | std::views::transform([&](int i) {
+                     return std::pair{before, i};
+                 }));
     for (int i = 0; i < 100; ++i) CHECK(before[static_cast<std::size_t>(i)] == i * 0.5);
     // ... and captured.
     pool.map([after](int i) { after[static_cast<std::size_t>(i)] = 3L * i; }, std::views::iota(0, 1000));
@@ -80,22 +82,26 @@ TEST_CASE("4 workers x 10 000 increments under a Lock give an exact count") {
     procpool::Pool pool(4);
     procpool::SharedValue<long> counter(0);
     procpool::Lock lock;
-    pool.map([counter, lock](int) mutable {
-        for (int i = 0; i < 10000; ++i) {
-            std::lock_guard guard(lock);
-            ++counter.value();
-        }
-    }, std::views::iota(0, 4), {.chunksize = 1});
+    pool.map(
+        [counter, lock](int) mutable {
+            for (int i = 0; i < 10000; ++i) {
+                std::lock_guard guard(lock);
+                ++counter.value();
+            }
+        },
+        std::views::iota(0, 4), {.chunksize = 1});
     CHECK(counter.value() == 40000);
     // The same with the array's own lock, and std::scoped_lock / std::unique_lock.
     procpool::SharedArray<long> cells(1);
-    pool.map([cells](int) {
-        for (int i = 0; i < 5000; ++i) {
-            procpool::Lock l = cells.get_lock();
-            std::unique_lock guard(l);
-            ++cells[0];
-        }
-    }, std::views::iota(0, 4), {.chunksize = 1});
+    pool.map(
+        [cells](int) {
+            for (int i = 0; i < 5000; ++i) {
+                procpool::Lock l = cells.get_lock();
+                std::unique_lock guard(l);
+                ++cells[0];
+            }
+        },
+        std::views::iota(0, 4), {.chunksize = 1});
     CHECK(cells[0] == 20000);
 }
 
@@ -151,18 +157,20 @@ TEST_CASE("a Semaphore bounds the number of concurrent holders") {
     procpool::Pool pool(4);
     procpool::Semaphore slots(2);
     procpool::SharedArray<int> state(2);  // [holders now, most holders seen]
-    pool.map([slots, state](int) mutable {
-        for (int round = 0; round < 20; ++round) {
-            slots.acquire();
-            const int now = std::atomic_ref<int>(state[0]).fetch_add(1) + 1;
-            int seen = std::atomic_ref<int>(state[1]).load();
-            while (now > seen && !std::atomic_ref<int>(state[1]).compare_exchange_weak(seen, now)) {
+    pool.map(
+        [slots, state](int) mutable {
+            for (int round = 0; round < 20; ++round) {
+                slots.acquire();
+                const int now = std::atomic_ref<int>(state[0]).fetch_add(1) + 1;
+                int seen = std::atomic_ref<int>(state[1]).load();
+                while (now > seen && !std::atomic_ref<int>(state[1]).compare_exchange_weak(seen, now)) {
+                }
+                std::this_thread::sleep_for(200us);
+                std::atomic_ref<int>(state[0]).fetch_sub(1);
+                slots.release();
             }
-            std::this_thread::sleep_for(200us);
-            std::atomic_ref<int>(state[0]).fetch_sub(1);
-            slots.release();
-        }
-    }, std::views::iota(0, 4), {.chunksize = 1});
+        },
+        std::views::iota(0, 4), {.chunksize = 1});
     CHECK(state[1] == 2);
     CHECK(state[0] == 0);
     CHECK(slots.value() == 2);
@@ -235,16 +243,18 @@ TEST_CASE("a Barrier releases its parties together, round after round, with dist
     procpool::Pool pool(3);
     procpool::Barrier barrier(3);
     procpool::SharedArray<int> arrivals(10);
-    const std::vector<std::vector<std::size_t>> indices = pool.map([barrier, arrivals](int) mutable {
-        std::vector<std::size_t> mine;
-        for (int round = 0; round < 10; ++round) {
-            std::atomic_ref<int>(arrivals[static_cast<std::size_t>(round)]).fetch_add(1);
-            mine.push_back(barrier.wait(10s));
-            // Everyone arrived before anyone passed.
-            if (std::atomic_ref<int>(arrivals[static_cast<std::size_t>(round)]).load() != 3) mine.push_back(999);
-        }
-        return mine;
-    }, std::views::iota(0, 3), {.chunksize = 1});
+    const std::vector<std::vector<std::size_t>> indices = pool.map(
+        [barrier, arrivals](int) mutable {
+            std::vector<std::size_t> mine;
+            for (int round = 0; round < 10; ++round) {
+                std::atomic_ref<int>(arrivals[static_cast<std::size_t>(round)]).fetch_add(1);
+                mine.push_back(barrier.wait(10s));
+                // Everyone arrived before anyone passed.
+                if (std::atomic_ref<int>(arrivals[static_cast<std::size_t>(round)]).load() != 3) mine.push_back(999);
+            }
+            return mine;
+        },
+        std::views::iota(0, 3), {.chunksize = 1});
     for (int round = 0; round < 10; ++round) {
         std::set<std::size_t> distinct;
         for (const auto& mine : indices) distinct.insert(mine[static_cast<std::size_t>(round)]);
@@ -308,18 +318,23 @@ TEST_CASE("Queue: producers and consumers in several processes, every item once,
     procpool::Pool pool(4);
     procpool::Queue<std::pair<int, std::string>> queue;
     constexpr int kPerProducer = 2000;
-    auto producers = pool.map_async([queue](int p) mutable {
-        for (int i = 0; i < kPerProducer; ++i) queue.put({p * kPerProducer + i, std::to_string(p * kPerProducer + i)});
-    }, std::views::iota(0, 2), {.chunksize = 1});
-    auto consumers = pool.map_async([queue](int) mutable {
-        long sum = 0;
-        for (int i = 0; i < kPerProducer; ++i) {
-            const auto item = queue.get(10s);
-            if (!item || std::to_string(item->first) != item->second) return -1L;
-            sum += item->first;
-        }
-        return sum;
-    }, std::views::iota(0, 2), {.chunksize = 1});
+    auto producers = pool.map_async(
+        [queue](int p) mutable {
+            for (int i = 0; i < kPerProducer; ++i)
+                queue.put({p * kPerProducer + i, std::to_string(p * kPerProducer + i)});
+        },
+        std::views::iota(0, 2), {.chunksize = 1});
+    auto consumers = pool.map_async(
+        [queue](int) mutable {
+            long sum = 0;
+            for (int i = 0; i < kPerProducer; ++i) {
+                const auto item = queue.get(10s);
+                if (!item || std::to_string(item->first) != item->second) return -1L;
+                sum += item->first;
+            }
+            return sum;
+        },
+        std::views::iota(0, 2), {.chunksize = 1});
     producers.get();
     const std::vector<long> sums = consumers.get(30s);
     const long total = std::accumulate(sums.begin(), sums.end(), 0L);
@@ -335,7 +350,8 @@ TEST_CASE("Queue: any serializable type, FIFO order, try_get, timed get, size") 
     CHECK_FALSE(queue.get(20ms));
     procpool::Pool pool(1);
     pool.apply([queue]() mutable {
-        for (int i = 0; i < 5; ++i) queue.put(Sample{"s" + std::to_string(i), std::vector<int>(static_cast<std::size_t>(i), i)});
+        for (int i = 0; i < 5; ++i)
+            queue.put(Sample{"s" + std::to_string(i), std::vector<int>(static_cast<std::size_t>(i), i)});
     });
     CHECK(queue.size() == 5);
     for (int i = 0; i < 5; ++i) {
@@ -430,7 +446,10 @@ TEST_CASE("processes killed while waiting on each object do not block the others
             switch (kind) {
                 case 0: semaphore.acquire(); break;
                 case 1: event.wait(); break;
-                case 2: condition.acquire(); condition.wait(); break;
+                case 2:
+                    condition.acquire();
+                    condition.wait();
+                    break;
                 case 3: (void)empty_queue.get(); break;
                 case 4: full_queue.put(1); break;
                 default: break;
@@ -531,10 +550,12 @@ TEST_CASE("a handle to an object freed by its owner is detected, not followed") 
     CHECK_THROWS_AS(pool.apply([] { return procpool::SharedArray<int>(10); }), procpool::SerializationError);
     // A handle coming back to its owner owns the object again.
     procpool::SharedArray<int> mine(3);
-    procpool::SharedArray<int> back = pool.apply([](procpool::SharedArray<int> a) {
-        a[1] = 9;
-        return a;
-    }, mine);
+    procpool::SharedArray<int> back = pool.apply(
+        [](procpool::SharedArray<int> a) {
+            a[1] = 9;
+            return a;
+        },
+        mine);
     CHECK(back == mine);
     CHECK(back[1] == 9);
 }
@@ -547,10 +568,12 @@ TEST_CASE("nothing is left in /dev/shm by shared objects, pools or dead processe
         procpool::Queue<std::string> queue;
         procpool::Lock lock;
         procpool::Barrier barrier(2);
-        pool.map([array, queue](int i) mutable {
-            array[static_cast<std::size_t>(i)] = i;
-            queue.put(std::to_string(i));
-        }, std::views::iota(0, 100));
+        pool.map(
+            [array, queue](int i) mutable {
+                array[static_cast<std::size_t>(i)] = i;
+                queue.put(std::to_string(i));
+            },
+            std::views::iota(0, 100));
         ::kill(pool.worker_pids().front(), SIGKILL);
         CHECK(pool.apply([array] { return array[99]; }) == 99);
     }

@@ -79,7 +79,7 @@ TEST_CASE("every listed type goes to a worker and comes back unchanged") {
 TEST_CASE("deeply nested containers") {
     procpool::Pool pool(2);
     using Deep = std::vector<std::map<std::string, std::vector<std::tuple<int, std::optional<std::set<std::string>>,
-                                                                         std::variant<double, std::vector<int>>>>>>;
+                                                                          std::variant<double, std::vector<int>>>>>>;
     Deep deep(3);
     for (int i = 0; i < 3; ++i) {
         for (int k = 0; k < 5; ++k) {
@@ -117,11 +117,13 @@ TEST_CASE("many large values in one map, with tiny rings") {
         std::iota(v.begin(), v.end(), i);
         inputs.push_back(std::move(v));
     }
-    const auto sums = pool.map([](const std::vector<std::uint32_t>& v) {
-        std::vector<std::uint32_t> doubled(v);
-        for (auto& x : doubled) x *= 2;
-        return doubled;
-    }, inputs);
+    const auto sums = pool.map(
+        [](const std::vector<std::uint32_t>& v) {
+            std::vector<std::uint32_t> doubled(v);
+            for (auto& x : doubled) x *= 2;
+            return doubled;
+        },
+        inputs);
     REQUIRE(sums.size() == inputs.size());
     for (std::size_t i = 0; i < inputs.size(); ++i) {
         REQUIRE(sums[i].size() == inputs[i].size());
@@ -133,8 +135,9 @@ TEST_CASE("many large values in one map, with tiny rings") {
 TEST_CASE("a mix of small and large results in one imap keeps order") {
     procpool::Pool pool(3);
     std::size_t index = 0;
-    for (const std::string& s : pool.imap([](int i) { return std::string(i % 5 == 0 ? 300000 : 10, char('a' + i % 26)); },
-                                          std::views::iota(0, 60), {.chunksize = 1})) {
+    for (const std::string& s :
+         pool.imap([](int i) { return std::string(i % 5 == 0 ? 300000 : 10, char('a' + i % 26)); },
+                   std::views::iota(0, 60), {.chunksize = 1})) {
         CHECK(s.size() == (index % 5 == 0 ? 300000u : 10u));
         CHECK(s.front() == char('a' + index % 26));
         ++index;

@@ -24,8 +24,8 @@ struct Params {
 struct Outcome {
     double damping;
     double frequency;
-    double energy;   // energy left after the simulated time
-    int host_pid;    // which process computed it
+    double energy;  // energy left after the simulated time
+    int host_pid;   // which process computed it
 };
 
 Outcome simulate(Params p) {

@@ -21,8 +21,7 @@ public:
 /// `type_name()` is the thrown type's demangled name, `what()` its message.
 class RemoteError : public Error {
 public:
-    RemoteError(std::string type_name, const std::string& message)
-        : Error(message), type_name_(std::move(type_name)) {}
+    RemoteError(std::string type_name, const std::string& message) : Error(message), type_name_(std::move(type_name)) {}
     [[nodiscard]] const std::string& type_name() const noexcept { return type_name_; }
 
 private:
@@ -62,8 +61,8 @@ private:
 class TaskTimeout : public Error {
 public:
     TaskTimeout(pid_t pid, std::chrono::milliseconds timeout)
-        : Error("procpool: task ran past its timeout of " + std::to_string(timeout.count()) +
-                " ms; worker " + std::to_string(pid) + " was killed"),
+        : Error("procpool: task ran past its timeout of " + std::to_string(timeout.count()) + " ms; worker " +
+                std::to_string(pid) + " was killed"),
           pid_(pid), timeout_(timeout) {}
     [[nodiscard]] pid_t pid() const noexcept { return pid_; }
     [[nodiscard]] std::chrono::milliseconds timeout() const noexcept { return timeout_; }

@@ -80,7 +80,7 @@ public:
         const auto outcome = helper.help(ready, this, kHelpBudget);
         if (outcome == WaitHelper::Outcome::done) return;
         const auto spin = outcome == WaitHelper::Outcome::busy ? std::chrono::nanoseconds(std::chrono::microseconds(20))
-                                                                : std::chrono::nanoseconds::zero();
+                                                               : std::chrono::nanoseconds::zero();
         bell_.wait([this] { return available_.load(std::memory_order_acquire) != 0; }, std::nullopt, spin);
     }
     void abandon() noexcept { abandoned_.store(true, std::memory_order_release); }
@@ -170,8 +170,8 @@ private:
 
     const bool ordered_;
     std::mutex mutex_;
-    std::deque<Chunk> chunks_;     // ordered mode: chunks not fully released, in input order
-    std::deque<Entry> released_;   // entries the reader may take, in the order it gets them
+    std::deque<Chunk> chunks_;    // ordered mode: chunks not fully released, in input order
+    std::deque<Entry> released_;  // entries the reader may take, in the order it gets them
     std::uint64_t outstanding_ = 0;
     std::atomic<std::uint64_t> available_{0};   // released_.size()
     std::atomic<std::uint64_t> unconsumed_{0};  // submitted, not yet taken by the reader
@@ -328,7 +328,8 @@ private:
     std::uint64_t chunk_size() const noexcept {
         if (options_.chunksize != 0) return options_.chunksize;
         const double item_ns = job_->item_ns.load(std::memory_order_relaxed);
-        if (item_ns <= 0) return std::min<std::uint64_t>(std::uint64_t{1} << std::min<std::uint64_t>(chunks_formed_, 4), 16);
+        if (item_ns <= 0)
+            return std::min<std::uint64_t>(std::uint64_t{1} << std::min<std::uint64_t>(chunks_formed_, 4), 16);
         const auto target = static_cast<double>(std::chrono::nanoseconds(std::chrono::milliseconds(2)).count());
         return std::clamp<std::uint64_t>(static_cast<std::uint64_t>(target / item_ns), 1, kMaxAutoChunk);
     }

@@ -63,7 +63,8 @@ public:
             world.exit_sent.assign(static_cast<std::size_t>(world.size - 1), false);
         }
     }
-    Session(int& argc, char**& argv, std::size_t processes) : Session(argc, argv, PoolOptions{.processes = processes}) {}
+    Session(int& argc, char**& argv, std::size_t processes)
+        : Session(argc, argv, PoolOptions{.processes = processes}) {}
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;
 

@@ -36,12 +36,12 @@ struct PoolOptions {
 
 /// How far a map has got, for a progress report.
 struct ProgressInfo {
-    std::uint64_t done = 0;                   // items finished (successfully or not)
-    std::optional<std::uint64_t> total;       // items in all, when known (map; imap over a sized range)
-    std::chrono::duration<double> elapsed{};  // since the map started
-    double rate = 0;                          // items per second so far
+    std::uint64_t done = 0;                                  // items finished (successfully or not)
+    std::optional<std::uint64_t> total;                      // items in all, when known (map; imap over a sized range)
+    std::chrono::duration<double> elapsed{};                 // since the map started
+    double rate = 0;                                         // items per second so far
     std::optional<std::chrono::duration<double>> remaining;  // estimated time left, when the total is known
-    bool finished = false;                    // the last report of this map
+    bool finished = false;                                   // the last report of this map
 };
 
 /// Receives progress reports: at most every 100 ms, and once at the end. Runs in the thread that delivers results

@@ -222,7 +222,8 @@ private:
             std::shared_ptr<detail::ItemBlock> block = encode_items<Item>(range);
             const std::uint64_t count = block->count;
             auto job = std::make_shared<detail::MapJob<R>>(&detail::run_task<Fn, Item, Unpack>, callable_bytes<Fn>(f),
-                                                           options.chunksize, count, state, std::move(options.progress));
+                                                           options.chunksize, count, state,
+                                                           std::move(options.progress));
             keep_callable_alive<Fn>(*job, f);
             core().scheduler.submit(job, {detail::Segment{std::move(block), 0, count, 0}});
         }

@@ -50,9 +50,8 @@ public:
         }
         // Not a terminal: a line per 10% (or per 10 s without a total), and the last one.
         const double seconds = info.elapsed.count();
-        const int decile = info.total && *info.total != 0
-                               ? static_cast<int>(10 * info.done / *info.total)
-                               : static_cast<int>(seconds / 10);
+        const int decile = info.total && *info.total != 0 ? static_cast<int>(10 * info.done / *info.total)
+                                                          : static_cast<int>(seconds / 10);
         if (!info.finished && decile == last_decile_) return;
         last_decile_ = decile;
         std::fprintf(out_, "%s\n", line(info, false).c_str());
@@ -64,7 +63,9 @@ private:
         std::string text = label_.empty() ? std::string() : label_ + " ";
         char buffer[160];
         if (info.total) {
-            const double fraction = *info.total == 0 ? 1.0 : static_cast<double>(info.done) / static_cast<double>(*info.total);
+            const double fraction = *info.total == 0
+                                        ? 1.0
+                                        : static_cast<double>(info.done) / static_cast<double>(*info.total);
             std::snprintf(buffer, sizeof buffer, "%3.0f%% ", 100.0 * fraction);
             text += buffer;
             if (bar) {

@@ -12,7 +12,6 @@
 #pragma once
 
 #include <array>
-#include <new>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -22,6 +21,7 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <new>
 #include <optional>
 #include <set>
 #include <span>
@@ -164,9 +164,16 @@ template <class... Ts>
 struct is_tuple_like_std<std::tuple<Ts...>> : std::true_type {};
 
 template <class T>
-concept map_like = requires { typename T::key_type; typename T::mapped_type; } && children<T>::composite;
+concept map_like = requires {
+    typename T::key_type;
+    typename T::mapped_type;
+}
+&&children<T>::composite;
 template <class T>
-concept set_like = requires { typename T::key_type; } && !map_like<T> && children<T>::composite;
+concept set_like = requires {
+    typename T::key_type;
+}
+&&!map_like<T> && children<T>::composite;
 template <class T>
 concept sequence_like = children<T>::composite && !map_like<T> && !set_like<T> && !is_std_array<T>::value &&
                         !is_tuple_like_std<T>::value && !is_optional<T>::value && !is_variant<T>::value &&
@@ -200,7 +207,9 @@ concept has_free_serialize = requires(T& value, OutputArchive& out, InputArchive
 };
 /// procpool's own handle types (shared memory objects) encode themselves through this hook.
 template <class T>
-concept has_handle_codec = requires { typename T::procpool_handle_tag; };
+concept has_handle_codec = requires {
+    typename T::procpool_handle_tag;
+};
 
 template <class T>
 inline constexpr bool user_serializable_v = has_member_serialize<T> || has_free_serialize<T> || has_handle_codec<T>;
@@ -469,8 +478,7 @@ void decode_tuple(InputArchive& ar, Tuple& t, std::index_sequence<I...>) {
 template <class Variant, std::size_t... I>
 void decode_variant(InputArchive& ar, Variant& v, std::size_t index, std::index_sequence<I...>) {
     const bool found =
-        ((index == I ? (v.template emplace<I>(decode_as<std::variant_alternative_t<I, Variant>>(ar)), true)
-                     : false) ||
+        ((index == I ? (v.template emplace<I>(decode_as<std::variant_alternative_t<I, Variant>>(ar)), true) : false) ||
          ...);
     if (!found) throw SerializationError("procpool: corrupt data: variant index out of range");
 }

@@ -68,7 +68,7 @@ public:
     }
     /// An array holding a copy of `range`.
     template <std::ranges::sized_range Range>
-        requires std::convertible_to<std::ranges::range_reference_t<Range>, T>
+    requires std::convertible_to<std::ranges::range_reference_t<Range>, T>
     static SharedArray from_range(Range&& range) {
         SharedArray array(static_cast<std::size_t>(std::ranges::size(range)));
         std::ranges::copy(range, array.data());
@@ -104,7 +104,8 @@ public:
 private:
     static detail::SharedRef create(std::size_t size) {
         if (size > (std::size_t{1} << 46) / sizeof(T)) throw std::bad_alloc();
-        detail::SharedRef ref = detail::SharedRef::create(detail::kArrayDataOffset + size * sizeof(T), detail::kArrayObject);
+        detail::SharedRef ref = detail::SharedRef::create(detail::kArrayDataOffset + size * sizeof(T),
+                                                          detail::kArrayObject);
         auto* header = new (ref.address()) detail::ArrayHeader();
         header->lock.init(false);
         header->size = size;
@@ -177,17 +178,19 @@ public:
 
     using procpool_handle_tag = void;
     void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static Queue procpool_decode(InputArchive& ar) { return Queue(detail::SharedRef::decode(ar, detail::kQueueObject)); }
+    static Queue procpool_decode(InputArchive& ar) {
+        return Queue(detail::SharedRef::decode(ar, detail::kQueueObject));
+    }
 
 private:
     struct State {
         detail::RobustMutex mutex;
-        std::uint64_t head;                    // offset of the oldest message block, 0 = none
-        std::uint64_t tail;                    // offset of the newest
+        std::uint64_t head;  // offset of the oldest message block, 0 = none
+        std::uint64_t tail;  // offset of the newest
         std::atomic<std::uint64_t> count;
         std::uint64_t maxsize;
-        std::atomic<std::uint32_t> puts;       // futex word: bumped after every put
-        std::atomic<std::uint32_t> gets;       // futex word: bumped after every get
+        std::atomic<std::uint32_t> puts;  // futex word: bumped after every put
+        std::atomic<std::uint32_t> gets;  // futex word: bumped after every get
         std::atomic<std::uint32_t> get_sleepers;
         std::atomic<std::uint32_t> put_sleepers;
     };
@@ -303,7 +306,8 @@ private:
         detail::SharedHeap& heap = detail::SharedHeap::instance();
         const Message* m = message(offset);
         try {
-            InputArchive ar(std::span<const std::byte>(reinterpret_cast<const std::byte*>(m) + sizeof(Message), m->bytes));
+            InputArchive ar(
+                std::span<const std::byte>(reinterpret_cast<const std::byte*>(m) + sizeof(Message), m->bytes));
             std::optional<T> value(detail::decode_as<T>(ar));
             heap.free(offset);
             return value;

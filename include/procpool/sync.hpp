@@ -103,9 +103,7 @@ public:
     friend bool operator==(const LockBase& a, const LockBase& b) noexcept { return a.ref_ == b.ref_; }
 
 protected:
-    explicit LockBase(bool recursive) : ref_(SharedRef::create(sizeof(RobustMutex), Kind)) {
-        mutex().init(recursive);
-    }
+    explicit LockBase(bool recursive) : ref_(SharedRef::create(sizeof(RobustMutex), Kind)) { mutex().init(recursive); }
     explicit LockBase(SharedRef ref) : ref_(std::move(ref)) {}
     [[nodiscard]] RobustMutex& mutex() const noexcept {
         return *std::launder(reinterpret_cast<RobustMutex*>(ref_.address()));
@@ -269,7 +267,9 @@ public:
 
     using procpool_handle_tag = void;
     void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static Event procpool_decode(InputArchive& ar) { return Event(detail::SharedRef::decode(ar, detail::kEventObject)); }
+    static Event procpool_decode(InputArchive& ar) {
+        return Event(detail::SharedRef::decode(ar, detail::kEventObject));
+    }
 
 private:
     struct State {
@@ -284,7 +284,8 @@ private:
         while (s.flag.load(std::memory_order_acquire) == 0) {
             s.sleepers.fetch_add(1, std::memory_order_relaxed);
             std::atomic_thread_fence(std::memory_order_seq_cst);
-            const bool in_time = s.flag.load(std::memory_order_relaxed) != 0 || detail::shared_wait(s.flag, 0, deadline);
+            const bool in_time = s.flag.load(std::memory_order_relaxed) != 0 ||
+                                 detail::shared_wait(s.flag, 0, deadline);
             s.sleepers.fetch_sub(1, std::memory_order_relaxed);
             if (!in_time) return s.flag.load(std::memory_order_acquire) != 0;
         }
@@ -314,7 +315,9 @@ public:
     bool try_lock() { return state().mutex.try_lock(); }
     void unlock() { release(); }
     /// True while the calling thread holds the lock and took it over from a process that died holding it.
-    [[nodiscard]] bool owner_died() const noexcept { return state().mutex.recovered.load() != 0 && state().mutex.held(); }
+    [[nodiscard]] bool owner_died() const noexcept {
+        return state().mutex.recovered.load() != 0 && state().mutex.held();
+    }
 
     /// Releases the lock, waits for a notification, takes the lock back. Throws PoolStateError without the lock.
     void wait() { (void)wait_until(std::nullopt); }
@@ -412,7 +415,9 @@ public:
 
     using procpool_handle_tag = void;
     void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static Barrier procpool_decode(InputArchive& ar) { return Barrier(detail::SharedRef::decode(ar, detail::kBarrierObject)); }
+    static Barrier procpool_decode(InputArchive& ar) {
+        return Barrier(detail::SharedRef::decode(ar, detail::kBarrierObject));
+    }
 
 private:
     struct Party {
@@ -422,17 +427,18 @@ private:
     struct State {
         detail::RobustMutex mutex;
         std::uint32_t parties;
-        std::uint32_t count;                    // parties waiting in this round
-        std::atomic<std::uint32_t> round;       // futex word: bumped when a round completes or breaks
-        std::atomic<std::uint32_t> broken;      // sticky until reset()
-        std::atomic<std::uint32_t> resets;      // bumped by reset(): waiters of the reset round fail
-        Party waiting[1];                       // `parties` entries
+        std::uint32_t count;                // parties waiting in this round
+        std::atomic<std::uint32_t> round;   // futex word: bumped when a round completes or breaks
+        std::atomic<std::uint32_t> broken;  // sticky until reset()
+        std::atomic<std::uint32_t> resets;  // bumped by reset(): waiters of the reset round fail
+        Party waiting[1];                   // `parties` entries
     };
     static constexpr auto kLivenessPeriod = std::chrono::milliseconds(50);
 
     static detail::SharedRef create(std::uint32_t parties) {
         if (parties == 0) throw std::invalid_argument("procpool: a Barrier needs at least one party");
-        detail::SharedRef ref = detail::SharedRef::create(sizeof(State) + parties * sizeof(Party), detail::kBarrierObject);
+        detail::SharedRef ref = detail::SharedRef::create(sizeof(State) + parties * sizeof(Party),
+                                                          detail::kBarrierObject);
         State* s = new (ref.address()) State();
         s->mutex.init(false);
         s->parties = parties;

@@ -91,10 +91,13 @@ TEST_CASE("task exceptions come back with their type over MPI") {
     } catch (const procpool::RemoteError& e) {
         CHECK(e.type_name() == "int");
     }
-    CHECK_THROWS_AS(pool.map([](int x) {
-        if (x == 30) throw std::range_error("thirty");
-        return x;
-    }, std::views::iota(0, 100)), std::range_error);
+    CHECK_THROWS_AS(pool.map(
+                        [](int x) {
+                            if (x == 30) throw std::range_error("thirty");
+                            return x;
+                        },
+                        std::views::iota(0, 100)),
+                    std::range_error);
     CHECK(pool.apply(square, 3L) == 9);  // the pool goes on
 }
 

@@ -100,7 +100,7 @@ private:
     /// Cached mappings are MADV_DONTFORK: a forked child does not have them. Forget them there.
     static void forget_if_forked(Cache& c) noexcept {
         if (c.owner == ::getpid()) return;
-        for (std::size_t i = 0; i < kSlots; ++i) c.data[i] = nullptr;
+        for (auto& slot : c.data) slot = nullptr;
         c.total = 0;
         c.owner = ::getpid();
     }

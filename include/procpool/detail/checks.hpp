@@ -78,7 +78,6 @@ consteval bool check_transport() {
 /// The task's result type when check_task passed, void otherwise (so a failed check does not cascade).
 template <class F, class Item, bool Unpack>
 using checked_result_t = typename std::conditional_t<Invocation<F, Item, Unpack>::invocable,
-                                                     lazy_result<F, Item, Unpack>,
-                                                     std::type_identity<void>>::type;
+                                                     lazy_result<F, Item, Unpack>, std::type_identity<void>>::type;
 
 }  // namespace procpool::detail

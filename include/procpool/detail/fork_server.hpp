@@ -69,7 +69,7 @@ public:
                 }
             }
             if (::poll(fds.data(), fds.size(), -1) < 0) continue;  // EINTR
-            if (fds[1].revents != 0) finish(true);                  // the pool's process is gone
+            if (fds[1].revents != 0) finish(true);                 // the pool's process is gone
             for (std::size_t i = 2; i < fds.size(); ++i) {
                 if (fds[i].revents != 0) reap_slot(fd_slot[i - 2], false);
             }
@@ -100,13 +100,9 @@ private:
                     ::kill(children_[request.slot].pid, request.signal);  // still unreaped: the pid is ours
                 }
                 break;
-            case kShutdownServer:
-                shutting_down_ = true;
-                break;
-            case kTerminateServer:
-                finish(true);
-            default:
-                break;
+            case kShutdownServer: shutting_down_ = true; break;
+            case kTerminateServer: finish(true);
+            default: break;
         }
     }
 

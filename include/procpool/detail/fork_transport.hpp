@@ -212,7 +212,9 @@ public:
         block->status.item_start_ns.store(0, std::memory_order_relaxed);
         block->status.initialized.store(0, std::memory_order_relaxed);
     }
-    void signal(std::size_t slot, int signal) noexcept { request({kSignalWorker, static_cast<std::uint32_t>(slot), signal, 0}); }
+    void signal(std::size_t slot, int signal) noexcept {
+        request({kSignalWorker, static_cast<std::uint32_t>(slot), signal, 0});
+    }
     /// The fork server exits once its workers have (send them exit messages first).
     void shutdown() noexcept { request({kShutdownServer, 0, 0, 0}); }
     /// The fork server SIGKILLs and reaps every worker, reports them, and exits.
@@ -349,7 +351,8 @@ private:
     std::vector<RingConsumer> outboxes_;
     std::vector<Buffer> reassembly_;
     int socket_ = -1;
-    std::atomic<pid_t> server_pid_{-1};  // -1 once reaped; read by user threads (terminate), written by the service thread
+    std::atomic<pid_t> server_pid_{
+        -1};  // -1 once reaped; read by user threads (terminate), written by the service thread
     unsigned generation_ = fork_generation();
     std::uint64_t reports_read_ = 0;
     std::vector<pid_t> initial_pids_;

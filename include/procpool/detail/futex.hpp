@@ -40,8 +40,8 @@ inline bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
     timespec abs{};
     if (deadline) abs = to_timespec(*deadline);
     const int op = FUTEX_WAIT_BITSET | (shared ? 0 : FUTEX_PRIVATE_FLAG);  // absolute CLOCK_MONOTONIC timeout
-    const long rc = syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), op, expected,
-                            deadline ? &abs : nullptr, nullptr, FUTEX_BITSET_MATCH_ANY);
+    const long rc = syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), op, expected, deadline ? &abs : nullptr,
+                            nullptr, FUTEX_BITSET_MATCH_ANY);
     return !(rc == -1 && errno == ETIMEDOUT);  // EINTR and EAGAIN are ordinary wake-ups
 }
 

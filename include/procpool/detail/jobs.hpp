@@ -29,8 +29,8 @@ namespace procpool::detail {
 struct ItemBlock {
     Buffer bytes;
     std::vector<std::shared_ptr<const void>> keep_alive;  // shared objects the items refer to
-    std::vector<std::uint64_t> offsets;  // start of each item, plus the end (unless stride is set)
-    std::uint64_t stride = 0;            // every item has this encoded size (bitwise items)
+    std::vector<std::uint64_t> offsets;                   // start of each item, plus the end (unless stride is set)
+    std::uint64_t stride = 0;                             // every item has this encoded size (bitwise items)
     std::uint64_t count = 0;
 
     [[nodiscard]] std::uint64_t offset(std::uint64_t i) const noexcept { return stride != 0 ? i * stride : offsets[i]; }
@@ -178,7 +178,8 @@ private:
         info.elapsed = now - start_;
         info.rate = info.elapsed.count() > 0 ? static_cast<double>(done_) / info.elapsed.count() : 0;
         if (total_ && info.rate > 0) {
-            info.remaining = std::chrono::duration<double>(static_cast<double>(*total_ - std::min(done_, *total_)) / info.rate);
+            info.remaining = std::chrono::duration<double>(static_cast<double>(*total_ - std::min(done_, *total_)) /
+                                                           info.rate);
         }
         info.finished = final;
         try {
@@ -207,8 +208,7 @@ struct ItemError {
 class JobBase {
 public:
     JobBase(TaskEntry entry, Buffer callable, std::size_t chunksize, bool presized_segments)
-        : chunksize_(chunksize), presized_segments_(presized_segments), entry_(entry),
-          callable_(std::move(callable)) {}
+        : chunksize_(chunksize), presized_segments_(presized_segments), entry_(entry), callable_(std::move(callable)) {}
     JobBase(const JobBase&) = delete;
     JobBase& operator=(const JobBase&) = delete;
     virtual ~JobBase() = default;
@@ -227,18 +227,18 @@ public:
     [[nodiscard]] const Buffer& callable() const noexcept { return callable_; }
 
     // ---- scheduler state (guarded by the scheduler's lock) ----
-    SegmentQueue ready;                   // items not sent yet, in order
-    std::uint64_t unsent_items = 0;       // sum of ready[].count
-    std::size_t chunksize_;               // the caller's chunksize, 0 = automatic
-    bool presized_segments_;              // segments are already chunks (imap) rather than cut at dispatch (map)
-    bool queued = false;                  // in the scheduler's job queue
+    SegmentQueue ready;              // items not sent yet, in order
+    std::uint64_t unsent_items = 0;  // sum of ready[].count
+    std::size_t chunksize_;          // the caller's chunksize, 0 = automatic
+    bool presized_segments_;         // segments are already chunks (imap) rather than cut at dispatch (map)
+    bool queued = false;             // in the scheduler's job queue
     std::uint32_t tasks_sent = 0;
-    std::atomic<double> item_ns{0};       // measured worker time per item (moving average), 0 = not measured yet
-    std::uint64_t encoded_bytes = 0;      // bytes of all items added, to estimate bytes per item
+    std::atomic<double> item_ns{0};   // measured worker time per item (moving average), 0 = not measured yet
+    std::uint64_t encoded_bytes = 0;  // bytes of all items added, to estimate bytes per item
     std::uint64_t encoded_items = 0;
     std::vector<std::shared_ptr<const void>> keep_alive;  // a copy of a callable holding shared-object handles
-    ProgressTracker progress;             // MapOptions::progress, if any
-    bool code_pointer_callable = false;   // the callable's bytes are a function pointer
+    ProgressTracker progress;                             // MapOptions::progress, if any
+    bool code_pointer_callable = false;                   // the callable's bytes are a function pointer
 
 private:
     TaskEntry entry_;

@@ -16,8 +16,8 @@
 
 #include <mpi.h>
 
-#include <atomic>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -32,8 +32,8 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <sys/resource.h>
+#include <thread>
 #include <unistd.h>
 #include <unordered_map>
 #include <vector>
@@ -58,9 +58,9 @@ struct MpiWorld {
     int rank = 0;
     int size = 0;
     std::vector<pid_t> worker_pids;
-    std::mutex mutex;                // every MPI call on rank 0 (MPI_THREAD_SERIALIZED)
-    std::vector<bool> exit_sent;     // per worker rank
-    bool finished = false;           // every worker rank said goodbye
+    std::mutex mutex;             // every MPI call on rank 0 (MPI_THREAD_SERIALIZED)
+    std::vector<bool> exit_sent;  // per worker rank
+    bool finished = false;        // every worker rank said goodbye
 
     static MpiWorld& instance() {
         static MpiWorld* world = new MpiWorld();
@@ -97,8 +97,8 @@ struct MpiWorld {
 
 // ---- naming code across ranks -------------------------------------------------------------------------------------
 struct LoadedObject {
-    std::uint64_t tag;   // 16-bit hash of the object's file name (0 for the program itself)
-    std::uintptr_t base; // its load address (dl_iterate_phdr's dlpi_addr)
+    std::uint64_t tag;    // 16-bit hash of the object's file name (0 for the program itself)
+    std::uintptr_t base;  // its load address (dl_iterate_phdr's dlpi_addr)
 };
 
 inline std::uint64_t object_tag(const char* path) {
@@ -216,16 +216,18 @@ public:
         }
         const int size = world.size;
         if (size < 2) {
-            throw std::invalid_argument("procpool: the MPI pool needs at least 2 ranks: rank 0 runs the program, the "
-                                        "others run tasks (mpirun -n 3 ...)");
+            throw std::invalid_argument(
+                "procpool: the MPI pool needs at least 2 ranks: rank 0 runs the program, the "
+                "others run tasks (mpirun -n 3 ...)");
         }
         if (options.processes && *options.processes != static_cast<std::size_t>(size - 1)) {
             throw std::invalid_argument("procpool: the MPI pool has one worker per rank other than 0 (" +
                                         std::to_string(size - 1) + "); set `processes` to that or leave it empty");
         }
         if (options.task_timeout || options.max_tasks_per_child) {
-            throw std::invalid_argument("procpool: task_timeout and max_tasks_per_child need workers the pool can "
-                                        "stop and replace, which MPI ranks are not");
+            throw std::invalid_argument(
+                "procpool: task_timeout and max_tasks_per_child need workers the pool can "
+                "stop and replace, which MPI ranks are not");
         }
         Config config;
         config.comm = world.comm;
@@ -256,7 +258,8 @@ public:
     /// Sends a whole message to worker `slot` (rank slot + 1); never blocks, always complete.
     bool write(std::size_t slot, std::uint16_t kind, std::span<const Piece> pieces, std::size_t total,
                std::size_t& written, std::uint64_t* = nullptr) {
-        if (total > static_cast<std::size_t>(INT32_MAX)) throw SerializationError("procpool: an MPI message over 2 GiB");
+        if (total > static_cast<std::size_t>(INT32_MAX))
+            throw SerializationError("procpool: an MPI message over 2 GiB");
         written = total;
         std::lock_guard lock(mutex_);
         if (kind == kExitMessage) {

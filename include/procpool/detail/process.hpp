@@ -1,11 +1,11 @@
 // procpool internals: thin, EINTR-safe wrappers over the process system calls procpool uses.
 #pragma once
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <iostream>
-#include <atomic>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>

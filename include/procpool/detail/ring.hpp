@@ -95,7 +95,8 @@ public:
                 continue;
             } else {
                 // Stream a large message in fragments of at least 64 bytes (or its remainder).
-                const std::uint64_t min_fragment = sizeof(FragmentHeader) + align8(std::min<std::uint64_t>(remaining, 64));
+                const std::uint64_t min_fragment = sizeof(FragmentHeader) +
+                                                   align8(std::min<std::uint64_t>(remaining, 64));
                 std::uint64_t contiguous = std::min(free, to_end);
                 if (contiguous < min_fragment) {
                     free = free_space(to_end + min_fragment);
@@ -136,9 +137,8 @@ public:
             if (done) return true;
             if (!alive()) return false;
             const std::uint64_t seen_head = head_cache_;
-            state_->writable.wait(
-                [&] { return state_->head.load(std::memory_order_acquire) != seen_head || !alive(); },
-                MonotonicClock::now() + std::chrono::milliseconds(100), spin);
+            state_->writable.wait([&] { return state_->head.load(std::memory_order_acquire) != seen_head || !alive(); },
+                                  MonotonicClock::now() + std::chrono::milliseconds(100), spin);
         }
     }
 

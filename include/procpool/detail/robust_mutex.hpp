@@ -82,7 +82,8 @@ private:
             rc = 0;
         }
         if (rc == ETIMEDOUT || rc == EBUSY) return false;
-        if (rc == EDEADLK) throw PoolStateError("procpool: acquire() of a non-recursive lock this thread already holds");
+        if (rc == EDEADLK)
+            throw PoolStateError("procpool: acquire() of a non-recursive lock this thread already holds");
         if (rc != 0) throw std::system_error(rc, std::generic_category(), "procpool: locking a shared mutex failed");
         ++depth;
         owner.store(current_thread_id(), std::memory_order_relaxed);

@@ -47,7 +47,7 @@ struct SchedulerSettings {
     std::chrono::nanoseconds chunk_target = std::chrono::milliseconds(10);   // automatic chunks take about this long
     std::chrono::nanoseconds queue_target = std::chrono::microseconds(200);  // work kept queued per worker
     std::size_t max_depth = 64;
-    std::chrono::nanoseconds kill_grace = std::chrono::milliseconds(250);    // SIGTERM, then SIGKILL after this
+    std::chrono::nanoseconds kill_grace = std::chrono::milliseconds(250);  // SIGTERM, then SIGKILL after this
     std::chrono::nanoseconds housekeeping_period = std::chrono::milliseconds(50);
 };
 
@@ -178,9 +178,9 @@ private:
         Segment segment;
         std::uint64_t delivered = 0;  // items of the segment whose results arrived (a prefix)
         TaskHeader header{};
-        std::size_t written = 0;      // message bytes in the worker's inbox so far
+        std::size_t written = 0;  // message bytes in the worker's inbox so far
         std::size_t total = 0;
-        std::uint64_t position = 0;   // ring position of the message
+        std::uint64_t position = 0;  // ring position of the message
         bool fragmented = false;
         [[nodiscard]] bool fully_written() const noexcept { return written == total; }
     };
@@ -191,8 +191,8 @@ private:
         std::deque<Task> inflight;        // in inbox order; only the front can be running
         std::size_t budget = kUnlimited;  // items it may still be given (max_tasks_per_child)
         std::int64_t last_active_ns = 0;
-        std::int64_t respawn_at_ns = 0;   // retry time after a failed fork
-        int failed_starts = 0;            // consecutive workers that died before their initializer finished
+        std::int64_t respawn_at_ns = 0;  // retry time after a failed fork
+        int failed_starts = 0;           // consecutive workers that died before their initializer finished
         /// Set when the worker is being killed because an item ran past task_timeout: which item, and when
         /// SIGTERM escalates to SIGKILL. A doomed worker gets no more tasks.
         struct {
@@ -368,7 +368,9 @@ private:
             timed = std::uint64_t{1} << std::min<std::uint32_t>(job.tasks_sent, 16);
         }
         // Size target: a chunk should fit one ring fragment (decoded in place, revocable).
-        const std::uint64_t per_item = job.encoded_items == 0 ? 1 : std::max<std::uint64_t>(1, job.encoded_bytes / job.encoded_items);
+        const std::uint64_t per_item = job.encoded_items == 0
+                                           ? 1
+                                           : std::max<std::uint64_t>(1, job.encoded_bytes / job.encoded_items);
         const std::uint64_t sized = transport_.max_fragment() / 2 / per_item;
         return std::max<std::uint64_t>(1, std::min({guided, timed, sized}));
     }
@@ -376,12 +378,14 @@ private:
     void write_task_locked(std::size_t slot, Task& task) {
         if (task.total == 0) {
             const JobBase& job = *task.job;
-            task.header = TaskHeader{task.id, Transport::entry_id(job.entry()), kUnclaimed,
-                                     static_cast<std::uint32_t>(task.segment.count),
-                                     static_cast<std::uint32_t>(job.callable().size()),
-                                     (settings_.task_timeout ? static_cast<std::uint32_t>(kTimedItems) : 0u) |
-                                         (job.code_pointer_callable ? static_cast<std::uint32_t>(kCodePointerCallable)
-                                                                    : 0u)};
+            task.header = TaskHeader{
+                task.id,
+                Transport::entry_id(job.entry()),
+                kUnclaimed,
+                static_cast<std::uint32_t>(task.segment.count),
+                static_cast<std::uint32_t>(job.callable().size()),
+                (settings_.task_timeout ? static_cast<std::uint32_t>(kTimedItems) : 0u) |
+                    (job.code_pointer_callable ? static_cast<std::uint32_t>(kCodePointerCallable) : 0u)};
             task.total = sizeof(TaskHeader) + align8(job.callable().size()) +
                          task.segment.block->items(task.segment.block_first, task.segment.count).size();
             task.fragmented = task.total > transport_.max_fragment();
@@ -436,9 +440,8 @@ private:
     bool poll_rings() {
         bool worked = false;
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
-            worked |= transport_.drain(slot, [&](std::uint16_t kind, std::span<const std::byte> bytes) {
-                handle_message(slot, kind, bytes);
-            });
+            worked |= transport_.drain(
+                slot, [&](std::uint16_t kind, std::span<const std::byte> bytes) { handle_message(slot, kind, bytes); });
         }
         finish_completions();
         if (transport_.reports_pending()) {
@@ -603,8 +606,9 @@ private:
             const std::uint64_t task = status.task.load(std::memory_order_acquire);
             const std::uint64_t item = status.item.load(std::memory_order_acquire);
             const std::int64_t start = status.item_start_ns.load(std::memory_order_acquire);
-            if (item != status.item.load(std::memory_order_acquire) || task != status.task.load(std::memory_order_acquire) ||
-                task == 0 || task != w.inflight.front().id || start == 0) {
+            if (item != status.item.load(std::memory_order_acquire) ||
+                task != status.task.load(std::memory_order_acquire) || task == 0 || task != w.inflight.front().id ||
+                start == 0) {
                 continue;  // between items or tasks: look again on the next pass
             }
             if (now - start < timeout) {
@@ -704,8 +708,8 @@ private:
             job->fail(first, header.count, std::current_exception());
         }
         // Estimates and refills are applied once per batch of messages (finish_completions()).
-        completions_.push_back(Completion{slot, std::move(job), header.count, header.busy_ns,
-                                          (header.flags & kFinalResult) != 0});
+        completions_.push_back(
+            Completion{slot, std::move(job), header.count, header.busy_ns, (header.flags & kFinalResult) != 0});
     }
 
     struct Completion {
@@ -769,8 +773,7 @@ private:
             case kWorkerExited:
                 if constexpr (Transport::kWorkerControl) handle_exit(report);
                 break;
-            default:
-                break;
+            default: break;
         }
     }
 
@@ -827,7 +830,9 @@ private:
     }
 
     void requeue_front_locked(std::vector<std::pair<std::shared_ptr<JobBase>, Segment>>& back_to_queue) {
-        for (auto it = back_to_queue.rbegin(); it != back_to_queue.rend(); ++it) {
+        // Back to front, so the queue keeps the original order. (clang-tidy 14 suggests std::ranges::reverse_view,
+        // which clang 14 cannot compile against libstdc++ 12.)
+        for (auto it = back_to_queue.rbegin(); it != back_to_queue.rend(); ++it) {  // NOLINT(modernize-loop-convert)
             JobBase& job = *it->first;
             job.unsent_items += it->second.count;
             job.ready.push_front(std::move(it->second));
@@ -960,12 +965,12 @@ private:
     std::uint64_t last_task_id_ = 0;
     double task_ns_ = 0;  // moving average of worker time per task
     std::atomic<bool> stop_requested_{false};
-    unsigned generation_;  // fork_generation() where the pool was built
+    unsigned generation_;                    // fork_generation() where the pool was built
     std::vector<WorkerEvent> early_events_;  // deaths seen while the pool was built, for the service thread
     std::atomic<std::thread::id> service_id_{};
-    std::mutex poll_mutex_;          // the right to read the result rings and the fork server's reports
+    std::mutex poll_mutex_;                // the right to read the result rings and the fork server's reports
     std::vector<Completion> completions_;  // results read but not yet applied (poll-role holder only)
-    std::atomic<int> helpers_{0};    // threads waiting for a result that poll instead of the service thread
+    std::atomic<int> helpers_{0};          // threads waiting for a result that poll instead of the service thread
     std::unique_ptr<std::thread> service_;
 };
 

@@ -39,7 +39,8 @@ public:
           kind_(other.kind_), ownership_(other.ownership_), owner_fork_(other.owner_fork_) {
         if (owned_here()) ownership_->handles.fetch_add(1, std::memory_order_relaxed);
     }
-    SharedRef(SharedRef&& other) noexcept : SharedRef(other) {}
+    // A move is a copy: the source stays a valid reference, and the reference count is what tracks both.
+    SharedRef(SharedRef&& other) noexcept : SharedRef(other) {}  // NOLINT(performance-move-constructor-init)
     SharedRef& operator=(const SharedRef& other) noexcept {
         if (this != &other) {
             SharedRef copy(other);
@@ -85,9 +86,7 @@ public:
     [[nodiscard]] std::byte* address() const noexcept { return address_ + inner_; }
     [[nodiscard]] bool valid() const noexcept { return address_ != nullptr; }
     /// True in the process that made the object (its handles there keep it alive).
-    [[nodiscard]] bool owned_here() const noexcept {
-        return ownership_ != nullptr && owner_fork_ == fork_generation();
-    }
+    [[nodiscard]] bool owned_here() const noexcept { return ownership_ != nullptr && owner_fork_ == fork_generation(); }
 
     void encode(OutputArchive& ar) const {
         if (!valid()) throw SerializationError("procpool: cannot send an empty shared-object handle");

@@ -44,9 +44,9 @@ struct HeapHeader {
     std::uint64_t magic;
     std::uint64_t capacity;
     RobustMutex lock;
-    std::uint64_t top;                         // bump pointer: offset of the first never-used byte
-    std::uint64_t free_lists[kHeapClasses];    // offset of the first free block of each class, 0 = none
-    std::atomic<std::uint64_t> generations;    // hands out one generation per allocation
+    std::uint64_t top;                       // bump pointer: offset of the first never-used byte
+    std::uint64_t free_lists[kHeapClasses];  // offset of the first free block of each class, 0 = none
+    std::atomic<std::uint64_t> generations;  // hands out one generation per allocation
 };
 
 /// The header in front of every allocation (the object starts kBlockHeader bytes after it).
@@ -56,7 +56,7 @@ struct BlockHeader {
     std::uint64_t next_free;   // free-list link while free
     std::uint64_t bytes;       // bytes asked for
     std::uint32_t size_class;
-    std::uint32_t kind;        // what object lives here (checked when a handle is decoded)
+    std::uint32_t kind;  // what object lives here (checked when a handle is decoded)
     std::uint64_t reserved[3];
 };
 inline constexpr std::size_t kBlockHeader = 64;
@@ -189,7 +189,7 @@ private:
         return size_class;
     }
     /// Blocks up to this payload keep their pages when freed (reused quickly); larger ones release them.
-    static constexpr std::uint64_t release_threshold(std::uint32_t) noexcept { return 64 * 1024; }
+    static constexpr std::uint64_t release_threshold(std::uint32_t) noexcept { return std::uint64_t{64} * 1024; }
 
     [[nodiscard]] HeapHeader* header() const noexcept { return std::launder(reinterpret_cast<HeapHeader*>(base_)); }
     [[nodiscard]] BlockHeader* block_at(std::uint64_t block) const noexcept {

@@ -20,14 +20,14 @@ namespace procpool::detail {
 
 /// Written by a worker while it runs a task, read by the parent after the worker died or when a deadline passed.
 struct alignas(kCacheLine) WorkerStatus {
-    std::atomic<std::uint64_t> task{0};           // id of the task being run, 0 between tasks
-    std::atomic<std::uint64_t> item{0};           // index (within that task) of the item being run
-    std::atomic<std::int64_t> item_start_ns{0};   // CLOCK_MONOTONIC start of that item (timed tasks only)
-    std::atomic<std::uint32_t> initialized{0};    // 1 once the initializer returned
+    std::atomic<std::uint64_t> task{0};          // id of the task being run, 0 between tasks
+    std::atomic<std::uint64_t> item{0};          // index (within that task) of the item being run
+    std::atomic<std::int64_t> item_start_ns{0};  // CLOCK_MONOTONIC start of that item (timed tasks only)
+    std::atomic<std::uint32_t> initialized{0};   // 1 once the initializer returned
 };
 
 struct ControlBlock {
-    alignas(kCacheLine) Doorbell parent_bell;                // the parent's service thread sleeps here
+    alignas(kCacheLine) Doorbell parent_bell;                          // the parent's service thread sleeps here
     alignas(kCacheLine) std::atomic<std::uint64_t> reports_posted{0};  // by the fork server, one per report
     alignas(kCacheLine) std::atomic<std::uint32_t> attention{0};  // a worker freed inbox space the parent waits for
 };
@@ -60,15 +60,16 @@ public:
     /// Constructs the blocks in fresh (zeroed) memory at `base`.
     void construct(void* base) const noexcept {
         new (base) ControlBlock();
-        for (std::size_t i = 0; i < slots_; ++i) new (static_cast<std::byte*>(base) + slots_offset_ + i * sizeof(SlotBlock)) SlotBlock();
+        for (std::size_t i = 0; i < slots_; ++i)
+            new (static_cast<std::byte*>(base) + slots_offset_ + i * sizeof(SlotBlock)) SlotBlock();
     }
 
     [[nodiscard]] ControlBlock* control(void* base) const noexcept {
         return std::launder(static_cast<ControlBlock*>(base));
     }
     [[nodiscard]] SlotBlock* slot(void* base, std::size_t i) const noexcept {
-        return std::launder(reinterpret_cast<SlotBlock*>(static_cast<std::byte*>(base) + slots_offset_ +
-                                                         i * sizeof(SlotBlock)));
+        return std::launder(
+            reinterpret_cast<SlotBlock*>(static_cast<std::byte*>(base) + slots_offset_ + i * sizeof(SlotBlock)));
     }
     [[nodiscard]] std::byte* inbox_data(void* base, std::size_t i) const noexcept {
         return static_cast<std::byte*>(base) + data_offset_ + i * ring_bytes_;

@@ -39,11 +39,11 @@ enum ClaimState : std::uint32_t { kUnclaimed = 0, kTaken = 1, kRevoked = 2 };
 
 struct TaskHeader {
     std::uint64_t task_id;
-    std::uint64_t entry;        // the TaskEntry, as the transport encodes it
-    std::uint32_t claim;        // ClaimState; accessed through std::atomic_ref
+    std::uint64_t entry;  // the TaskEntry, as the transport encodes it
+    std::uint32_t claim;  // ClaimState; accessed through std::atomic_ref
     std::uint32_t item_count;
     std::uint32_t callable_size;
-    std::uint32_t flags;        // TaskFlag bits
+    std::uint32_t flags;  // TaskFlag bits
 };
 static_assert(sizeof(TaskHeader) == 32 && offsetof(TaskHeader, claim) % alignof(std::uint32_t) == 0,
               "TaskHeader is read in place from 8-byte aligned ring memory");
@@ -56,8 +56,8 @@ enum TaskFlag : std::uint32_t {
 
 struct ResultHeader {
     std::uint64_t task_id;
-    std::uint32_t first;        // task-relative index of the first item this message covers
-    std::uint32_t count;        // items covered: each either has a value below or an error record
+    std::uint32_t first;  // task-relative index of the first item this message covers
+    std::uint32_t count;  // items covered: each either has a value below or an error record
     std::uint32_t error_count;
     std::uint32_t flags;        // kFinalResult on the task's last message
     std::uint64_t busy_ns;      // worker time spent on these items
@@ -176,7 +176,8 @@ private:
                             final ? static_cast<std::uint32_t>(kFinalResult) : 0u,
                             static_cast<std::uint64_t>(now - last_flush_ns_),
                             errors_.size()};
-        const Piece pieces[] = {{&header, sizeof header}, {errors_.data(), errors_.size()},
+        const Piece pieces[] = {{&header, sizeof header},
+                                {errors_.data(), errors_.size()},
                                 {values_.data(), values_.size()}};
         sink_.send_result(pieces, sizeof header + errors_.size() + values_.size());
         values_.clear();
@@ -210,7 +211,7 @@ using TaskEntry = void (*)(TaskRunner&);
 // ---- what a task may be -----------------------------------------------------------------------------------------
 /// Callables that cross into the worker through their serialize() member (an explicit choice wins).
 template <class F>
-inline constexpr bool serialized_callable_v = user_serializable_v<F> && std::is_default_constructible_v<F>;
+inline constexpr bool serialized_callable_v = user_serializable_v<F>&& std::is_default_constructible_v<F>;
 
 /// Callables copied into the worker byte for byte (workers run the same program image): function pointers,
 /// captureless lambdas, lambdas and function objects with trivially copyable captures, and those whose captures
@@ -219,8 +220,7 @@ inline constexpr bool serialized_callable_v = user_serializable_v<F> && std::is_
 /// std::function: their copies can throw). The worker uses its byte copy in place and never destroys it.
 template <class F>
 inline constexpr bool byte_callable_v =
-    !serialized_callable_v<F> && std::is_class_v<F> ? std::is_nothrow_copy_constructible_v<F>
-                                                     : bitwise<F>();
+    !serialized_callable_v<F> && std::is_class_v<F> ? std::is_nothrow_copy_constructible_v<F> : bitwise<F>();
 
 template <class F>
 inline constexpr bool transferable_callable_v = serialized_callable_v<F> || byte_callable_v<F>;
@@ -263,7 +263,9 @@ private:
 };
 
 template <class T>
-concept tuple_like = requires { std::tuple_size<T>::value; };
+concept tuple_like = requires {
+    std::tuple_size<T>::value;
+};
 
 template <class F, class Tuple, class = std::make_index_sequence<std::tuple_size_v<Tuple>>>
 struct apply_traits;
@@ -280,20 +282,22 @@ struct apply_traits<F, Tuple, std::index_sequence<I...>> {
 /// rvalues when F accepts them (no copy of a large argument), as lvalues otherwise.
 template <class F, class Item, bool Unpack>
 struct Invocation {
-    static consteval bool rvalue_ok() {
+    // Immediately-invoked lambdas, not static consteval member functions: a member function is not defined yet
+    // where `invocable` is initialised (the class is incomplete), which Clang rejects.
+    static constexpr bool rvalue_ok = [] {
         if constexpr (!Unpack) return std::is_invocable_v<F&, Item&&>;
         else if constexpr (tuple_like<Item>) return apply_traits<F, Item>::by_rvalue;
         else return false;
-    }
-    static consteval bool lvalue_ok() {
+    }();
+    static constexpr bool lvalue_ok = [] {
         if constexpr (!Unpack) return std::is_invocable_v<F&, Item&>;
         else if constexpr (tuple_like<Item>) return apply_traits<F, Item>::by_lvalue;
         else return false;
-    }
-    static constexpr bool invocable = rvalue_ok() || lvalue_ok();
+    }();
+    static constexpr bool invocable = rvalue_ok || lvalue_ok;
 
     static decltype(auto) call(F& f, Item& item) {
-        if constexpr (rvalue_ok()) {
+        if constexpr (rvalue_ok) {
             if constexpr (Unpack) return std::apply(f, std::move(item));
             else return std::invoke(f, std::move(item));
         } else {

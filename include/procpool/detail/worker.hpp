@@ -6,8 +6,8 @@
 #pragma once
 
 #include <atomic>
-#include <csignal>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -57,14 +57,9 @@ public:
         for (;;) {
             const Fragment fragment = next_fragment();
             switch (fragment.header.kind) {
-                case kExitMessage:
-                    inbox_.consume(fragment);
-                    exit_process(0);
-                case kTaskMessage:
-                    handle_task(fragment);
-                    break;
-                default:
-                    std::abort();  // protocol violation: let the parent see a crash rather than guess
+                case kExitMessage: inbox_.consume(fragment); exit_process(0);
+                case kTaskMessage: handle_task(fragment); break;
+                default: std::abort();  // protocol violation: let the parent see a crash rather than guess
             }
         }
     }
@@ -134,7 +129,8 @@ private:
     void handle_task(const Fragment& first) noexcept {
         TaskHeader header;
         std::memcpy(&header, first.payload, sizeof header);
-        std::atomic_ref<std::uint32_t> claim(*reinterpret_cast<std::uint32_t*>(first.payload + offsetof(TaskHeader, claim)));
+        std::atomic_ref<std::uint32_t> claim(
+            *reinterpret_cast<std::uint32_t*>(first.payload + offsetof(TaskHeader, claim)));
         std::uint32_t expected = kUnclaimed;
         if (!claim.compare_exchange_strong(expected, kTaken, std::memory_order_acq_rel)) {
             release(first);  // revoked by the parent; revoked tasks are always a single fragment
@@ -177,9 +173,7 @@ private:
         return message_.view();
     }
 
-    void send_result(std::span<const Piece> pieces, std::size_t total) override {
-        send(kResultMessage, pieces, total);
-    }
+    void send_result(std::span<const Piece> pieces, std::size_t total) override { send(kResultMessage, pieces, total); }
 
     void send(std::uint16_t kind, std::span<const Piece> pieces, std::size_t total) noexcept {
         const bool sent = outbox_.write_all(
