@@ -261,8 +261,8 @@ void BM_payload_floor(benchmark::State& state) {
 }
 BENCHMARK(BM_payload_floor)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-// 7. CPU-bound scaling: fixed sets of ~0.3 ms and ~10 ms tasks at 1..2N workers (N = cores), against a serial loop and a
-// thread pool of the same size.
+// 7. CPU-bound scaling: fixed sets of ~0.3 ms and ~10 ms tasks at 1..2N workers (N = cores), against a serial loop and
+// a thread pool of the same size.
 void BM_cpu_scaling(benchmark::State& state) {
     const double task_ms = state.range(0) == 0 ? 0.3 : 10.0;
     const std::size_t count = state.range(0) == 0 ? 2000 : 60;

@@ -108,9 +108,10 @@ int main() {
     });
     long sum = 0;
     for (long s : squares) sum += s;
-    std::printf("\npool size %zu before, %zu after; %ld of the first workers were replaced; "
-                "a later map of 1000 squares sums to %ld\n",
-                size, pool.size(), replaced, sum);
+    std::printf(
+        "\npool size %zu before, %zu after; %ld of the first workers were replaced; "
+        "a later map of 1000 squares sums to %ld\n",
+        size, pool.size(), replaced, sum);
     if (pool.size() != size || pids_after.size() != size || replaced < 1 || sum != 332'833'500) {
         std::printf("FAILED: the pool did not recover (%zu live workers)\n", pids_after.size());
         ok = false;

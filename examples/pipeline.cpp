@@ -34,13 +34,17 @@ struct Record {
     std::string name;
     long cents = 0;
     template <class Archive>
-    void serialize(Archive& ar) { ar(id, name, cents); }
+    void serialize(Archive& ar) {
+        ar(id, name, cents);
+    }
 };
 struct Row {
     std::string customer;  // upper-cased name
     long cents = 0;        // with 20% tax
     template <class Archive>
-    void serialize(Archive& ar) { ar(customer, cents); }
+    void serialize(Archive& ar) {
+        ar(customer, cents);
+    }
 };
 
 std::int64_t now_ns() {  // CLOCK_MONOTONIC: the same clock in every process
@@ -62,7 +66,9 @@ struct Validated {
     std::optional<Record> record;
     std::int64_t finished_ns = 0;  // when this worker finished it
     template <class Archive>
-    void serialize(Archive& ar) { ar(record, finished_ns); }
+    void serialize(Archive& ar) {
+        ar(record, finished_ns);
+    }
 };
 Validated validate(const std::string& line) {
     Validated out{.record = std::nullopt, .finished_ns = 0};
@@ -72,9 +78,10 @@ Validated validate(const std::string& line) {
             const std::string amount = line.substr(second + 1);
             const auto dot = amount.find('.');
             const bool digits = dot != std::string::npos && dot > 0 && amount.size() == dot + 3 &&
-                                std::all_of(amount.begin(), amount.end(), [](char c) {
-                                    return std::isdigit(static_cast<unsigned char>(c)) || c == '.';
-                                }) && std::count(amount.begin(), amount.end(), '.') == 1;
+                                std::all_of(
+                                    amount.begin(), amount.end(),
+                                    [](char c) { return std::isdigit(static_cast<unsigned char>(c)) || c == '.'; }) &&
+                                std::count(amount.begin(), amount.end(), '.') == 1;
             if (digits) {
                 out.record = Record{std::stol(line.substr(0, first)), line.substr(first + 1, second - first - 1),
                                     std::stol(amount.substr(0, dot)) * 100 + std::stol(amount.substr(dot + 1))};
@@ -133,11 +140,11 @@ int main(int argc, char** argv) {
 
     procpool::Pool pool;
     const std::int64_t start = now_ns();
-    long lines_read = 0;          // lines stage 1 took from the input
-    long validated_taken = 0;     // stage 1 results stage 2 took
+    long lines_read = 0;       // lines stage 1 took from the input
+    long validated_taken = 0;  // stage 1 results stage 2 took
     long taken_at_first_load = -1;
     std::int64_t first_load_ns = 0, last_validated_ns = 0;
-    long most_in_pipeline = 0;    // lines read but not yet loaded or dropped
+    long most_in_pipeline = 0;  // lines read but not yet loaded or dropped
     Totals totals;
 
     {
@@ -172,10 +179,11 @@ int main(int argc, char** argv) {
     for (const auto& [customer, cents] : totals.cents_by_customer) {
         std::printf("  %-6s %10ld.%02ld\n", customer.c_str(), cents / 100, cents % 100);
     }
-    std::printf("overlap: the first row was loaded at %.1f ms, when %ld of %zu lines had come out of validation; "
-                "the last line was validated at %.1f ms\n",
-                static_cast<double>(first_load_ns - start) / 1e6, taken_at_first_load, lines.size(),
-                static_cast<double>(last_validated_ns - start) / 1e6);
+    std::printf(
+        "overlap: the first row was loaded at %.1f ms, when %ld of %zu lines had come out of validation; "
+        "the last line was validated at %.1f ms\n",
+        static_cast<double>(first_load_ns - start) / 1e6, taken_at_first_load, lines.size(),
+        static_cast<double>(last_validated_ns - start) / 1e6);
     const long window = static_cast<long>((4 * pool.size() + 8) * kChunk);  // per stage, in items
     std::printf("back-pressure: at most %ld lines were inside the pipeline at once (two stages of at most %ld)\n",
                 most_in_pipeline, window);

@@ -86,8 +86,11 @@ int main(int argc, char** argv) {
                               ++read;
                               return n;
                           });
-        auto results = pool.imap([](long n) { return std::pair{n, is_prime(n)}; }, std::move(candidates),
-                                 {.chunksize = kChunk});
+        auto results = pool.imap(
+            [](long n) {
+                return std::pair{n, is_prime(n)};
+            },
+            std::move(candidates), {.chunksize = kChunk});
         for (const auto& [n, prime] : results) {
             ++consumed;
             if (prime) {
@@ -119,13 +122,12 @@ int main(int argc, char** argv) {
     bool ok = primes == serial;
     if (!ok) std::fprintf(stderr, "FAILED: the primes differ from a serial Miller-Rabin scan\n");
     if (read - consumed > window) {
-        std::fprintf(stderr, "FAILED: imap read %ld candidates ahead, more than its window of %ld\n",
-                     read - consumed, window);
+        std::fprintf(stderr, "FAILED: imap read %ld candidates ahead, more than its window of %ld\n", read - consumed,
+                     window);
         ok = false;
     }
     if (break_ms > 250) {  // it takes microseconds; the bound only leaves room for a loaded machine
-        std::fprintf(stderr, "FAILED: leaving the loop took %.0f ms: it waited for the results in flight\n",
-                     break_ms);
+        std::fprintf(stderr, "FAILED: leaving the loop took %.0f ms: it waited for the results in flight\n", break_ms);
         ok = false;
     }
     if (ok) std::printf("matches a serial Miller-Rabin scan\n");

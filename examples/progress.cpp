@@ -54,8 +54,8 @@ int main(int argc, char** argv) {
         ++reports;
         last = info;
         std::printf("  [%5.2f s] %4llu/%llu simulations, %6.1f per second", info.elapsed.count(),
-                    static_cast<unsigned long long>(info.done),
-                    static_cast<unsigned long long>(info.total.value_or(0)), info.rate);
+                    static_cast<unsigned long long>(info.done), static_cast<unsigned long long>(info.total.value_or(0)),
+                    info.rate);
         if (info.finished) {
             std::printf(", done\n");
         } else if (info.remaining) {

@@ -27,7 +27,7 @@
 double simulate(double zeta, double omega) {
     constexpr double dt = 0.01;
     auto accel = [&](double t, double x, double v) { return std::cos(omega * t) - 2 * zeta * v - x; };
-    const double settle = 25.0 / zeta;                    // transient decays like exp(-zeta t): e^-25 is gone
+    const double settle = 25.0 / zeta;                       // transient decays like exp(-zeta t): e^-25 is gone
     const double measure = 4 * 2 * std::acos(-1.0) / omega;  // then watch four drive periods
     double t = 0, x = 0, v = 0, amplitude = 0;
     while (t < settle + measure) {

@@ -199,8 +199,8 @@ public:
 
     ImapRange(std::shared_ptr<detail::PoolCore<Transport>> core, std::shared_ptr<Job> job, View input,
               MapOptions options)
-        : core_(std::move(core)), job_(std::move(job)), input_(std::make_unique<Input>(std::move(input))), options_(options),
-          window_(window_chunks(core_->scheduler.size())) {}
+        : core_(std::move(core)), job_(std::move(job)), input_(std::make_unique<Input>(std::move(input))),
+          options_(std::move(options)), window_(window_chunks(core_->scheduler.size())) {}
 
     /// Moves keep the reading position: the input lives on the heap, so its iterators stay valid. A moved-from
     /// range must not be iterated. (Movable, so an imap result can be the input of another imap or piped into a view.)
