@@ -107,7 +107,7 @@ TEST_CASE("std::bad_alloc comes back as std::bad_alloc") {
     CHECK_THROWS_AS(pool.apply([](int) -> int { throw std::bad_alloc(); }, 0), std::bad_alloc);
 }
 
-TEST_CASE("an exception in map fails the map with that exception") {
+TEST_CASE("an exception in map fails the map with that exception", "[threads]") {
     procpool::Pool pool(2);
     auto f = [](int x) {
         if (x == 77) throw std::domain_error("seventy-seven");

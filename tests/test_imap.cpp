@@ -58,7 +58,7 @@ static_assert(std::ranges::input_range<CountingInput>);
 
 }  // namespace
 
-TEST_CASE("imap yields results in input order") {
+TEST_CASE("imap yields results in input order", "[threads]") {
     procpool::Pool pool(3);
     std::vector<int> got;
     for (int value : pool.imap(
@@ -74,7 +74,7 @@ TEST_CASE("imap yields results in input order") {
     CHECK(got == expected);
 }
 
-TEST_CASE("imap_unordered yields every result exactly once, in completion order") {
+TEST_CASE("imap_unordered yields every result exactly once, in completion order", "[threads]") {
     procpool::Pool pool(2);
     std::vector<int> got;
     for (int value : pool.imap_unordered(
@@ -111,7 +111,7 @@ TEST_CASE("imap with every chunk size") {
     }
 }
 
-TEST_CASE("imap reads an infinite input only as results are consumed, and a break stops it") {
+TEST_CASE("imap reads an infinite input only as results are consumed, and a break stops it", "[threads]") {
     procpool::Pool pool(2);
     CountingInput::State state;
     long taken = 0;
@@ -143,7 +143,7 @@ TEST_CASE("imap read-ahead stays bounded while the reader is slow") {
     CHECK(*it == 1);
 }
 
-TEST_CASE("breaking out of a slow imap returns at once without waiting for running tasks") {
+TEST_CASE("breaking out of a slow imap returns at once without waiting for running tasks", "[threads]") {
     procpool::Pool pool(2);
     const auto start = std::chrono::steady_clock::now();
     for (int value : pool.imap(
@@ -177,7 +177,7 @@ TEST_CASE("an exception from the input range reaches the reader as it is") {
     for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] == static_cast<long>(i));
 }
 
-TEST_CASE("a failing item throws when dereferenced and iteration goes on past it") {
+TEST_CASE("a failing item throws when dereferenced and iteration goes on past it", "[threads]") {
     procpool::Pool pool(2);
     std::vector<int> values;
     int failures = 0;
@@ -216,7 +216,7 @@ TEST_CASE("imap ranges work as ranges and with strings") {
     CHECK(got == std::vector<std::string>{"a!", "bb!", "ccc!"});
 }
 
-TEST_CASE("an imap range made before close() still runs but one made after throws") {
+TEST_CASE("an imap range made before close() still runs but one made after throws", "[threads]") {
     procpool::Pool pool(2);
     auto results = pool.imap(square, std::views::iota(0, 100));
     pool.close();

@@ -36,7 +36,7 @@ void check_no_processes_left(const std::vector<pid_t>& workers) {
 
 }  // namespace
 
-TEST_CASE("the destructor finishes queued work: nothing is lost") {
+TEST_CASE("the destructor finishes queued work: nothing is lost", "[threads]") {
     std::vector<procpool::AsyncResult<int>> results;
     std::vector<pid_t> workers;
     {
@@ -51,7 +51,7 @@ TEST_CASE("the destructor finishes queued work: nothing is lost") {
     check_no_processes_left(workers);
 }
 
-TEST_CASE("close() then join(): queued work runs, then every process exits") {
+TEST_CASE("close() then join(): queued work runs, then every process exits", "[threads]") {
     procpool::Pool pool(2);
     const std::vector<pid_t> workers = pool.worker_pids();
     auto result = pool.map_async(slow_square, std::views::iota(0, 100));
@@ -75,7 +75,7 @@ TEST_CASE("join() before close() throws PoolStateError") {
     CHECK(pool.apply(slow_square, 3) == 9);  // still usable
 }
 
-TEST_CASE("terminate() returns at once with thousands of tasks queued and unfinished results fail") {
+TEST_CASE("terminate() returns at once with thousands of tasks queued and unfinished results fail", "[threads]") {
     procpool::Pool pool(2);
     const std::vector<pid_t> workers = pool.worker_pids();
     std::vector<procpool::AsyncResult<int>> results;
@@ -123,7 +123,7 @@ TEST_CASE("many pools one after another leave nothing behind") {
     check_no_processes_left(all);
 }
 
-TEST_CASE("several pools at once") {
+TEST_CASE("several pools at once", "[threads]") {
     procpool::Pool a(2);
     procpool::Pool b(1);
     auto ra = a.map_async(slow_square, std::views::iota(0, 50));
@@ -221,7 +221,7 @@ TEST_CASE("an idle pool sleeps instead of spinning") {
     CHECK(after - before <= 2);  // clock ticks (1/100 s) over a second, for both workers
 }
 
-TEST_CASE("terminate() from another thread ends a join() that waits for a hung task") {
+TEST_CASE("terminate() from another thread ends a join() that waits for a hung task", "[threads]") {
     procpool::Pool pool(1);
     auto hung = pool.apply_async([] {
         for (;;) std::this_thread::sleep_for(1s);
@@ -236,7 +236,8 @@ TEST_CASE("terminate() from another thread ends a join() that waits for a hung t
     CHECK_THROWS_AS(hung.get(), procpool::PoolStateError);
 }
 
-TEST_CASE("terminate() racing deliveries to imap_unordered never duplicates an item nor hangs the reader") {
+TEST_CASE("terminate() racing deliveries to imap_unordered never duplicates an item nor hangs the reader",
+          "[threads]") {
     std::mt19937 rng(99);
     for (int round = 0; round < 30; ++round) {
         procpool::Pool pool(2);
@@ -270,7 +271,7 @@ TEST_CASE("terminate() racing deliveries to imap_unordered never duplicates an i
     }
 }
 
-TEST_CASE("get() returns only after the result's callbacks have run") {
+TEST_CASE("get() returns only after the result's callbacks have run", "[threads]") {
     procpool::Pool pool(2);
     for (int i = 0; i < 20; ++i) {
         std::atomic<bool> done{false};

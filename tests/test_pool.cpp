@@ -57,7 +57,7 @@ TEST_CASE("the default pool has one worker per usable CPU") {
     CHECK(pool.size() == procpool::detail::usable_cpu_count());
 }
 
-TEST_CASE("apply runs the function in another process and returns its value") {
+TEST_CASE("apply runs the function in another process and returns its value", "[threads]") {
     procpool::Pool pool(2);
     CHECK(pool.apply(square, 12) == 144);
     CHECK(pool.apply(add, 40L, 2L) == 42);
@@ -109,7 +109,7 @@ TEST_CASE("void tasks") {
     pool.map_async([](int) {}, std::vector<int>{1}).get();
 }
 
-TEST_CASE("AsyncResult: get, get(timeout), wait, ready, successful") {
+TEST_CASE("AsyncResult: get, get(timeout), wait, ready, successful", "[threads]") {
     procpool::Pool pool(2);
     auto slow = pool.apply_async(
         [](int ms) {
@@ -141,7 +141,7 @@ TEST_CASE("AsyncResult: get, get(timeout), wait, ready, successful") {
     CHECK_THROWS_AS(empty.get(), procpool::PoolStateError);
 }
 
-TEST_CASE("AsyncResult callbacks run once, in this process, for success and for error") {
+TEST_CASE("AsyncResult callbacks run once, in this process, for success and for error", "[threads]") {
     procpool::Pool pool(2);
     std::atomic<int> successes{0};
     std::atomic<int> errors{0};
@@ -176,7 +176,7 @@ TEST_CASE("AsyncResult callbacks run once, in this process, for success and for 
     CHECK(test_support::eventually([&] { return void_called.load(); }));
 }
 
-TEST_CASE("map returns results in input order for any input range") {
+TEST_CASE("map returns results in input order for any input range", "[threads]") {
     procpool::Pool pool(3);
     std::vector<int> input(1000);
     std::iota(input.begin(), input.end(), -500);
@@ -218,7 +218,7 @@ TEST_CASE("empty inputs give empty results") {
     CHECK(count == 0);
 }
 
-TEST_CASE("map_async returns at once and delivers the whole vector") {
+TEST_CASE("map_async returns at once and delivers the whole vector", "[threads]") {
     procpool::Pool pool(2);
     auto result = pool.map_async(
         [](int x) {
@@ -263,7 +263,7 @@ TEST_CASE("work is spread over all workers") {
     CHECK(distinct.size() == 3);
 }
 
-TEST_CASE("a long task does not hold back short tasks queued behind it") {
+TEST_CASE("a long task does not hold back short tasks queued behind it", "[threads]") {
     // One worker gets a long task with a short one already queued behind it; the idle worker must take the short
     // one over instead of waiting for the long one to finish.
     procpool::Pool pool(2);
@@ -288,7 +288,7 @@ TEST_CASE("a long task does not hold back short tasks queued behind it") {
     CHECK(long_task.get() == 1);
 }
 
-TEST_CASE("submissions from many threads at once") {
+TEST_CASE("submissions from many threads at once", "[threads]") {
     procpool::Pool pool(2);
     std::vector<std::thread> threads;
     std::atomic<long> total{0};

@@ -50,7 +50,7 @@ struct Recorder {
 
 }  // namespace
 
-TEST_CASE("map reports progress with a known total and ends with one final report") {
+TEST_CASE("map reports progress with a known total and ends with one final report", "[threads]") {
     procpool::Pool pool(2);
     Recorder recorder;
     std::vector<int> items(200);
@@ -73,7 +73,7 @@ TEST_CASE("map reports progress with a known total and ends with one final repor
     }
 }
 
-TEST_CASE("a failing map still gives its final report") {
+TEST_CASE("a failing map still gives its final report", "[threads]") {
     procpool::Pool pool(2);
     Recorder recorder;
     std::vector<int> items{1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
@@ -82,7 +82,7 @@ TEST_CASE("a failing map still gives its final report") {
     recorder.check_well_formed();
 }
 
-TEST_CASE("starmap and map_async report progress") {
+TEST_CASE("starmap and map_async report progress", "[threads]") {
     procpool::Pool pool(2);
     Recorder starmap_recorder;
     std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}, {5, 6}};
@@ -97,7 +97,7 @@ TEST_CASE("starmap and map_async report progress") {
     CHECK(async_recorder.reports.back().done == 3);
 }
 
-TEST_CASE("imap reports progress: a total for sized ranges, none for unbounded ones") {
+TEST_CASE("imap reports progress: a total for sized ranges, none for unbounded ones", "[threads]") {
     procpool::Pool pool(2);
     SECTION("sized") {
         Recorder recorder;
@@ -128,7 +128,7 @@ TEST_CASE("imap reports progress: a total for sized ranges, none for unbounded o
     }
 }
 
-TEST_CASE("a throwing progress callback does not break the map") {
+TEST_CASE("a throwing progress callback does not break the map", "[threads]") {
     procpool::Pool pool(2);
     std::vector<int> items{1, 2, 3, 4};
     auto throwing = [](const procpool::ProgressInfo&) { throw std::runtime_error("drawing failed"); };

@@ -386,6 +386,38 @@ TEST_CASE("a bounded Queue makes put() wait while it is full") {
     CHECK(queue.maxsize() == 2);
 }
 
+// ---- threads of one process ---------------------------------------------------------------------------------------
+
+TEST_CASE("threads of one process share a Lock, a SharedValue, a SharedArray and a Queue", "[threads]") {
+    procpool::SharedValue<long> counter(0);
+    procpool::SharedArray<long> cells(4);
+    procpool::Lock lock;
+    procpool::Queue<int> queue;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+        // Each thread gets its own copies of the handles (their reference counts are shared).
+        threads.emplace_back([counter, cells, lock, queue, t]() mutable {
+            for (int i = 0; i < 2000; ++i) {
+                std::lock_guard guard(lock);
+                ++counter.value();
+            }
+            cells[static_cast<std::size_t>(t)] = t + 1;  // one writer per cell
+            for (int i = 0; i < 100; ++i) queue.put(t * 100 + i);
+        });
+    }
+    long sum = 0;
+    for (int i = 0; i < 400; ++i) {
+        const auto item = queue.get(10s);
+        REQUIRE(item);
+        sum += *item;
+    }
+    for (auto& thread : threads) thread.join();
+    CHECK(counter.value() == 8000);
+    CHECK(std::accumulate(cells.begin(), cells.end(), 0L) == 1 + 2 + 3 + 4);
+    CHECK(sum == 399L * 400 / 2);
+    CHECK(queue.empty());
+}
+
 // ---- deaths -------------------------------------------------------------------------------------------------------
 
 TEST_CASE("a process killed while holding a lock: the next acquirer gets it and is told") {

@@ -180,7 +180,8 @@ public:
     }
 
     [[nodiscard]] bool reports_pending() const noexcept {
-        return control_->reports_posted.load(std::memory_order_acquire) != reports_read_;
+        return control_->reports_posted.load(std::memory_order_acquire) !=
+               reports_read_.load(std::memory_order_relaxed);
     }
     /// The next report from the fork server, if one is waiting. Never blocks.
     std::optional<WorkerEvent> poll_report() noexcept {
@@ -188,7 +189,7 @@ public:
         if (receive_packet(socket_, &report, sizeof report, false) != static_cast<ssize_t>(sizeof report)) {
             return std::nullopt;
         }
-        ++reports_read_;
+        reports_read_.fetch_add(1, std::memory_order_relaxed);
         return report;
     }
 
@@ -237,11 +238,12 @@ public:
 
     // ---- waiting ------------------------------------------------------------------------------------------------
     /// True when a worker posted a message, the fork server a report, or a worker freed inbox space the parent
-    /// waits for: something for the thread that polls the rings.
-    [[nodiscard]] bool pending() noexcept {
+    /// waits for: something for the thread that polls the rings. Any thread of the parent may ask, also while
+    /// another one polls (it reads shared positions only, not the polling thread's ring cursors).
+    [[nodiscard]] bool pending() const noexcept {
         if (reports_pending() || attention_pending()) return true;
-        for (RingConsumer& outbox : outboxes_) {
-            if (outbox.readable()) return true;
+        for (const RingConsumer& outbox : outboxes_) {
+            if (outbox.unreleased()) return true;
         }
         return false;
     }
@@ -300,7 +302,7 @@ private:
             if (n != static_cast<ssize_t>(sizeof report)) {
                 abort_start(EIO, "procpool: the fork server died while starting the workers");
             }
-            ++reports_read_;
+            reports_read_.fetch_add(1, std::memory_order_relaxed);
             if (report.kind == kSpawnFailed) {
                 abort_start(report.error, "procpool: could not fork worker " + std::to_string(report.slot + 1) +
                                               " of " + std::to_string(config_.workers));
@@ -354,7 +356,8 @@ private:
     std::atomic<pid_t> server_pid_{
         -1};  // -1 once reaped; read by user threads (terminate), written by the service thread
     unsigned generation_ = fork_generation();
-    std::uint64_t reports_read_ = 0;
+    // Written by the thread that holds the scheduler's poll role, read by the service thread's wait (pending()).
+    std::atomic<std::uint64_t> reports_read_{0};
     std::vector<pid_t> initial_pids_;
     std::vector<WorkerEvent> early_exits_;
 };

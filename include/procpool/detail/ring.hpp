@@ -235,6 +235,14 @@ public:
         return head_ != tail_cache_;
     }
 
+    /// True while the producer has published bytes this consumer has not released. Unlike readable() it reads
+    /// only the shared positions, so another thread of the consumer's process may ask while the reading thread
+    /// consumes (readable(), peek() and consume() update process-local state and belong to that one thread).
+    /// Padding is published together with the fragment after it, so this is false once the ring was drained.
+    [[nodiscard]] bool unreleased() const noexcept {
+        return state_->tail.load(std::memory_order_acquire) != state_->head.load(std::memory_order_acquire);
+    }
+
     /// The next fragment, skipping padding, or nothing when the ring is empty. Does not consume it.
     std::optional<Fragment> peek() noexcept {
         for (;;) {
