@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -45,10 +46,19 @@ void report(benchmark::State& state, const std::string& workload, double figure,
 std::size_t cpus() { return procpool::detail::usable_cpu_count(); }
 
 /// Burns `seconds` of CPU (the same busy loop as python_pool.py's spin).
+/// CPU time of the calling thread, in seconds.
+double thread_cpu_seconds() {
+    timespec now{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+    return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) * 1e-9;
+}
+
+/// A CPU-bound task: spins until this thread has used `seconds` of CPU time. Counting CPU time, not wall time, keeps
+/// the work fixed when workers share cores (more workers than cores), so speedups cannot exceed the core count.
 long spin(double seconds) {
-    const auto end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+    const double end = thread_cpu_seconds() + seconds;
     long x = 0;
-    while (Clock::now() < end) benchmark::DoNotOptimize(++x);
+    while (thread_cpu_seconds() < end) benchmark::DoNotOptimize(++x);
     return x;
 }
 

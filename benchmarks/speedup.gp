@@ -8,7 +8,7 @@ set ylabel "speedup vs serial"
 set key bottom right
 set grid
 set xtics 1
-set yrange [0:*]
+set yrange [0:cores + 0.5]
 ideal(x) = x < cores ? x : cores
 do for [block=0:1] {
     set title (block == 0 ? "tasks of 0.3 ms (2000 of them)" : "tasks of 10 ms (60 of them)")
