@@ -505,7 +505,13 @@ private:
                 if (role.owns_lock()) worked = poll_rings();
             }
             if (monotonic_ns() >= next_housekeeping || stop_requested_.load(std::memory_order_acquire)) {
-                std::optional<std::int64_t> next = housekeeping();
+                std::optional<std::int64_t> next;
+                {
+                    // Housekeeping may reset a dead worker's rings (a delayed respawn), so it holds the poll role:
+                    // no waiting thread may be reading those rings meanwhile (a helper keeps it ~100 us at most).
+                    std::lock_guard role(poll_mutex_);
+                    next = housekeeping();
+                }
                 deliver_failures();
                 if (!next) return;
                 next_housekeeping = *next;
