@@ -39,6 +39,17 @@
 
 namespace procpool::detail {
 
+/// `reason`, followed by ": " and the exception's message when `error` holds a std::exception.
+inline std::string with_message(std::string reason, const std::exception_ptr& error) {
+    try {
+        std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+        reason += ": " + std::string(e.what());
+    } catch (...) {
+    }
+    return reason;
+}
+
 struct SchedulerSettings {
     std::optional<std::size_t> max_items_per_worker;
     std::optional<std::chrono::milliseconds> task_timeout;
@@ -661,14 +672,8 @@ private:
             init_error_ = error;
             if constexpr (!Transport::kWorkerControl) {
                 // No exit report will follow (the rank lives on): the pool cannot work, say so now.
-                std::string reason = "the initializer failed on worker " + std::to_string(slot + 1);
-                try {
-                    std::rethrow_exception(error);
-                } catch (const std::exception& e) {
-                    reason += ": " + std::string(e.what());
-                } catch (...) {
-                }
-                break_locked(reason, error);
+                break_locked(with_message("the initializer failed on worker " + std::to_string(slot + 1), error),
+                             error);
             }
         }
     }
@@ -799,14 +804,8 @@ private:
                 if (!cause) {
                     cause = std::make_exception_ptr(WorkerCrashed(report.pid, report.signal, report.exit_code));
                 }
-                std::string reason = "the initializer failed in worker " + std::to_string(report.pid);
-                try {
-                    std::rethrow_exception(cause);
-                } catch (const std::exception& e) {
-                    reason += ": " + std::string(e.what());
-                } catch (...) {
-                }
-                break_locked(reason, cause);
+                break_locked(with_message("the initializer failed in worker " + std::to_string(report.pid), cause),
+                             cause);
                 return;
             }
         } else {
