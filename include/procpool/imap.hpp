@@ -198,9 +198,9 @@ public:
     static constexpr std::uint64_t kMaxAutoChunk = 16384;
 
     ImapRange(std::shared_ptr<detail::PoolCore<Transport>> core, std::shared_ptr<Job> job, View input,
-              MapOptions options)
+              std::size_t chunksize)
         : core_(std::move(core)), job_(std::move(job)), input_(std::make_unique<Input>(std::move(input))),
-          options_(std::move(options)), window_(window_chunks(core_->scheduler.size())) {}
+          chunksize_(chunksize), window_(window_chunks(core_->scheduler.size())) {}
 
     /// Moves keep the reading position: the input lives on the heap, so its iterators stay valid. A moved-from
     /// range must not be iterated. (Movable, so an imap result can be the input of another imap or piped into a view.)
@@ -326,7 +326,7 @@ private:
     }
 
     std::uint64_t chunk_size() const noexcept {
-        if (options_.chunksize != 0) return options_.chunksize;
+        if (chunksize_ != 0) return chunksize_;
         const double item_ns = job_->item_ns.load(std::memory_order_relaxed);
         if (item_ns <= 0)
             return std::min<std::uint64_t>(std::uint64_t{1} << std::min<std::uint64_t>(chunks_formed_, 4), 16);
@@ -341,7 +341,7 @@ private:
         std::optional<std::ranges::iterator_t<View>> position;  // where reading goes on; set when reading starts
     };
     std::unique_ptr<Input> input_;
-    MapOptions options_;
+    std::size_t chunksize_;  // MapOptions::chunksize: 0 = automatic (the progress callback lives in the job)
     std::uint64_t window_;
     std::optional<typename Job::Entry> current_;
     std::uint64_t next_index_ = 0;

@@ -258,11 +258,11 @@ private:
         keep_callable_alive<Fn>(*job, f);
         std::optional<std::uint64_t> total;
         if constexpr (std::ranges::sized_range<Range>) total = static_cast<std::uint64_t>(std::ranges::size(range));
-        job->progress.start(options.progress, total);
+        job->progress.start(std::move(options.progress), total);
         // Like any submission, imap on a closed pool throws now rather than on first use.
         if (core().scheduler.closed()) core().scheduler.submit(job, {});
         return ImapRange<Transport, R, View>(shared_core(), std::move(job), std::views::all(std::forward<Range>(range)),
-                                             options);
+                                             options.chunksize);
     }
 
     /// The scheduler as a WaitHelper, without keeping the pool alive.
