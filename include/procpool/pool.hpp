@@ -115,7 +115,7 @@ public:
             keep_callable_alive<Fn>(*parts.job, f);
             detail::ItemEncoder<Item> items(parts.item, 1);
             items.add(Item(std::forward<Args>(args)...));
-            core().scheduler.submit(parts.job, {detail::Segment{items.finish(), 0, 1, 0}});
+            core().scheduler.submit(parts.job, detail::Segment{items.finish(), 0, 1, 0});
             return AsyncResult<R>(std::move(parts.state));
         }
     }
@@ -225,7 +225,7 @@ private:
                                                            options.chunksize, count, state,
                                                            std::move(options.progress));
             keep_callable_alive<Fn>(*job, f);
-            core().scheduler.submit(job, {detail::Segment{std::move(block), 0, count, 0}});
+            core().scheduler.submit(job, detail::Segment{std::move(block), 0, count, 0});
         }
         return state;
     }
@@ -260,7 +260,7 @@ private:
         if constexpr (std::ranges::sized_range<Range>) total = static_cast<std::uint64_t>(std::ranges::size(range));
         job->progress.start(std::move(options.progress), total);
         // Like any submission, imap on a closed pool throws now rather than on first use.
-        if (core().scheduler.closed()) core().scheduler.submit(job, {});
+        if (core().scheduler.closed()) core().scheduler.submit(job, detail::Segment{});
         return ImapRange<Transport, R, View>(shared_core(), std::move(job), std::views::all(std::forward<Range>(range)),
                                              options.chunksize);
     }

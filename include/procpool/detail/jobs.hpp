@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -19,6 +18,7 @@
 
 #include "procpool/async_result.hpp"
 #include "procpool/detail/buffer.hpp"
+#include "procpool/detail/fifo.hpp"
 #include "procpool/detail/task.hpp"
 #include "procpool/options.hpp"
 #include "procpool/serialize.hpp"
@@ -29,11 +29,15 @@ namespace procpool::detail {
 struct ItemBlock {
     Buffer bytes;
     std::vector<std::shared_ptr<const void>> keep_alive;  // shared objects the items refer to
-    std::vector<std::uint64_t> offsets;                   // start of each item, plus the end (unless stride is set)
-    std::uint64_t stride = 0;                             // every item has this encoded size (bitwise items)
+    std::vector<std::uint64_t> offsets;  // start of each item, plus the end; empty if stride is set or count <= 1
+    std::uint64_t stride = 0;            // every item has this encoded size (bitwise items)
     std::uint64_t count = 0;
 
-    [[nodiscard]] std::uint64_t offset(std::uint64_t i) const noexcept { return stride != 0 ? i * stride : offsets[i]; }
+    [[nodiscard]] std::uint64_t offset(std::uint64_t i) const noexcept {
+        if (stride != 0) return i * stride;
+        if (offsets.empty()) return i == 0 ? 0 : bytes.size();  // one item (an apply): no offsets to allocate
+        return offsets[i];
+    }
     [[nodiscard]] std::span<const std::byte> items(std::uint64_t first, std::uint64_t n) const noexcept {
         const std::uint64_t begin = offset(first);
         return {bytes.data() + begin, static_cast<std::size_t>(offset(first + n) - begin)};
@@ -51,7 +55,7 @@ public:
         if constexpr (bitwise<Item>()) {
             block_->stride = sizeof(Item);
             block_->bytes.reserve(expected * sizeof(Item));
-        } else {
+        } else if (expected > 1) {
             block_->offsets.reserve(expected + 1);
         }
     }
@@ -62,7 +66,8 @@ public:
             const Item item(value);
             block_->bytes.append(&item, sizeof item);
         } else {
-            block_->offsets.push_back(block_->bytes.size());
+            if (block_->count == 1) block_->offsets.push_back(0);  // a second item: offsets become explicit
+            if (block_->count != 0) block_->offsets.push_back(block_->bytes.size());
             OutputArchive ar(block_->bytes, &block_->keep_alive);
             if constexpr (std::is_same_v<std::remove_cvref_t<Value>, Item>) {
                 encode(ar, value);
@@ -84,7 +89,9 @@ public:
     [[nodiscard]] std::size_t bytes() const noexcept { return block_->bytes.size(); }
 
     std::shared_ptr<ItemBlock> finish() {
-        if constexpr (!bitwise<Item>()) block_->offsets.push_back(block_->bytes.size());
+        if constexpr (!bitwise<Item>()) {
+            if (!block_->offsets.empty()) block_->offsets.push_back(block_->bytes.size());
+        }
         return std::move(block_);
     }
 
@@ -110,35 +117,9 @@ struct Segment {
     }
 };
 
-/// A job's segments not sent yet, in order. Usually holds one segment; costs no allocation until it holds
-/// one (std::deque allocates on construction, and every apply_async makes a job).
-class SegmentQueue {
-public:
-    [[nodiscard]] bool empty() const noexcept { return head_ == items_.size(); }
-    Segment& front() noexcept { return items_[head_]; }
-    void pop_front() noexcept {
-        items_[head_++] = Segment{};
-        if (head_ == items_.size()) clear();
-    }
-    void push_back(Segment segment) { items_.push_back(std::move(segment)); }
-    void push_front(Segment segment) {
-        if (head_ > 0) {
-            items_[--head_] = std::move(segment);
-        } else {
-            items_.insert(items_.begin(), std::move(segment));
-        }
-    }
-    void clear() noexcept {
-        items_.clear();
-        head_ = 0;
-    }
-    auto begin() noexcept { return items_.begin() + static_cast<std::ptrdiff_t>(head_); }
-    auto end() noexcept { return items_.end(); }
-
-private:
-    std::vector<Segment> items_;
-    std::size_t head_ = 0;
-};
+/// A job's segments not sent yet, in order. Usually holds one segment, inline: an apply_async costs no
+/// allocation here.
+using SegmentQueue = Fifo<Segment, 1>;
 
 /// Reports a job's progress to a MapOptions::progress callback: at most every 100 ms and once at the end.
 /// Without a callback it costs one branch per delivery.

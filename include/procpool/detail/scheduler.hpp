@@ -30,6 +30,7 @@
 #include "procpool/async_result.hpp"
 #include "procpool/detail/events.hpp"
 #include "procpool/detail/exceptions.hpp"
+#include "procpool/detail/fifo.hpp"
 #include "procpool/detail/jobs.hpp"
 #include "procpool/detail/process.hpp"
 #include "procpool/detail/spin.hpp"
@@ -104,11 +105,12 @@ public:
     }
 
     // ---- submission (any thread) ------------------------------------------------------------------------------
-    /// Queues a job with its first segments and starts sending it. Throws PoolStateError after close()/terminate().
-    void submit(const std::shared_ptr<JobBase>& job, std::vector<Segment> segments) {
+    /// Queues a job with its first items (none for an imap that reads its input later) and starts sending it.
+    /// Throws PoolStateError after close()/terminate().
+    void submit(const std::shared_ptr<JobBase>& job, Segment items) {
         std::lock_guard lock(mutex_);
         check_open_locked();
-        for (Segment& segment : segments) add_segment_locked(*job, std::move(segment));
+        add_segment_locked(*job, std::move(items));
         enqueue_locked(job);
         dispatch_locked();
     }
@@ -199,7 +201,7 @@ private:
     struct WorkerSlot {
         Phase phase = Phase::starting;
         pid_t pid = 0;
-        std::deque<Task> inflight;        // in inbox order; only the front can be running
+        Fifo<Task, 4> inflight;           // in inbox order; only the front can be running
         std::size_t budget = kUnlimited;  // items it may still be given (max_tasks_per_child)
         std::int64_t last_active_ns = 0;
         std::int64_t respawn_at_ns = 0;  // retry time after a failed fork
