@@ -153,6 +153,30 @@ void BM_fork_floor(benchmark::State& state) {
 }
 BENCHMARK(BM_fork_floor)->Iterations(50)->UseRealTime()->Unit(benchmark::kMillisecond);
 
+// 6c. The floor for 6. with a pool's process structure and nothing else: this process forks a child (the fork
+// server), which forks two grandchildren (the workers) that exit at once, reaps them and exits; this process
+// reaps it. No memory is shared, no message is sent.
+void BM_process_tree_floor(benchmark::State& state) {
+    std::vector<double> samples;
+    for (auto _ : state) {
+        const auto start = Clock::now();
+        const pid_t server = ::fork();
+        if (server == 0) {
+            const pid_t first = ::fork();
+            if (first == 0) ::_exit(0);
+            const pid_t second = ::fork();
+            if (second == 0) ::_exit(0);
+            ::waitpid(first, nullptr, 0);
+            ::waitpid(second, nullptr, 0);
+            ::_exit(0);
+        }
+        ::waitpid(server, nullptr, 0);
+        samples.push_back(seconds_since(start) * 1e3);
+    }
+    report(state, "pool2_process_tree_floor", median(samples), "ms");
+}
+BENCHMARK(BM_process_tree_floor)->Iterations(50)->UseRealTime()->Unit(benchmark::kMillisecond);
+
 
 // 1. apply round trip of a no-op, back to back.
 void BM_apply_round_trip(benchmark::State& state) {

@@ -167,6 +167,9 @@ private:
                 if (children_[slot].pid != 0) reap_slot(slot, true);
             }
         }
+        // Goodbye: the parent's service thread sleeps until now instead of polling waitpid() while we exit.
+        config_.control->server_exiting.store(1, std::memory_order_release);
+        config_.control->parent_bell.ring();
         ::_exit(0);
     }
 

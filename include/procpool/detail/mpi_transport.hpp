@@ -332,6 +332,7 @@ public:
         return std::count(world_.exit_sent.begin(), world_.exit_sent.end(), true) !=
                static_cast<std::ptrdiff_t>(world_.exit_sent.size());
     }
+    [[nodiscard]] bool server_exiting() const noexcept { return false; }
     /// The worker ranks' goodbyes are collected by the session (MpiWorld::finish) before MPI_Finalize.
     void wait_server_exit() noexcept {}
     /// Every worker rank stops serving once the task it runs is done.

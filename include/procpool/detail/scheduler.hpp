@@ -153,7 +153,10 @@ public:
                 throw PoolStateError("procpool: join() called before close() or terminate()");
             }
             idle_cv_.wait(lock, [&] { return state_ != State::closed || !work_left_locked(); });
-            if (state_ == State::closed) state_ = State::joining;
+            if (state_ == State::closed) {
+                state_ = State::joining;
+                send_shutdown_locked();  // now, rather than after waking the service thread
+            }
         }
         transport_.wake();
         stop_service();
@@ -530,6 +533,16 @@ private:
                 next_housekeeping = *next;
             }
             if (worked) continue;
+            if (stop_requested_.load(std::memory_order_acquire)) {
+                // Shutting down: the fork server reports each worker's exit and rings once more as it exits
+                // itself. Sleep until then rather than poll waitpid(), which would take a core from the processes
+                // that are exiting; look every millisecond all the same, in case the fork server was killed.
+                const auto wake = std::min(MonotonicClock::time_point(std::chrono::nanoseconds(next_housekeeping)),
+                                           MonotonicClock::now() + std::chrono::milliseconds(1));
+                transport_.wait(wake, std::chrono::nanoseconds::zero(),
+                                [&] { return transport_.pending() || transport_.server_exiting(); });
+                continue;
+            }
             // Sleep until there is something to poll, unless a waiting thread polls (it looks once more when it
             // leaves, and later messages ring the doorbell again).
             const auto wake = MonotonicClock::time_point(std::chrono::nanoseconds(next_housekeeping));
@@ -572,11 +585,7 @@ private:
             return std::nullopt;
         }
         if (state_ == State::joining) {
-            if (!shutdown_sent_) {
-                dispatch_locked();  // sends exit messages
-                transport_.shutdown();
-                shutdown_sent_ = true;
-            }
+            send_shutdown_locked();
             // Done when every worker and the fork server are gone; a dead fork server took its workers along.
             if (!transport_.server_alive()) return std::nullopt;
             return std::min(next, check_timeouts_locked(now));
@@ -593,6 +602,14 @@ private:
         }
         dispatch_locked();
         return std::min(next, check_timeouts_locked(now));
+    }
+
+    /// Joining: exit messages to the workers, and the fork server exits once they are gone. Once.
+    void send_shutdown_locked() {
+        if (shutdown_sent_) return;
+        dispatch_locked();  // sends the exit messages
+        transport_.shutdown();
+        shutdown_sent_ = true;
     }
 
     /// Kills workers whose current item ran past task_timeout (SIGTERM, SIGKILL after the grace period).

@@ -30,6 +30,7 @@ struct ControlBlock {
     alignas(kCacheLine) Doorbell parent_bell;                          // the parent's service thread sleeps here
     alignas(kCacheLine) std::atomic<std::uint64_t> reports_posted{0};  // by the fork server, one per report
     alignas(kCacheLine) std::atomic<std::uint32_t> attention{0};  // a worker freed inbox space the parent waits for
+    std::atomic<std::uint32_t> server_exiting{0};                 // set by the fork server just before it exits
 };
 
 struct SlotBlock {
