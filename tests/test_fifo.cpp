@@ -1,0 +1,106 @@
+// The scheduler's FIFO (detail/fifo.hpp): the same answers as std::deque under random use, inline and grown, and a
+// popped element's resources released at once.
+#include <catch2/catch.hpp>
+#include <procpool/detail/fifo.hpp>
+
+#include <deque>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+using procpool::detail::Fifo;
+
+namespace {
+
+template <class Queue>
+std::vector<std::string> contents(const Queue& q) {
+    return std::vector<std::string>(q.begin(), q.end());
+}
+
+}  // namespace
+
+TEST_CASE("Fifo behaves like std::deque under random pushes and pops at both ends", "[fifo]") {
+    std::mt19937 rng(12345);
+    for (int round = 0; round < 20; ++round) {
+        Fifo<std::string, 2> fifo;
+        std::deque<std::string> model;
+        // Phases that mostly grow, then mostly shrink, so the queue crosses its inline capacity and compacts.
+        for (int step = 0; step < 4000; ++step) {
+            const bool growing = (step / 500) % 2 == 0;
+            const int op = static_cast<int>(rng() % 10);
+            const std::string value = "item " + std::to_string(round) + "/" + std::to_string(step) +
+                                      std::string(rng() % 40, 'x');  // some beyond small-string storage
+            if (op < (growing ? 6 : 3)) {
+                fifo.push_back(value);
+                model.push_back(value);
+            } else if (op < (growing ? 7 : 4)) {
+                fifo.push_front(value);
+                model.push_front(value);
+            } else if (!model.empty() && op < 9) {
+                REQUIRE(fifo.front() == model.front());
+                fifo.pop_front();
+                model.pop_front();
+            } else if (!model.empty()) {
+                REQUIRE(fifo.back() == model.back());
+                fifo.pop_back();
+                model.pop_back();
+            }
+            REQUIRE(fifo.size() == model.size());
+            REQUIRE(fifo.empty() == model.empty());
+            if (!model.empty()) {
+                REQUIRE(fifo.front() == model.front());
+                REQUIRE(fifo.back() == model.back());
+                const std::size_t i = rng() % model.size();
+                REQUIRE(fifo[i] == model[i]);
+            }
+            if (step % 97 == 0) REQUIRE(contents(fifo) == std::vector<std::string>(model.begin(), model.end()));
+        }
+        fifo.clear();
+        REQUIRE(fifo.empty());
+        REQUIRE(fifo.size() == 0);
+        REQUIRE(fifo.begin() == fifo.end());
+    }
+}
+
+TEST_CASE("Fifo keeps order through a steady stream longer than its capacity", "[fifo]") {
+    // The scheduler's pattern: a queue that never quite empties, so popped slots must be reused in order.
+    Fifo<int, 4> fifo;
+    int next_in = 0;
+    int next_out = 0;
+    for (int i = 0; i < 3; ++i) fifo.push_back(next_in++);
+    for (int step = 0; step < 100000; ++step) {
+        fifo.push_back(next_in++);
+        if (step % 7 != 0) fifo.push_back(next_in++);
+        REQUIRE(fifo.front() == next_out);
+        fifo.pop_front();
+        ++next_out;
+        if (fifo.size() > 10) {
+            while (fifo.size() > 3) {
+                REQUIRE(fifo.front() == next_out++);
+                fifo.pop_front();
+            }
+        }
+    }
+    while (!fifo.empty()) {
+        REQUIRE(fifo.front() == next_out++);
+        fifo.pop_front();
+    }
+    REQUIRE(next_out == next_in);
+}
+
+TEST_CASE("Fifo releases a popped element at once, not when its slot is reused", "[fifo]") {
+    // A job's segment holds the job's encoded items; a finished task must not keep them alive.
+    Fifo<std::shared_ptr<int>, 1> fifo;
+    auto first = std::make_shared<int>(1);
+    auto second = std::make_shared<int>(2);
+    fifo.push_back(first);
+    fifo.push_back(second);
+    REQUIRE(first.use_count() == 2);
+    fifo.pop_front();
+    REQUIRE(first.use_count() == 1);
+    REQUIRE(*fifo.front() == 2);
+    fifo.pop_back();
+    REQUIRE(second.use_count() == 1);
+    REQUIRE(fifo.empty());
+}
