@@ -47,7 +47,9 @@ public:
     }
 
     void push_back(T value) {
-        if (head_ != 0 && items_.size() == items_.capacity()) compact();  // reuse the popped front before growing
+        // Full: reuse the popped front if it is at least half the slots (so each element moves O(1) times on
+        // average), grow otherwise.
+        if (items_.size() == items_.capacity() && head_ * 2 >= items_.size()) compact();
         items_.push_back(std::move(value));
     }
     void push_front(T value) {

@@ -221,16 +221,16 @@ public:
     /// The fork server SIGKILLs and reaps every worker, reports them, and exits.
     void terminate() noexcept { request({kTerminateServer, 0, 0, 0}); }
 
-    /// True while the fork server runs. Reaps it once it has exited (waiting the moment it takes when it said it
-    /// is exiting).
+    /// True while the fork server runs. Reaps it once it has exited. Never blocks.
     bool server_alive() noexcept {
         const pid_t pid = server_pid_.load();
         if (pid <= 0) return false;
-        if (reap(pid, server_exiting()) == -2) return true;
+        if (reap(pid, false) == -2) return true;
         server_pid_.store(-1);
         return false;
     }
-    /// True once the fork server is about to exit (it rang the parent's doorbell after saying so).
+    /// True once the fork server is about to exit (it rang the parent's doorbell after saying so); it may still be
+    /// tearing down its address space. wait_server_exit() reaps it.
     [[nodiscard]] bool server_exiting() const noexcept {
         return control_->server_exiting.load(std::memory_order_acquire) != 0;
     }

@@ -576,18 +576,21 @@ private:
         std::lock_guard lock(mutex_);
         const std::int64_t now = monotonic_ns();
         const std::int64_t next = now + settings_.housekeeping_period.count();
+        // Gone, or saying goodbye as it exits: wait_server_exit() reaps it later, outside these locks (its exit may
+        // take milliseconds when the program's address space is large).
+        const bool server_gone = transport_.server_exiting() || !transport_.server_alive();
         if (state_ == State::terminated) {
-            if (workers_gone_locked() || !transport_.server_alive()) return std::nullopt;
+            if (workers_gone_locked() || server_gone) return std::nullopt;
             return next;
         }
-        if (!transport_.server_alive() && state_ != State::joining) {
+        if (server_gone && state_ != State::joining) {
             break_locked("the fork server process died");
             return std::nullopt;
         }
         if (state_ == State::joining) {
             send_shutdown_locked();
             // Done when every worker and the fork server are gone; a dead fork server took its workers along.
-            if (!transport_.server_alive()) return std::nullopt;
+            if (server_gone) return std::nullopt;
             return std::min(next, check_timeouts_locked(now));
         }
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
@@ -930,6 +933,7 @@ private:
 
     /// The pool cannot go on (its fork server died, an initializer failed): fail everything, stop the workers.
     void break_locked(const std::string& reason, std::exception_ptr cause = nullptr) {
+        if (state_ == State::terminated || state_ == State::broken) return;  // keep the first reason
         broken_reason_ = reason;
         if (!cause) cause = std::make_exception_ptr(PoolStateError("procpool: the pool is broken: " + reason));
         fail_everything_locked(cause, State::broken);
