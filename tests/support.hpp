@@ -5,7 +5,7 @@
 #include <chrono>
 #include <csignal>
 #include <dirent.h>
-#include <fstream>
+#include <fcntl.h>
 #include <set>
 #include <sstream>
 #include <string>
@@ -19,10 +19,28 @@ namespace test_support {
 /// True while `pid` exists in any state (a zombie included).
 inline bool process_exists(pid_t pid) { return ::kill(pid, 0) == 0 || errno == EPERM; }
 
+/// The contents of a /proc file, or "" if it cannot be read (its process or thread has ended). open/read rather
+/// than std::ifstream: a process that ends between the open and the read makes the read fail with ESRCH, which
+/// libstdc++'s filebuf turns into an exception.
+inline std::string read_proc_file(const std::string& path) {
+    std::string text;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return text;
+    char buffer[4096];
+    for (;;) {
+        const ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) text.clear();
+        if (n <= 0) break;
+        text.append(buffer, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    return text;
+}
+
 /// The process state letter from /proc/PID/stat ('Z' for a zombie), or 0 if there is no such process.
 inline char process_state(pid_t pid) {
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    const std::string text = read_proc_file("/proc/" + std::to_string(pid) + "/stat");
     const auto close = text.rfind(')');
     if (close == std::string::npos || close + 2 >= text.size()) return 0;
     return text[close + 2];
@@ -35,7 +53,7 @@ inline std::vector<pid_t> child_pids() {
     if (tasks == nullptr) return pids;
     while (dirent* entry = ::readdir(tasks)) {
         if (entry->d_name[0] == '.') continue;
-        std::ifstream children(std::string("/proc/self/task/") + entry->d_name + "/children");
+        std::istringstream children(read_proc_file(std::string("/proc/self/task/") + entry->d_name + "/children"));
         pid_t pid = 0;
         while (children >> pid) pids.push_back(pid);
     }

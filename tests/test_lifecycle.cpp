@@ -202,8 +202,7 @@ TEST_CASE("an idle pool sleeps instead of spinning") {
     const std::vector<pid_t> workers = pool.worker_pids();
     std::this_thread::sleep_for(200ms);  // past every spin phase
     auto cpu_ticks = [](pid_t pid) {
-        std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-        std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+        const std::string text = test_support::read_proc_file("/proc/" + std::to_string(pid) + "/stat");
         std::istringstream fields(text.substr(text.rfind(')') + 2));
         std::string field;
         long ticks = 0;
