@@ -193,6 +193,25 @@ void BM_apply_round_trip(benchmark::State& state) {
 }
 BENCHMARK(BM_apply_round_trip)->Iterations(20000)->UseRealTime();
 
+// 1b. apply round trip when the caller works for 20 us between calls (wall-clock busy loop): what the workers'
+// and the caller's polling before they sleep buys once calls are not back to back.
+void BM_apply_after_caller_work(benchmark::State& state) {
+    procpool::Pool pool(cpus());
+    for (int i = 0; i < 2000; ++i) pool.apply(identity, i);
+    std::vector<double> samples;
+    int i = 0;
+    for (auto _ : state) {
+        const auto work_end = Clock::now() + std::chrono::microseconds(20);
+        while (Clock::now() < work_end) {
+        }
+        const auto start = Clock::now();
+        benchmark::DoNotOptimize(pool.apply(identity, i++));
+        samples.push_back(seconds_since(start) * 1e6);
+    }
+    report(state, "apply_after_20us_caller_work", median(samples), "us");
+}
+BENCHMARK(BM_apply_after_caller_work)->Iterations(5000)->UseRealTime();
+
 // 2. apply_async burst: 20 000 no-op tasks submitted, then all gathered.
 void BM_apply_async_burst(benchmark::State& state) {
     procpool::Pool pool(cpus());

@@ -61,6 +61,21 @@ def bench_apply_round_trip(workers):
          p90=sorted(samples)[int(len(samples) * 0.9)])
 
 
+def bench_apply_after_caller_work(workers):
+    with mp.Pool(workers) as pool:
+        for i in range(200):
+            pool.apply(noop, (i,))
+        samples = []
+        for i in range(2000):
+            work_end = time.perf_counter() + 20e-6
+            while time.perf_counter() < work_end:
+                pass
+            start = time.perf_counter()
+            pool.apply(noop, (i,))
+            samples.append((time.perf_counter() - start) * 1e6)
+    emit("apply_after_20us_caller_work", statistics.median(samples), "us", None)
+
+
 def bench_apply_async_burst(workers):
     with mp.Pool(workers) as pool:
         pool.apply(noop, (0,))
@@ -192,6 +207,7 @@ def bench_queue(_workers):
 
 WORKLOADS = {
     "apply_round_trip": bench_apply_round_trip,
+    "apply_after_caller_work": bench_apply_after_caller_work,
     "apply_async_burst": bench_apply_async_burst,
     "map_tiny": bench_map_tiny,
     "imap": bench_imap,
