@@ -86,14 +86,13 @@ public:
     void abandon() noexcept { abandoned_.store(true, std::memory_order_release); }
 
     // ---- JobBase ----
-    void deliver(std::uint64_t first, std::uint64_t count, std::span<const ItemError> errors,
-                 InputArchive& values) override {
+    void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors, InputArchive& values) override {
         if (abandoned_.load(std::memory_order_acquire)) return;
         std::vector<Entry> entries(count);
         auto error = errors.begin();
         for (std::uint64_t i = 0; i < count; ++i) {
             if (error != errors.end() && error->index == first + i) {
-                entries[i].error = error->error;
+                entries[i].error = std::move(error->error);
                 ++error;
                 continue;
             }

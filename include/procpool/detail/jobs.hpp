@@ -196,7 +196,9 @@ public:
 
     /// Decodes the results of items [first, first + count): `errors` (sorted by index) failed, the others have
     /// their values in `values`, in order. Called by the service thread only, without the scheduler's lock.
-    virtual void deliver(std::uint64_t first, std::uint64_t count, std::span<const ItemError> errors,
+    /// The job moves out the errors it hands on, so the thread that consumes an exception drops its last
+    /// reference (not the delivering thread, while the consumer may still be reading it).
+    virtual void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors,
                          InputArchive& values) = 0;
     /// Fails items [first, first + count) with `error` (a crash, a timeout, terminate()).
     virtual void fail(std::uint64_t first, std::uint64_t count, const std::exception_ptr& error) = 0;
@@ -245,10 +247,10 @@ public:
         return {std::move(job), std::move(state), std::move(item)};
     }
 
-    void deliver(std::uint64_t, std::uint64_t count, std::span<const ItemError> errors, InputArchive& values) override {
+    void deliver(std::uint64_t, std::uint64_t count, std::span<ItemError> errors, InputArchive& values) override {
         if (count == 0) return;
         if (!errors.empty()) {
-            own_state_.complete_error(errors.front().error);
+            own_state_.complete_error(std::move(errors.front().error));
             return;
         }
         if constexpr (std::is_void_v<R>) {
@@ -294,11 +296,10 @@ public:
         if (count == 0) finish_locked(nullptr);
     }
 
-    void deliver(std::uint64_t first, std::uint64_t count, std::span<const ItemError> errors,
-                 InputArchive& values) override {
+    void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors, InputArchive& values) override {
         std::unique_lock lock(mutex_);
         if (done_.load(std::memory_order_relaxed)) return;
-        std::exception_ptr failure = errors.empty() ? nullptr : errors.front().error;
+        std::exception_ptr failure = errors.empty() ? nullptr : std::move(errors.front().error);
         if constexpr (!std::is_void_v<R>) {
             try {
                 decode_values(first, count, errors, values);
