@@ -178,39 +178,30 @@ void BM_process_tree_floor(benchmark::State& state) {
 BENCHMARK(BM_process_tree_floor)->Iterations(50)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 
-// 1. apply round trip of a no-op, back to back.
+// 1. apply round trip of a no-op, back to back; and 1b. the same when the caller works for state.range(0) us
+// between calls (a wall-clock busy loop): what the workers' and the caller's polling before they sleep buys once
+// calls are not back to back.
 void BM_apply_round_trip(benchmark::State& state) {
+    const auto caller_work = std::chrono::microseconds(state.range(0));
     procpool::Pool pool(cpus());
     for (int i = 0; i < 2000; ++i) pool.apply(identity, i);
     std::vector<double> samples;
     int i = 0;
     for (auto _ : state) {
-        const auto start = Clock::now();
-        benchmark::DoNotOptimize(pool.apply(identity, i++));
-        samples.push_back(seconds_since(start) * 1e6);
-    }
-    report(state, "apply_round_trip", median(samples), "us");
-}
-BENCHMARK(BM_apply_round_trip)->Iterations(20000)->UseRealTime();
-
-// 1b. apply round trip when the caller works for 20 us between calls (wall-clock busy loop): what the workers'
-// and the caller's polling before they sleep buys once calls are not back to back.
-void BM_apply_after_caller_work(benchmark::State& state) {
-    procpool::Pool pool(cpus());
-    for (int i = 0; i < 2000; ++i) pool.apply(identity, i);
-    std::vector<double> samples;
-    int i = 0;
-    for (auto _ : state) {
-        const auto work_end = Clock::now() + std::chrono::microseconds(20);
+        const auto work_end = Clock::now() + caller_work;
         while (Clock::now() < work_end) {
         }
         const auto start = Clock::now();
         benchmark::DoNotOptimize(pool.apply(identity, i++));
         samples.push_back(seconds_since(start) * 1e6);
     }
-    report(state, "apply_after_20us_caller_work", median(samples), "us");
+    const std::string workload = caller_work.count() == 0
+                                     ? "apply_round_trip"
+                                     : "apply_after_" + std::to_string(caller_work.count()) + "us_caller_work";
+    report(state, workload, median(samples), "us");
 }
-BENCHMARK(BM_apply_after_caller_work)->Iterations(5000)->UseRealTime();
+BENCHMARK(BM_apply_round_trip)->Arg(0)->Iterations(20000)->UseRealTime();
+BENCHMARK(BM_apply_round_trip)->Arg(20)->Iterations(5000)->UseRealTime();
 
 // 2. apply_async burst: 20 000 no-op tasks submitted, then all gathered.
 void BM_apply_async_burst(benchmark::State& state) {

@@ -48,32 +48,21 @@ def emit(workload, value, unit, samples=None, **extra):
     print(json.dumps(record), flush=True)
 
 
-def bench_apply_round_trip(workers):
+def bench_apply_round_trip(workers, caller_work_us=0, calls=5000):
+    """apply of a no-op, back to back, or after the caller worked caller_work_us (a wall-clock busy loop)."""
     with mp.Pool(workers) as pool:
         for i in range(200):
             pool.apply(noop, (i,))
         samples = []
-        for i in range(5000):
-            start = time.perf_counter()
-            pool.apply(noop, (i,))
-            samples.append((time.perf_counter() - start) * 1e6)
-    emit("apply_round_trip", statistics.median(samples), "us", None,
-         p90=sorted(samples)[int(len(samples) * 0.9)])
-
-
-def bench_apply_after_caller_work(workers):
-    with mp.Pool(workers) as pool:
-        for i in range(200):
-            pool.apply(noop, (i,))
-        samples = []
-        for i in range(2000):
-            work_end = time.perf_counter() + 20e-6
+        for i in range(calls):
+            work_end = time.perf_counter() + caller_work_us * 1e-6
             while time.perf_counter() < work_end:
                 pass
             start = time.perf_counter()
             pool.apply(noop, (i,))
             samples.append((time.perf_counter() - start) * 1e6)
-    emit("apply_after_20us_caller_work", statistics.median(samples), "us", None)
+    name = f"apply_after_{caller_work_us}us_caller_work" if caller_work_us else "apply_round_trip"
+    emit(name, statistics.median(samples), "us", None, p90=sorted(samples)[int(len(samples) * 0.9)])
 
 
 def bench_apply_async_burst(workers):
@@ -207,7 +196,7 @@ def bench_queue(_workers):
 
 WORKLOADS = {
     "apply_round_trip": bench_apply_round_trip,
-    "apply_after_caller_work": bench_apply_after_caller_work,
+    "apply_after_caller_work": lambda workers: bench_apply_round_trip(workers, caller_work_us=20, calls=2000),
     "apply_async_burst": bench_apply_async_burst,
     "map_tiny": bench_map_tiny,
     "imap": bench_imap,

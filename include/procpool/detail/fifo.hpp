@@ -10,7 +10,6 @@
 
 #include <cassert>
 #include <cstddef>
-#include <iterator>
 #include <utility>
 
 namespace procpool::detail {
