@@ -11,6 +11,8 @@
 #include <unistd.h>
 #include <utility>
 
+#include "procpool/detail/bulk_arena.hpp"
+
 namespace procpool::detail {
 
 /// Advises transparent huge pages for the whole pages inside [data, data + bytes) when the range is large enough
@@ -113,7 +115,9 @@ private:
 /// A contiguous, growable byte buffer. Unlike std::vector<std::byte> it never zero-fills new space, so encoding a
 /// large value touches each byte once. Capacities of 2 MiB and more are mapped directly and advised to use
 /// transparent huge pages (a first touch then faults once per 2 MiB rather than once per 4 KiB, which matters on
-/// virtual machines where a fault costs microseconds), and grow with mremap instead of a copy. Not thread-safe.
+/// virtual machines where a fault costs microseconds), and grow with mremap instead of a copy. A shareable buffer
+/// (Buffer::shareable()) puts such capacities in the bulk arena instead, where a pool's workers can read them in
+/// place, and grows there in place when it can. Not thread-safe.
 class Buffer {
 public:
     static constexpr std::size_t kMappedThreshold = std::size_t{2} << 20;
@@ -122,6 +126,12 @@ public:
 
     Buffer() noexcept = default;
     explicit Buffer(std::size_t capacity) { reserve(capacity); }
+    /// An empty buffer whose large capacities live in the bulk arena when there is one (see bulk_arena.hpp).
+    [[nodiscard]] static Buffer shareable() noexcept {
+        Buffer buffer;
+        buffer.shareable_ = true;
+        return buffer;
+    }
     Buffer(Buffer&& other) noexcept { take(other); }
     Buffer& operator=(Buffer&& other) noexcept {
         if (this != &other) {
@@ -145,6 +155,8 @@ public:
     [[nodiscard]] std::size_t size() const noexcept { return size_; }
     [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
     [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
+    /// True while the bytes live in the bulk arena (readable by the workers of this process's pools).
+    [[nodiscard]] bool in_arena() const noexcept { return in_arena_; }
     [[nodiscard]] std::span<const std::byte> view() const noexcept { return {data_, size_}; }
 
     void clear() noexcept { size_ = 0; }
@@ -162,6 +174,7 @@ public:
             adopt(bigger, capacity, size);
             return;
         }
+        if (shareable_ && reserve_in_arena(capacity)) return;
         capacity = (capacity + kMappedThreshold - 1) & ~(kMappedThreshold - 1);
         // A recently released mapping: its pages are already faulted in and need no zeroing.
         if (const auto [cached, cached_capacity] = MappedCache::take(capacity); cached != nullptr) {
@@ -169,7 +182,7 @@ public:
             return;
         }
         // Our own mapping grows in place: mremap moves the pages without copying them.
-        if (capacity_ >= kMappedThreshold) {
+        if (capacity_ >= kMappedThreshold && !in_arena_) {
             void* moved = ::mremap(data_, capacity_, capacity, MREMAP_MAYMOVE);
             if (moved == MAP_FAILED) throw std::bad_alloc();
             advise_private_buffer(moved, capacity);
@@ -211,6 +224,23 @@ private:
         ::madvise(data, capacity, MADV_DONTFORK);
     }
 
+    /// reserve() for a shareable buffer: grows in place in the arena, or moves there. False if the arena has no
+    /// room (or this process does not own one): the buffer then stays private.
+    bool reserve_in_arena(std::size_t capacity) noexcept {
+        BulkArena* arena = BulkArena::instance();
+        if (arena == nullptr) return false;
+        std::size_t granted = 0;
+        if (in_arena_ && arena->grow_in_place(data_, capacity_, capacity, granted)) {
+            capacity_ = granted;
+            return true;
+        }
+        std::byte* moved = arena->allocate(capacity, granted);
+        if (moved == nullptr) return false;
+        adopt(moved, granted, size_);
+        in_arena_ = true;
+        return true;
+    }
+
     std::size_t grown_capacity(std::size_t needed) const noexcept {
         std::size_t next = capacity_ < 256 ? 256 : capacity_ + capacity_ / 2;
         return next < needed ? needed : next;
@@ -227,9 +257,12 @@ private:
         }
         size_ = other.size_;
         capacity_ = other.capacity_;
+        in_arena_ = other.in_arena_;
+        shareable_ = other.shareable_;
         other.data_ = other.inline_;
         other.size_ = 0;
         other.capacity_ = kInline;
+        other.in_arena_ = false;
     }
 
     /// Moves the first `size` bytes into `storage` and makes it the buffer's memory.
@@ -242,7 +275,10 @@ private:
     }
 
     void release() noexcept {
-        if (!is_inline()) {
+        if (in_arena_) {
+            BulkArena::instance()->release(data_, capacity_);
+            in_arena_ = false;
+        } else if (!is_inline()) {
             if (capacity_ >= kMappedThreshold) {
                 MappedCache::give(data_, capacity_);
             } else {
@@ -258,6 +294,8 @@ private:
     std::byte* data_ = inline_;
     std::size_t size_ = 0;
     std::size_t capacity_ = kInline;
+    bool in_arena_ = false;   // data_ is an allocation in the bulk arena
+    bool shareable_ = false;  // large capacities go to the bulk arena
 };
 
 }  // namespace procpool::detail

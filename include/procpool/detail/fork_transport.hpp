@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "procpool/detail/buffer.hpp"
+#include "procpool/detail/bulk_arena.hpp"
 #include "procpool/detail/fork_server.hpp"
 #include "procpool/detail/process.hpp"
 #include "procpool/detail/ring.hpp"
@@ -81,6 +82,7 @@ public:
         // The shared heap must exist before the first fork, so that shared objects made at any time (before or
         // after this pool) are visible in every worker.
         SharedHeap::instance();
+        BulkArena::instance();  // likewise the bulk arena, where large inputs are passed by reference
         start_server();
         for (std::size_t i = 0; i < config_.workers; ++i) spawn(i);
         await_initial_workers();
@@ -101,6 +103,12 @@ public:
 
     [[nodiscard]] std::size_t size() const noexcept { return config_.workers; }
     [[nodiscard]] std::uint64_t max_fragment() const noexcept { return config_.ring_bytes / 4; }
+    /// Whether the workers can read `bytes` where they are (in the bulk arena), so a task may refer to them
+    /// instead of carrying them.
+    [[nodiscard]] static bool readable_by_workers(std::span<const std::byte> bytes) noexcept {
+        const BulkArena* arena = BulkArena::instance();
+        return arena != nullptr && arena->contains(bytes.data(), bytes.size());
+    }
     [[nodiscard]] static std::uint64_t entry_id(TaskEntry entry) noexcept {
         return reinterpret_cast<std::uint64_t>(entry);
     }

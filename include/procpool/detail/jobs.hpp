@@ -27,7 +27,7 @@ namespace procpool::detail {
 
 /// Encoded items, back to back; item i starts at offset(i).
 struct ItemBlock {
-    Buffer bytes;
+    Buffer bytes = Buffer::shareable();  // large blocks live in the bulk arena, where workers read them in place
     std::vector<std::shared_ptr<const void>> keep_alive;  // shared objects the items refer to
     std::vector<std::uint64_t> offsets;  // start of each item, plus the end; empty if stride is set or count <= 1
     std::uint64_t stride = 0;            // every item has this encoded size (bitwise items)

@@ -251,6 +251,8 @@ public:
 
     [[nodiscard]] std::size_t size() const noexcept { return config_.workers; }
     [[nodiscard]] std::uint64_t max_fragment() const noexcept { return config_.max_message; }
+    /// Ranks share no memory: a task always carries its items.
+    [[nodiscard]] static bool readable_by_workers(std::span<const std::byte>) noexcept { return false; }
     [[nodiscard]] static std::uint64_t entry_id(TaskEntry entry) { return mpi_entry_id(entry); }
     [[nodiscard]] const std::vector<pid_t>& initial_pids() const noexcept { return world_.worker_pids; }
     std::vector<WorkerEvent> take_early_exits() noexcept { return {}; }

@@ -391,9 +391,14 @@ private:
         return std::max<std::uint64_t>(1, std::min({guided, timed, sized}));
     }
 
+    /// Items of at least this many bytes go by reference when the workers can read them where they are.
+    static constexpr std::size_t kByReferenceMin = std::size_t{16} << 10;
+
     void write_task_locked(std::size_t slot, Task& task) {
+        const auto items = task.segment.block->items(task.segment.block_first, task.segment.count);
         if (task.total == 0) {
             const JobBase& job = *task.job;
+            const bool by_reference = items.size() >= kByReferenceMin && transport_.readable_by_workers(items);
             task.header = TaskHeader{
                 task.id,
                 Transport::entry_id(job.entry()),
@@ -401,18 +406,21 @@ private:
                 static_cast<std::uint32_t>(task.segment.count),
                 static_cast<std::uint32_t>(job.callable().size()),
                 (settings_.task_timeout ? static_cast<std::uint32_t>(kTimedItems) : 0u) |
-                    (job.code_pointer_callable ? static_cast<std::uint32_t>(kCodePointerCallable) : 0u)};
+                    (job.code_pointer_callable ? static_cast<std::uint32_t>(kCodePointerCallable) : 0u) |
+                    (by_reference ? static_cast<std::uint32_t>(kItemsByReference) : 0u)};
             task.total = sizeof(TaskHeader) + align8(job.callable().size()) +
-                         task.segment.block->items(task.segment.block_first, task.segment.count).size();
+                         (by_reference ? sizeof(ItemsReference) : items.size());
             task.fragmented = task.total > transport_.max_fragment();
         }
         static constexpr std::byte zeros[8] = {};
         const Buffer& callable = task.job->callable();
-        const auto items = task.segment.block->items(task.segment.block_first, task.segment.count);
+        // The task keeps its segment, and so the block, until its final result: the worker reads it till then.
+        const ItemsReference reference{reinterpret_cast<std::uint64_t>(items.data()), items.size()};
+        const bool by_reference = (task.header.flags & kItemsByReference) != 0;
         const Piece pieces[] = {{&task.header, sizeof task.header},
                                 {callable.data(), callable.size()},
                                 {zeros, align8(callable.size()) - callable.size()},
-                                {items.data(), items.size()}};
+                                by_reference ? Piece{&reference, sizeof reference} : Piece{items.data(), items.size()}};
         // An unfinished message is continued by dispatch_locked() when the worker frees space.
         transport_.write(slot, kTaskMessage, pieces, task.total, task.written,
                          task.written == 0 ? &task.position : nullptr);

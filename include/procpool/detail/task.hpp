@@ -1,6 +1,7 @@
 // procpool internals: the task wire format and the worker side of running one task.
 //
-// A task message is   TaskHeader | callable bytes (padded to 8) | the encoded items, back to back.
+// A task message is   TaskHeader | callable bytes (padded to 8) | the encoded items, back to back
+//                     (or, with kItemsByReference, an ItemsReference to them in shared memory).
 // A result message is ResultHeader | error records | encoded values of the items that succeeded, in item order.
 // A worker may answer one task with several result messages (partial deliveries, see TaskRunner::begin_item).
 //
@@ -52,6 +53,14 @@ static_assert(std::atomic_ref<std::uint32_t>::is_always_lock_free, "the claim wo
 enum TaskFlag : std::uint32_t {
     kTimedItems = 1,           // the worker stamps each item's start time (task_timeout)
     kCodePointerCallable = 2,  // the callable is a function pointer (a transport between machines renames it)
+    kItemsByReference = 4,     // the items are not in the message: an ItemsReference to memory the worker shares
+};
+
+/// Where a task's items are when the message does not carry them (kItemsByReference): an address in the bulk
+/// arena, mapped at the same address in the parent and every worker, valid until the task's final result.
+struct ItemsReference {
+    std::uint64_t address;
+    std::uint64_t size;
 };
 
 struct ResultHeader {

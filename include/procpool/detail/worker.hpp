@@ -151,7 +151,13 @@ private:
         }
         const std::size_t callable_at = sizeof(TaskHeader);
         const std::size_t items_at = callable_at + align8(header.callable_size);
-        TaskRunner runner(header, body.subspan(callable_at, header.callable_size), body.subspan(items_at), *this,
+        std::span<const std::byte> items = body.subspan(items_at);
+        if ((header.flags & kItemsByReference) != 0) {
+            ItemsReference reference;
+            std::memcpy(&reference, items.data(), sizeof reference);
+            items = {reinterpret_cast<const std::byte*>(reference.address), static_cast<std::size_t>(reference.size)};
+        }
+        TaskRunner runner(header, body.subspan(callable_at, header.callable_size), items, *this,
                           ProgressWords{&slot_->status.item, &slot_->status.item_start_ns}, values_, errors_,
                           env_.flush_interval);
         reinterpret_cast<TaskEntry>(header.entry)(runner);

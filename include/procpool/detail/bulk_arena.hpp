@@ -1,0 +1,212 @@
+// procpool internals: the bulk arena, shared memory where a pool's large encoded inputs live.
+//
+// A map over large items (or over millions of small ones) would otherwise copy its encoded input twice more on
+// the way to the workers: into the inbox ring, and out of it again to reassemble a message that came in
+// fragments. Encoded input blocks of 2 MiB and more are written here instead, once, and a task message carries
+// only the address of its items: the worker decodes them in place. The arena is one MAP_SHARED | MAP_ANONYMOUS |
+// MAP_NORESERVE reservation made before a pool forks its first process (like the shared heap), so every worker
+// of every pool sees it at the same address; pages exist only where they were written.
+//
+// Only the process that made the arena allocates from it (its allocator state is private to that process): in a
+// forked child, a worker or any other, allocate() declines, release() does nothing and contains() is false, so an
+// inherited buffer can neither be handed out twice nor punched out under the parent's feet.
+//
+// Freed ranges keep their pages (up to kWarmBudget bytes in all) so that the next large map finds them mapped and
+// already faulted in, in the parent and in the workers that read them; beyond that, the oldest ranges' pages go
+// back to the system (MADV_REMOVE).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <fcntl.h>
+#include <iterator>
+#include <map>
+#include <mutex>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+namespace procpool::detail {
+
+class BulkArena {
+public:
+    static constexpr std::size_t kGranule = std::size_t{64} << 10;      // allocations are multiples of this
+    static constexpr std::size_t kWarmBudget = std::size_t{256} << 20;  // freed bytes kept faulted in
+
+    /// The program's arena, reserved on the first call; nullptr if no reservation could be made (then large
+    /// inputs take the ring like everything else). Thread-safe.
+    static BulkArena* instance() noexcept {
+        static BulkArena* arena = make();
+        return arena;
+    }
+
+    /// Whether [data, data + bytes) lies in the arena and this process owns it, i.e. whether a worker of a pool
+    /// made by this process can read those bytes at the same address.
+    [[nodiscard]] bool contains(const void* data, std::size_t bytes) const noexcept {
+        const auto begin = reinterpret_cast<std::uintptr_t>(base_);
+        const auto p = reinterpret_cast<std::uintptr_t>(data);
+        return p >= begin && bytes <= capacity_ && p - begin <= capacity_ - bytes && owner_ == ::getpid();
+    }
+
+    /// A range of at least `bytes` (rounded up to kGranule, reported in `granted`), or nullptr when this process
+    /// does not own the arena or no range is free. Prefers ranges whose pages are still faulted in, and the
+    /// largest of them, so that a buffer growing at its end can usually grow in place. Thread-safe.
+    std::byte* allocate(std::size_t bytes, std::size_t& granted) noexcept {
+        if (owner_ != ::getpid() || bytes == 0) return nullptr;
+        const std::size_t size = round_up(bytes);
+        std::lock_guard lock(mutex_);
+        auto take_from = [&](Ranges& ranges, Ranges::iterator it) {
+            const std::size_t offset = it->first;
+            const std::size_t length = it->second;
+            ranges.erase(it);
+            if (length > size) ranges.emplace(offset + size, length - size);
+            if (&ranges == &warm_) warm_bytes_ -= size;
+            in_use_ += size;
+            ++allocations_;
+            granted = size;
+            return base_ + offset;
+        };
+        auto largest = std::max_element(warm_.begin(), warm_.end(),
+                                        [](const auto& a, const auto& b) { return a.second < b.second; });
+        if (largest != warm_.end() && largest->second >= size) return take_from(warm_, largest);
+        for (auto it = cold_.begin(); it != cold_.end(); ++it) {
+            if (it->second >= size) return take_from(cold_, it);
+        }
+        return nullptr;
+    }
+
+    /// Extends the allocation [data, data + size) to `bytes` (rounded up; new size in `granted`) without moving
+    /// it, if the ranges right after it are free. Returns false (and changes nothing) otherwise.
+    bool grow_in_place(std::byte* data, std::size_t size, std::size_t bytes, std::size_t& granted) noexcept {
+        if (owner_ != ::getpid()) return false;
+        const std::size_t wanted = round_up(bytes);
+        if (wanted <= size) {
+            granted = size;
+            return true;
+        }
+        std::lock_guard lock(mutex_);
+        // Walk the free ranges that follow without a gap, warm or cold, until enough is found.
+        std::size_t end = static_cast<std::size_t>(data - base_) + size;
+        const std::size_t target = static_cast<std::size_t>(data - base_) + wanted;
+        std::size_t at = end;
+        while (at < target) {
+            const auto warm = warm_.find(at);
+            const auto cold = cold_.find(at);
+            if (warm != warm_.end()) at += warm->second;
+            else if (cold != cold_.end()) at += cold->second;
+            else return false;
+        }
+        // Enough: take [end, target) out of those ranges.
+        while (end < target) {
+            Ranges& ranges = warm_.count(end) != 0 ? warm_ : cold_;
+            const auto it = ranges.find(end);
+            const std::size_t length = it->second;
+            const std::size_t taken = std::min(length, target - end);
+            ranges.erase(it);
+            if (length > taken) ranges.emplace(end + taken, length - taken);
+            if (&ranges == &warm_) warm_bytes_ -= taken;
+            end += taken;
+        }
+        in_use_ += wanted - size;
+        granted = wanted;
+        return true;
+    }
+
+    /// Gives an allocation back. Its pages stay faulted in while the freed bytes kept so fit kWarmBudget.
+    void release(std::byte* data, std::size_t size) noexcept {
+        if (owner_ != ::getpid()) return;  // inherited by a forked process: the memory is the parent's
+        std::lock_guard lock(mutex_);
+        in_use_ -= size;
+        insert(warm_, static_cast<std::size_t>(data - base_), size);
+        warm_bytes_ += size;
+        // Over budget: the highest warm ranges give their pages back (lower addresses are reused first).
+        while (warm_bytes_ > kWarmBudget) {
+            auto last = std::prev(warm_.end());
+            const std::size_t excess = warm_bytes_ - kWarmBudget;
+            const std::size_t length = last->second;
+            const std::size_t cooled = std::min(length, round_up(excess));
+            const std::size_t offset = last->first + length - cooled;
+            ::madvise(base_ + offset, cooled, MADV_REMOVE);
+            if (cooled == length) warm_.erase(last);
+            else last->second -= cooled;
+            warm_bytes_ -= cooled;
+            insert(cold_, offset, cooled);
+        }
+    }
+
+    struct Stats {
+        std::size_t in_use;       // bytes allocated now
+        std::size_t warm;         // freed bytes whose pages are kept
+        std::size_t allocations;  // allocations so far
+    };
+    [[nodiscard]] Stats stats() const {
+        std::lock_guard lock(mutex_);
+        return {in_use_, warm_bytes_, allocations_};
+    }
+
+private:
+    using Ranges = std::map<std::size_t, std::size_t>;  // offset -> length, free, no two adjacent
+
+    BulkArena(std::byte* base, std::size_t capacity) : base_(base), capacity_(capacity), owner_(::getpid()) {
+        cold_.emplace(0, capacity);
+    }
+
+    static BulkArena* make() noexcept {
+        // Where a reservation would cost something, go without: under strict overcommit accounting
+        // (vm.overcommit_memory = 2) MAP_NORESERVE is ignored and the whole range would be committed; under an
+        // address-space limit (ulimit -v) it would eat the program's budget.
+        rlimit limit{};
+        if (::getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) return nullptr;
+        if (const int fd = ::open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC); fd >= 0) {
+            char mode = 0;
+            const bool strict = ::read(fd, &mode, 1) == 1 && mode == '2';
+            ::close(fd);
+            if (strict) return nullptr;
+        }
+        // As much address space as the system lets us reserve, from 32 GiB down; nothing is committed.
+        for (std::size_t size = std::size_t{32} << 30; size >= (std::size_t{256} << 20); size /= 2) {
+            void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (p != MAP_FAILED) {
+                try {
+                    return new BulkArena(static_cast<std::byte*>(p), size);  // never destroyed, like the shared heap
+                } catch (...) {
+                    ::munmap(p, size);
+                    return nullptr;
+                }
+            }
+        }
+        return nullptr;
+    }
+
+    static constexpr std::size_t round_up(std::size_t n) noexcept { return (n + kGranule - 1) / kGranule * kGranule; }
+
+    /// Adds [offset, offset + length) to `ranges`, merging it with free neighbours there.
+    static void insert(Ranges& ranges, std::size_t offset, std::size_t length) {
+        auto next = ranges.lower_bound(offset);
+        if (next != ranges.end() && next->first == offset + length) {
+            length += next->second;
+            next = ranges.erase(next);
+        }
+        if (next != ranges.begin()) {
+            const auto previous = std::prev(next);
+            if (previous->first + previous->second == offset) {
+                previous->second += length;
+                return;
+            }
+        }
+        ranges.emplace_hint(next, offset, length);
+    }
+
+    std::byte* const base_;
+    const std::size_t capacity_;
+    const pid_t owner_;
+    mutable std::mutex mutex_;
+    Ranges warm_;  // free, pages may be faulted in
+    Ranges cold_;  // free, pages given back (read as zeros)
+    std::size_t warm_bytes_ = 0;
+    std::size_t in_use_ = 0;
+    std::size_t allocations_ = 0;
+};
+
+}  // namespace procpool::detail

@@ -1,0 +1,281 @@
+// The bulk arena (detail/bulk_arena.hpp) and large inputs passed to workers by reference: the arena's allocator
+// on its own, its behaviour in forked processes, and, through a pool, that workers decode large items in place and
+// that every path a task can take (done, crashed, timed out, moved to another worker) gives its memory back.
+#include <catch2/catch.hpp>
+#include <procpool/procpool.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <thread>
+#include <type_traits>
+#include <unistd.h>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using procpool::detail::Buffer;
+using procpool::detail::BulkArena;
+
+namespace {
+
+constexpr std::size_t MiB = std::size_t{1} << 20;
+
+BulkArena& arena() {
+    BulkArena* a = BulkArena::instance();
+    REQUIRE(a != nullptr);  // the test machines have no RLIMIT_AS and no strict overcommit
+    return *a;
+}
+
+/// Fraction of the pages of [data, data + bytes) that are resident (mapped into this process or in the page cache).
+double resident_fraction(const std::byte* data, std::size_t bytes) {
+    const std::size_t page = 4096;
+    std::vector<unsigned char> flags(bytes / page);
+    REQUIRE(::mincore(const_cast<std::byte*>(data), bytes, flags.data()) == 0);
+    return static_cast<double>(std::count_if(flags.begin(), flags.end(), [](unsigned char f) { return f & 1; })) /
+           static_cast<double>(flags.size());
+}
+
+/// A large value that remembers where the worker decoded it from (not part of the encoding).
+struct Probe {
+    std::string payload;
+    std::uintptr_t decoded_from = 0;
+
+    template <class Archive>
+    void serialize(Archive& ar) {
+        if constexpr (std::is_same_v<Archive, procpool::InputArchive>) {
+            decoded_from = reinterpret_cast<std::uintptr_t>(ar.position());
+        }
+        ar(payload);
+    }
+};
+
+Probe make_probe(std::size_t bytes, char fill) { return Probe{std::string(bytes, fill), 0}; }
+
+std::uint64_t checksum(const std::string& s) {
+    return std::accumulate(s.begin(), s.end(), std::uint64_t{0},
+                           [](std::uint64_t sum, char c) { return sum * 31 + static_cast<unsigned char>(c); });
+}
+
+bool arena_drained(std::size_t baseline) {
+    return test_support::eventually([&] { return arena().stats().in_use == baseline; });
+}
+
+}  // namespace
+
+// ---- the allocator ----------------------------------------------------------------------------------------------
+
+TEST_CASE("bulk arena: allocations grow in place and freed ranges come back with their pages", "[arena]") {
+    BulkArena& a = arena();
+    const std::size_t in_use = a.stats().in_use;
+    std::size_t granted = 0;
+    std::byte* p = a.allocate(3 * MiB + 1, granted);
+    REQUIRE(p != nullptr);
+    CHECK(granted >= 3 * MiB + 1);
+    CHECK(granted % BulkArena::kGranule == 0);
+    CHECK(a.contains(p, granted));
+    CHECK_FALSE(a.contains(p, granted + 1ull * (std::size_t{64} << 30)));
+    CHECK(a.stats().in_use == in_use + granted);
+    std::memset(p, 0x5a, granted);
+
+    // Nothing follows it: it grows without moving, and keeps its bytes.
+    std::size_t grown = 0;
+    REQUIRE(a.grow_in_place(p, granted, 8 * MiB, grown));
+    CHECK(grown >= 8 * MiB);
+    CHECK(a.stats().in_use == in_use + grown);
+    CHECK(static_cast<unsigned char>(p[granted - 1]) == 0x5a);
+    std::memset(p + granted, 0x5b, grown - granted);
+
+    // A neighbour in the way: growing in place is refused and nothing changes.
+    std::size_t neighbour_size = 0;
+    std::byte* neighbour = a.allocate(1, neighbour_size);
+    REQUIRE(neighbour != nullptr);
+    std::size_t refused = 0;
+    if (neighbour == p + grown) {
+        CHECK_FALSE(a.grow_in_place(p, grown, grown + BulkArena::kGranule, refused));
+        CHECK(a.stats().in_use == in_use + grown + neighbour_size);
+    }
+    a.release(neighbour, neighbour_size);
+
+    // Released, then asked for again: the same range, its pages still there (not zeroed, not faulted again).
+    a.release(p, grown);
+    CHECK(a.stats().in_use == in_use);
+    CHECK(a.stats().warm >= grown);
+    std::size_t again_size = 0;
+    std::byte* again = a.allocate(grown, again_size);
+    CHECK(again == p);
+    CHECK(static_cast<unsigned char>(again[0]) == 0x5a);
+    CHECK(static_cast<unsigned char>(again[grown - 1]) == 0x5b);
+    a.release(again, again_size);
+}
+
+TEST_CASE("bulk arena: freed memory beyond the warm budget goes back to the system", "[arena]") {
+    BulkArena& a = arena();
+    const std::size_t block = 128 * MiB;
+    std::vector<std::pair<std::byte*, std::size_t>> blocks;
+    for (int i = 0; i < 3; ++i) {
+        std::size_t granted = 0;
+        std::byte* p = a.allocate(block, granted);
+        REQUIRE(p != nullptr);
+        for (std::size_t at = 0; at < granted; at += 4096) p[at] = std::byte{1};  // fault every page in
+        blocks.emplace_back(p, granted);
+    }
+    for (auto [p, size] : blocks) CHECK(resident_fraction(p, size) == 1.0);
+    for (auto [p, size] : blocks) a.release(p, size);
+    CHECK(a.stats().warm <= BulkArena::kWarmBudget);
+    // 384 MiB freed, 256 MiB kept: the highest addresses gave their pages back and read as zeros.
+    std::sort(blocks.begin(), blocks.end());
+    CHECK(resident_fraction(blocks.front().first, blocks.front().second) == 1.0);
+    CHECK(resident_fraction(blocks.back().first, blocks.back().second) == 0.0);
+    CHECK(blocks.back().first[4096] == std::byte{0});
+}
+
+TEST_CASE("bulk arena: a forked process can neither take nor give back the parent's memory", "[arena]") {
+    BulkArena& a = arena();
+    Buffer parent_buffer = Buffer::shareable();
+    parent_buffer.append(std::string(3 * MiB, 'p').data(), 3 * MiB);
+    REQUIRE(parent_buffer.in_arena());
+    const std::size_t in_use = a.stats().in_use;
+
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        int failures = 0;
+        std::size_t granted = 0;
+        failures += a.allocate(MiB, granted) != nullptr;
+        failures += a.contains(parent_buffer.data(), parent_buffer.size());
+        // Its own large buffers are private, and the inherited one moves out when it grows.
+        Buffer own = Buffer::shareable();
+        own.append(std::string(3 * MiB, 'c').data(), 3 * MiB);
+        failures += own.in_arena();
+        Buffer inherited = std::move(parent_buffer);
+        inherited.append(std::string(4 * MiB, 'c').data(), 4 * MiB);
+        failures += inherited.in_arena();
+        std::memset(inherited.data(), 'c', inherited.size());  // its private copy, not the parent's memory
+        inherited = Buffer();                                  // "frees" the parent's range: must be a no-op
+        ::_exit(failures);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(a.stats().in_use == in_use);
+    CHECK(std::all_of(parent_buffer.data(), parent_buffer.data() + parent_buffer.size(),
+                      [](std::byte b) { return b == std::byte{'p'}; }));
+}
+
+TEST_CASE("only shareable buffers of 2 MiB and more live in the arena", "[arena]") {
+    arena();
+    Buffer small = Buffer::shareable();
+    small.append(std::string(MiB, 's').data(), MiB);
+    CHECK_FALSE(small.in_arena());
+    small.append(std::string(2 * MiB, 's').data(), 2 * MiB);
+    CHECK(small.in_arena());
+    CHECK(small.size() == 3 * MiB);
+    CHECK(small.data()[MiB - 1] == std::byte{'s'});
+    Buffer plain;
+    plain.append(std::string(3 * MiB, 'x').data(), 3 * MiB);
+    CHECK_FALSE(plain.in_arena());
+    Buffer moved = std::move(small);
+    CHECK(moved.in_arena());
+    CHECK_FALSE(small.in_arena());  // NOLINT(bugprone-use-after-move): a moved-from Buffer is empty and valid
+}
+
+// ---- through a pool ---------------------------------------------------------------------------------------------
+
+TEST_CASE("large inputs reach the workers by reference and are decoded in place", "[arena]") {
+    BulkArena& a = arena();
+    const std::size_t in_use = a.stats().in_use;
+    procpool::Pool pool(2);
+    std::vector<Probe> items;
+    for (char c : {'a', 'b', 'c', 'd', 'e', 'f'}) items.push_back(make_probe(MiB + 17, c));
+    const auto seen = pool.map(
+        [](const Probe& p) { return std::pair<std::uintptr_t, std::uint64_t>(p.decoded_from, checksum(p.payload)); },
+        items);
+    REQUIRE(seen.size() == items.size());
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        INFO("item " << i);
+        CHECK(a.contains(reinterpret_cast<const void*>(seen[i].first), items[i].payload.size()));
+        CHECK(seen[i].second == checksum(items[i].payload));
+    }
+    // A small input still travels in the message (the ring): not in the arena.
+    const auto small = pool.apply([](const Probe& p) { return p.decoded_from; }, make_probe(100, 'z'));
+    CHECK_FALSE(a.contains(reinterpret_cast<const void*>(small), 100));
+    // Tiny rings make no difference to inputs that do not pass through them.
+    procpool::Pool tiny(procpool::PoolOptions{.processes = 1, .ring_bytes = 4096});
+    const auto big = make_probe(5 * MiB, 'q');
+    CHECK(tiny.apply([](const Probe& p) { return checksum(p.payload); }, big) == checksum(big.payload));
+    CHECK(arena_drained(in_use));
+}
+
+TEST_CASE("a worker that crashes on a large input fails only that task and the arena is given back", "[arena]") {
+    BulkArena& a = arena();
+    const std::size_t in_use = a.stats().in_use;
+    procpool::Pool pool(2);
+    std::vector<procpool::AsyncResult<std::uint64_t>> results;
+    for (int i = 0; i < 6; ++i) {
+        results.push_back(pool.apply_async(
+            [](const std::string& s, int index) {
+                if (index == 2) std::raise(SIGSEGV);
+                return checksum(s);
+            },
+            std::string(3 * MiB, static_cast<char>('a' + i)), i));
+    }
+    for (int i = 0; i < 6; ++i) {
+        INFO("task " << i);
+        if (i == 2) {
+            CHECK_THROWS_AS(results[i].get(), procpool::WorkerCrashed);
+        } else {
+            CHECK(results[i].get() == checksum(std::string(3 * MiB, static_cast<char>('a' + i))));
+        }
+    }
+    results.clear();
+    CHECK(arena_drained(in_use));
+}
+
+TEST_CASE("a large input whose task times out is given back when the worker is killed", "[arena]") {
+    BulkArena& a = arena();
+    const std::size_t in_use = a.stats().in_use;
+    procpool::Pool pool(procpool::PoolOptions{.processes = 1, .task_timeout = 200ms});
+    {
+        // (An AsyncResult of apply_async holds its argument's encoding until it is destroyed.)
+        auto hung = pool.apply_async(
+            [](const std::string& s) {
+                std::this_thread::sleep_for(30s);
+                return s.size();
+            },
+            std::string(4 * MiB, 'h'));
+        CHECK_THROWS_AS(hung.get(), procpool::TaskTimeout);
+    }
+    // The pool goes on with a new worker, and large inputs still work.
+    CHECK(pool.apply([](const std::string& s) { return s.size(); }, std::string(4 * MiB, 'n')) == 4 * MiB);
+    CHECK(arena_drained(in_use));
+}
+
+TEST_CASE("a large input queued behind a long task moves to an idle worker", "[arena][threads]") {
+    BulkArena& a = arena();
+    const std::size_t in_use = a.stats().in_use;
+    procpool::Pool pool(2);
+    pool.apply([] {});
+    auto long_task = pool.apply_async([] {
+        std::this_thread::sleep_for(2s);
+        return 1;
+    });
+    std::vector<procpool::AsyncResult<std::uint64_t>> queued;
+    for (int i = 0; i < 8; ++i) {
+        queued.push_back(pool.apply_async([](const std::string& s) { return checksum(s); },
+                                          std::string(3 * MiB, static_cast<char>('k' + i))));
+    }
+    for (int i = 0; i < 8; ++i) CHECK(queued[i].get() == checksum(std::string(3 * MiB, static_cast<char>('k' + i))));
+    CHECK_FALSE(long_task.ready());  // none of them waited for the long task
+    CHECK(long_task.get() == 1);
+    queued.clear();
+    CHECK(arena_drained(in_use));
+}
