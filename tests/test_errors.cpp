@@ -132,6 +132,23 @@ TEST_CASE("an exception thrown while reading map's input reaches the caller as i
     CHECK_THROWS_MATCHES(pool.map([](int x) { return x; }, broken), std::overflow_error, Catch::Message("input 42"));
 }
 
+TEST_CASE("a large map whose input throws while its result vector is being sized reaches the caller") {
+    // 4 M results (16 MB) are sized on a second thread while the input is read: the error must still come through,
+    // after that thread is done, and the pool must go on.
+    procpool::Pool pool(2);
+    auto broken = std::views::iota(0, 4'000'000) | std::views::transform([](int x) {
+                      if (x == 3'999'000) throw std::overflow_error("input 3999000");
+                      return x;
+                  });
+    CHECK_THROWS_MATCHES(pool.map([](int x) { return x; }, broken), std::overflow_error,
+                         Catch::Message("input 3999000"));
+    const auto doubled = pool.map([](int x) { return 2 * x; }, std::views::iota(0, 4'000'000));
+    REQUIRE(doubled.size() == 4'000'000);
+    bool all = true;
+    for (int i = 0; i < 4'000'000; ++i) all = all && doubled[static_cast<std::size_t>(i)] == 2 * i;
+    CHECK(all);
+}
+
 struct ThrowsOnEncode {
     int value = 0;
     template <class Archive>

@@ -13,6 +13,8 @@
 #include <ranges>
 #include <stdexcept>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -191,6 +193,9 @@ private:
         job.code_pointer_callable = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
     }
 
+    /// Result vectors of at least this many bytes are sized on a second thread while the input is encoded.
+    static constexpr std::size_t kParallelSizingBytes = std::size_t{8} << 20;
+
     template <class Item, class Range>
     static std::shared_ptr<detail::ItemBlock> encode_items(Range& range) {
         std::size_t expected = 0;
@@ -203,6 +208,46 @@ private:
             for (auto&& element : range) encoder.add(element);
         }
         return encoder.finish();
+    }
+
+    /// encode_items(), and the result vector of a map sized meanwhile on a second thread when it is large: its
+    /// pages take the kernel milliseconds to fault in and zero, and the workers wait for both. Without a thread to
+    /// be had, MapJob sizes it afterwards, as for small maps.
+    template <class Item, class Range, class R>
+    static std::shared_ptr<detail::ItemBlock> encode_sizing_result(Range& range,
+                                                                   detail::ResultState<std::vector<R>>& state) {
+        if constexpr (!std::is_same_v<R, bool> && std::ranges::sized_range<Range>) {
+            const auto n = static_cast<std::size_t>(std::ranges::size(range));
+            if (n * sizeof(R) >= kParallelSizingBytes) {
+                std::exception_ptr sizing_error;
+                std::thread sizer;
+                try {
+                    sizer = std::thread([&] {
+                        try {
+                            detail::resize_for_overwrite(state.prepare(), n);
+                        } catch (...) {
+                            sizing_error = std::current_exception();
+                        }
+                    });
+                } catch (const std::system_error&) {
+                }
+                std::shared_ptr<detail::ItemBlock> block;
+                try {
+                    block = encode_items<Item>(range);
+                } catch (...) {
+                    if (sizer.joinable()) sizer.join();
+                    throw;
+                }
+                if (sizer.joinable()) sizer.join();
+                if (sizing_error) std::rethrow_exception(sizing_error);
+                return block;
+            }
+        }
+        return encode_items<Item>(range);
+    }
+    template <class Item, class Range>
+    static std::shared_ptr<detail::ItemBlock> encode_sizing_result(Range& range, detail::ResultState<void>&) {
+        return encode_items<Item>(range);
     }
 
     /// Encodes the whole input and queues the map. Returns the state and whether the checks passed.
@@ -219,7 +264,7 @@ private:
         state->set_helper(helper());
         if constexpr (detail::check_task<Fn, Item, Unpack>() &&
                       detail::check_transport<Transport::kSharedObjects, Fn, Item, R>()) {
-            std::shared_ptr<detail::ItemBlock> block = encode_items<Item>(range);
+            std::shared_ptr<detail::ItemBlock> block = encode_sizing_result<Item>(range, *state);
             const std::uint64_t count = block->count;
             auto job = std::make_shared<detail::MapJob<R>>(&detail::run_task<Fn, Item, Unpack>, callable_bytes<Fn>(f),
                                                            options.chunksize, count, state,
