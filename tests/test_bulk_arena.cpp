@@ -5,10 +5,13 @@
 #include <procpool/procpool.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <new>
 #include <numeric>
 #include <string>
 #include <sys/mman.h>
@@ -114,6 +117,34 @@ TEST_CASE("bulk arena: allocations grow in place and freed ranges come back with
     CHECK(static_cast<unsigned char>(again[0]) == 0x5a);
     CHECK(static_cast<unsigned char>(again[grown - 1]) == 0x5b);
     a.release(again, again_size);
+}
+
+TEST_CASE("bulk arena: sizes it cannot or should not hold are refused, never wrapped around", "[arena]") {
+    BulkArena& a = arena();
+    const std::size_t in_use = a.stats().in_use;
+    std::size_t granted = 0;
+    CHECK(a.allocate(0, granted) == nullptr);
+    CHECK(a.allocate(std::numeric_limits<std::size_t>::max() - 7, granted) == nullptr);
+    CHECK(a.allocate(BulkArena::kMaxAllocation + 1, granted) == nullptr);
+    std::byte* p = a.allocate(BulkArena::kGranule, granted);
+    REQUIRE(p != nullptr);
+    std::size_t grown = 0;
+    CHECK_FALSE(a.grow_in_place(p, granted, std::numeric_limits<std::size_t>::max() - 7, grown));
+    CHECK_FALSE(a.grow_in_place(p, granted, BulkArena::kMaxAllocation + 1, grown));
+    a.release(p, granted);
+    CHECK(a.stats().in_use == in_use);
+
+    // A shareable buffer that outgrows the arena's cap moves to private memory with its bytes.
+    Buffer big = Buffer::shareable();
+    big.append(std::string(3 * MiB, 'b').data(), 3 * MiB);
+    REQUIRE(big.in_arena());
+    CHECK_THROWS_AS(big.reserve(std::numeric_limits<std::size_t>::max() - 7), std::bad_alloc);
+    CHECK(big.in_arena());
+    big.reserve(BulkArena::kMaxAllocation + MiB);
+    CHECK_FALSE(big.in_arena());
+    CHECK(big.size() == 3 * MiB);
+    CHECK(big.data()[3 * MiB - 1] == std::byte{'b'});
+    CHECK(a.stats().in_use == in_use);
 }
 
 TEST_CASE("bulk arena: freed memory beyond the warm budget goes back to the system", "[arena]") {
@@ -278,4 +309,38 @@ TEST_CASE("a large input queued behind a long task moves to an idle worker", "[a
     CHECK(long_task.get() == 1);
     queued.clear();
     CHECK(arena_drained(in_use));
+}
+
+TEST_CASE("terminate() keeps the inputs of running tasks until their workers are gone", "[arena][threads]") {
+    // terminate() fails every unfinished item at once; a worker it is about to kill may still be decoding its
+    // items in place, so their arena range must not be freed (and reused) before the worker is reaped. Called from
+    // a callback, terminate() returns before the workers are reaped: the input must still be held then.
+    BulkArena& a = arena();
+    const std::size_t baseline = a.stats().in_use;
+    std::atomic<std::size_t> in_use_after_terminate{0};
+    {
+        procpool::Pool pool(3);
+        pool.apply([] {});
+        std::vector<std::string> items(2, std::string(3 * MiB, 'r'));
+        auto running = pool.map_async(
+            [](const std::string& s) {
+                std::this_thread::sleep_for(30s);
+                return s.size();
+            },
+            items);
+        std::this_thread::sleep_for(100ms);  // both items are running by now (the third worker is idle)
+        REQUIRE(a.stats().in_use >= baseline + 6 * MiB);
+        auto trigger = pool.apply_async([] {  // completes after its callback is registered: runs in the service thread
+            std::this_thread::sleep_for(200ms);
+            return 0;
+        });
+        trigger.on_success([&](const int&) {
+            pool.terminate();
+            in_use_after_terminate = a.stats().in_use;
+        });
+        CHECK_THROWS_AS(running.get(), procpool::PoolStateError);
+        REQUIRE(test_support::eventually([&] { return in_use_after_terminate.load() != 0; }));
+        CHECK(in_use_after_terminate.load() >= baseline + 6 * MiB);
+    }
+    CHECK(arena_drained(baseline));
 }

@@ -291,7 +291,7 @@ private:
         while (!input_done_) {
             const std::uint64_t chunk = chunk_size();
             if (job_->unconsumed() + chunk > window_ * chunk) return;  // never more than window_ chunks ahead
-            detail::ItemEncoder<Item> encoder(chunk);
+            detail::ItemEncoder<Item> encoder(chunk, Transport::kItemsByReference);
             std::exception_ptr input_error;
             try {
                 auto& it = *input_->position;

@@ -115,7 +115,7 @@ public:
             auto parts = detail::ApplyJob<R>::make(&detail::run_task<Fn, Item, true>, callable_bytes<Fn>(f));
             parts.state->set_helper(helper());
             keep_callable_alive<Fn>(*parts.job, f);
-            detail::ItemEncoder<Item> items(parts.item, 1);
+            detail::ItemEncoder<Item> items(parts.item, 1, Transport::kItemsByReference);
             items.add(Item(std::forward<Args>(args)...));
             core().scheduler.submit(parts.job, detail::Segment{items.finish(), 0, 1, 0});
             return AsyncResult<R>(std::move(parts.state));
@@ -200,7 +200,7 @@ private:
     static std::shared_ptr<detail::ItemBlock> encode_items(Range& range) {
         std::size_t expected = 0;
         if constexpr (std::ranges::sized_range<Range>) expected = static_cast<std::size_t>(std::ranges::size(range));
-        detail::ItemEncoder<Item> encoder(expected);
+        detail::ItemEncoder<Item> encoder(expected, Transport::kItemsByReference);
         if constexpr (std::ranges::contiguous_range<Range> && detail::bitwise<Item>() &&
                       std::is_same_v<std::remove_cv_t<std::ranges::range_value_t<Range>>, Item>) {
             encoder.add_contiguous(std::ranges::data(range), expected);

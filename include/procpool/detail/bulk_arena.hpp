@@ -2,18 +2,20 @@
 //
 // A map over large items (or over millions of small ones) would otherwise copy its encoded input twice more on
 // the way to the workers: into the inbox ring, and out of it again to reassemble a message that came in
-// fragments. Encoded input blocks of 2 MiB and more are written here instead, once, and a task message carries
-// only the address of its items: the worker decodes them in place. The arena is one MAP_SHARED | MAP_ANONYMOUS |
-// MAP_NORESERVE reservation made before a pool forks its first process (like the shared heap), so every worker
-// of every pool sees it at the same address; pages exist only where they were written.
+// fragments. Encoded input blocks from 2 MiB to 256 MiB are written here instead, once, and a task message
+// carries only the address of its items: the worker decodes them in place. The arena is one MAP_SHARED |
+// MAP_ANONYMOUS | MAP_NORESERVE reservation made before a pool forks its first process (like the shared heap), so
+// every worker of every pool sees it at the same address; pages exist only where they were written.
 //
 // Only the process that made the arena allocates from it (its allocator state is private to that process): in a
 // forked child, a worker or any other, allocate() declines, release() does nothing and contains() is false, so an
 // inherited buffer can neither be handed out twice nor punched out under the parent's feet.
 //
 // Freed ranges keep their pages (up to kWarmBudget bytes in all) so that the next large map finds them mapped and
-// already faulted in, in the parent and in the workers that read them; beyond that, the oldest ranges' pages go
-// back to the system (MADV_REMOVE).
+// already faulted in, in the parent and in the workers that read them; beyond that, the pages of the warm ranges
+// at the highest addresses go back to the system (MADV_REMOVE, outside the lock: on 4 KiB shared pages it takes
+// about 0.2 s per GiB). Allocations are capped at the same budget: a larger input would be faulted in afresh and
+// given back at that price every time, so it stays in private memory (huge pages) and streams through the rings.
 #pragma once
 
 #include <algorithm>
@@ -23,9 +25,12 @@
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <new>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#include <utility>
+#include <vector>
 
 namespace procpool::detail {
 
@@ -33,6 +38,7 @@ class BulkArena {
 public:
     static constexpr std::size_t kGranule = std::size_t{64} << 10;      // allocations are multiples of this
     static constexpr std::size_t kWarmBudget = std::size_t{256} << 20;  // freed bytes kept faulted in
+    static constexpr std::size_t kMaxAllocation = kWarmBudget;          // larger buffers stay private
 
     /// The program's arena, reserved on the first call; nullptr if no reservation could be made (then large
     /// inputs take the ring like everything else). Thread-safe.
@@ -50,36 +56,34 @@ public:
     }
 
     /// A range of at least `bytes` (rounded up to kGranule, reported in `granted`), or nullptr when this process
-    /// does not own the arena or no range is free. Prefers ranges whose pages are still faulted in, and the
-    /// largest of them, so that a buffer growing at its end can usually grow in place. Thread-safe.
+    /// does not own the arena, `bytes` exceeds kMaxAllocation or no range is free. Takes the largest warm range
+    /// (pages still faulted in) if it is large enough, so that a buffer growing at its end can usually grow in
+    /// place; else the lowest cold range that fits. Thread-safe.
     std::byte* allocate(std::size_t bytes, std::size_t& granted) noexcept {
-        if (owner_ != ::getpid() || bytes == 0) return nullptr;
+        if (bytes == 0 || bytes > kMaxAllocation || owner_ != ::getpid()) return nullptr;
         const std::size_t size = round_up(bytes);
         std::lock_guard lock(mutex_);
-        auto take_from = [&](Ranges& ranges, Ranges::iterator it) {
-            const std::size_t offset = it->first;
-            const std::size_t length = it->second;
-            ranges.erase(it);
-            if (length > size) ranges.emplace(offset + size, length - size);
-            if (&ranges == &warm_) warm_bytes_ -= size;
-            in_use_ += size;
-            ++allocations_;
-            granted = size;
-            return base_ + offset;
-        };
         auto largest = std::max_element(warm_.begin(), warm_.end(),
                                         [](const auto& a, const auto& b) { return a.second < b.second; });
-        if (largest != warm_.end() && largest->second >= size) return take_from(warm_, largest);
+        if (largest != warm_.end() && largest->second >= size) {
+            warm_bytes_ -= size;
+            ++allocations_;
+            return take_front(warm_, largest, size, granted);
+        }
         for (auto it = cold_.begin(); it != cold_.end(); ++it) {
-            if (it->second >= size) return take_from(cold_, it);
+            if (it->second >= size) {
+                ++allocations_;
+                return take_front(cold_, it, size, granted);
+            }
         }
         return nullptr;
     }
 
     /// Extends the allocation [data, data + size) to `bytes` (rounded up; new size in `granted`) without moving
-    /// it, if the ranges right after it are free. Returns false (and changes nothing) otherwise.
+    /// it, if the ranges right after it are free and the result stays within kMaxAllocation. Returns false (and
+    /// changes nothing) otherwise.
     bool grow_in_place(std::byte* data, std::size_t size, std::size_t bytes, std::size_t& granted) noexcept {
-        if (owner_ != ::getpid()) return false;
+        if (bytes > kMaxAllocation || owner_ != ::getpid()) return false;
         const std::size_t wanted = round_up(bytes);
         if (wanted <= size) {
             granted = size;
@@ -89,49 +93,57 @@ public:
         // Walk the free ranges that follow without a gap, warm or cold, until enough is found.
         std::size_t end = static_cast<std::size_t>(data - base_) + size;
         const std::size_t target = static_cast<std::size_t>(data - base_) + wanted;
-        std::size_t at = end;
-        while (at < target) {
-            const auto warm = warm_.find(at);
-            const auto cold = cold_.find(at);
-            if (warm != warm_.end()) at += warm->second;
-            else if (cold != cold_.end()) at += cold->second;
+        for (std::size_t at = end; at < target;) {
+            if (const auto warm = warm_.find(at); warm != warm_.end()) at += warm->second;
+            else if (const auto cold = cold_.find(at); cold != cold_.end()) at += cold->second;
             else return false;
         }
-        // Enough: take [end, target) out of those ranges.
+        // Enough: take [end, target) from the front of those ranges.
         while (end < target) {
-            Ranges& ranges = warm_.count(end) != 0 ? warm_ : cold_;
+            const bool warm = warm_.count(end) != 0;
+            Ranges& ranges = warm ? warm_ : cold_;
             const auto it = ranges.find(end);
-            const std::size_t length = it->second;
-            const std::size_t taken = std::min(length, target - end);
-            ranges.erase(it);
-            if (length > taken) ranges.emplace(end + taken, length - taken);
-            if (&ranges == &warm_) warm_bytes_ -= taken;
+            const std::size_t taken = std::min(it->second, target - end);
+            if (warm) warm_bytes_ -= taken;
+            std::size_t ignored = 0;
+            take_front(ranges, it, taken, ignored);
             end += taken;
         }
-        in_use_ += wanted - size;
         granted = wanted;
         return true;
     }
 
-    /// Gives an allocation back. Its pages stay faulted in while the freed bytes kept so fit kWarmBudget.
+    /// Gives an allocation back. Its pages stay faulted in while the freed bytes kept so fit kWarmBudget; beyond
+    /// that, the pages of the highest warm ranges are given back to the system (outside the lock).
     void release(std::byte* data, std::size_t size) noexcept {
         if (owner_ != ::getpid()) return;  // inherited by a forked process: the memory is the parent's
+        std::vector<std::pair<std::size_t, std::size_t>> to_cool;
+        {
+            std::lock_guard lock(mutex_);
+            in_use_ -= size;
+            if (!insert(warm_, static_cast<std::size_t>(data - base_), size)) return;  // leaked: no memory
+            warm_bytes_ += size;
+            try {
+                while (warm_bytes_ > kWarmBudget) {
+                    const auto last = std::prev(warm_.end());
+                    const std::size_t cooled = std::min(last->second, round_up(warm_bytes_ - kWarmBudget));
+                    const std::size_t offset = last->first + last->second - cooled;
+                    to_cool.emplace_back(offset, cooled);  // may throw: then nothing below has happened yet
+                    if (cooled == last->second) warm_.erase(last);
+                    else last->second -= cooled;
+                    warm_bytes_ -= cooled;  // in neither map while its pages are given back: not allocatable
+                }
+            } catch (const std::bad_alloc&) {
+                // Keep the rest warm this time.
+            }
+        }
+        if (to_cool.empty()) return;
+        for (const auto& [offset, length] : to_cool) {
+            ::madvise(base_ + offset, length, MADV_REMOVE);  // if it fails (mlock), the pages merely stay
+        }
         std::lock_guard lock(mutex_);
-        in_use_ -= size;
-        insert(warm_, static_cast<std::size_t>(data - base_), size);
-        warm_bytes_ += size;
-        // Over budget: the highest warm ranges give their pages back (lower addresses are reused first).
-        while (warm_bytes_ > kWarmBudget) {
-            auto last = std::prev(warm_.end());
-            const std::size_t excess = warm_bytes_ - kWarmBudget;
-            const std::size_t length = last->second;
-            const std::size_t cooled = std::min(length, round_up(excess));
-            const std::size_t offset = last->first + length - cooled;
-            ::madvise(base_ + offset, cooled, MADV_REMOVE);
-            if (cooled == length) warm_.erase(last);
-            else last->second -= cooled;
-            warm_bytes_ -= cooled;
-            insert(cold_, offset, cooled);
+        for (const auto& [offset, length] : to_cool) {
+            insert(cold_, offset, length);
         }
     }
 
@@ -168,6 +180,8 @@ private:
         for (std::size_t size = std::size_t{32} << 30; size >= (std::size_t{256} << 20); size /= 2) {
             void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
             if (p != MAP_FAILED) {
+                // A core dump would read every page of the reservation, and so fill it in.
+                ::madvise(p, size, MADV_DONTDUMP);
                 try {
                     return new BulkArena(static_cast<std::byte*>(p), size);  // never destroyed, like the shared heap
                 } catch (...) {
@@ -181,21 +195,47 @@ private:
 
     static constexpr std::size_t round_up(std::size_t n) noexcept { return (n + kGranule - 1) / kGranule * kGranule; }
 
-    /// Adds [offset, offset + length) to `ranges`, merging it with free neighbours there.
-    static void insert(Ranges& ranges, std::size_t offset, std::size_t length) {
-        auto next = ranges.lower_bound(offset);
-        if (next != ranges.end() && next->first == offset + length) {
-            length += next->second;
-            next = ranges.erase(next);
+    /// Takes the first `size` bytes of the free range `it` of `ranges` (which has at least that many) and counts
+    /// them as in use. Reuses the map node for the rest: allocates nothing.
+    std::byte* take_front(Ranges& ranges, Ranges::iterator it, std::size_t size, std::size_t& granted) noexcept {
+        const std::size_t offset = it->first;
+        auto node = ranges.extract(it);
+        if (node.mapped() > size) {
+            node.key() += size;
+            node.mapped() -= size;
+            ranges.insert(std::move(node));
         }
+        in_use_ += size;
+        granted = size;
+        return base_ + offset;
+    }
+
+    /// Adds [offset, offset + length) to `ranges`, merging it with free neighbours there. False if a new node
+    /// could not be allocated (the range is then lost to the allocator, never handed out twice).
+    static bool insert(Ranges& ranges, std::size_t offset, std::size_t length) noexcept {
+        const auto next = ranges.lower_bound(offset);
+        const bool joins_next = next != ranges.end() && next->first == offset + length;
         if (next != ranges.begin()) {
             const auto previous = std::prev(next);
             if (previous->first + previous->second == offset) {
-                previous->second += length;
-                return;
+                previous->second += length + (joins_next ? next->second : 0);
+                if (joins_next) ranges.erase(next);
+                return true;
             }
         }
-        ranges.emplace_hint(next, offset, length);
+        if (joins_next) {  // the next range's node becomes the merged range's
+            auto node = ranges.extract(next);
+            node.key() = offset;
+            node.mapped() += length;
+            ranges.insert(std::move(node));
+            return true;
+        }
+        try {
+            ranges.emplace_hint(next, offset, length);
+            return true;
+        } catch (const std::bad_alloc&) {
+            return false;
+        }
     }
 
     std::byte* const base_;

@@ -45,6 +45,8 @@ public:
     static constexpr bool kWorkerControl = true;
     /// Shared-memory objects (SharedArray, Lock...) reach the workers.
     static constexpr bool kSharedObjects = true;
+    /// Workers read large inputs where the parent encoded them (the bulk arena) instead of from the rings.
+    static constexpr bool kItemsByReference = true;
 
     struct Config {
         std::size_t workers = 1;

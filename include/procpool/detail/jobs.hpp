@@ -27,7 +27,7 @@ namespace procpool::detail {
 
 /// Encoded items, back to back; item i starts at offset(i).
 struct ItemBlock {
-    Buffer bytes = Buffer::shareable();  // large blocks live in the bulk arena, where workers read them in place
+    Buffer bytes;
     std::vector<std::shared_ptr<const void>> keep_alive;  // shared objects the items refer to
     std::vector<std::uint64_t> offsets;  // start of each item, plus the end; empty if stride is set or count <= 1
     std::uint64_t stride = 0;            // every item has this encoded size (bitwise items)
@@ -48,10 +48,14 @@ struct ItemBlock {
 template <class Item>
 class ItemEncoder {
 public:
-    /// Encodes into a new block (finish() returns it).
-    explicit ItemEncoder(std::size_t expected = 0) : ItemEncoder(std::make_shared<ItemBlock>(), expected) {}
-    /// Encodes into `block`, which someone else owns (finish() returns it too).
-    ItemEncoder(std::shared_ptr<ItemBlock> block, std::size_t expected) : block_(std::move(block)) {
+    /// Encodes into a new block (finish() returns it). A `shareable` block puts 2 MiB and more in the bulk
+    /// arena, where a pool's workers read the items in place (for transports whose workers share our memory).
+    explicit ItemEncoder(std::size_t expected = 0, bool shareable = false)
+        : ItemEncoder(std::make_shared<ItemBlock>(), expected, shareable) {}
+    /// Encodes into `block`, a fresh one someone else owns (finish() returns it too).
+    ItemEncoder(std::shared_ptr<ItemBlock> block, std::size_t expected, bool shareable = false)
+        : block_(std::move(block)) {
+        if (shareable) block_->bytes = Buffer::shareable();
         if constexpr (bitwise<Item>()) {
             block_->stride = sizeof(Item);
             block_->bytes.reserve(expected * sizeof(Item));

@@ -200,6 +200,7 @@ public:
     static constexpr bool kRevocation = false;
     static constexpr bool kWorkerControl = false;
     static constexpr bool kSharedObjects = false;
+    static constexpr bool kItemsByReference = false;
 
     struct Config {
         MPI_Comm comm = MPI_COMM_WORLD;
@@ -251,8 +252,6 @@ public:
 
     [[nodiscard]] std::size_t size() const noexcept { return config_.workers; }
     [[nodiscard]] std::uint64_t max_fragment() const noexcept { return config_.max_message; }
-    /// Ranks share no memory: a task always carries its items.
-    [[nodiscard]] static bool readable_by_workers(std::span<const std::byte>) noexcept { return false; }
     [[nodiscard]] static std::uint64_t entry_id(TaskEntry entry) { return mpi_entry_id(entry); }
     [[nodiscard]] const std::vector<pid_t>& initial_pids() const noexcept { return world_.worker_pids; }
     std::vector<WorkerEvent> take_early_exits() noexcept { return {}; }

@@ -398,7 +398,10 @@ private:
         const auto items = task.segment.block->items(task.segment.block_first, task.segment.count);
         if (task.total == 0) {
             const JobBase& job = *task.job;
-            const bool by_reference = items.size() >= kByReferenceMin && transport_.readable_by_workers(items);
+            bool by_reference = false;
+            if constexpr (Transport::kItemsByReference) {
+                by_reference = items.size() >= kByReferenceMin && transport_.readable_by_workers(items);
+            }
             task.header = TaskHeader{
                 task.id,
                 Transport::entry_id(job.entry()),
@@ -685,6 +688,12 @@ private:
         std::lock_guard life(lifecycle_mutex_);  // one thread joins, the others wait for it
         if (service_->joinable()) service_->join();
         transport_.wait_server_exit();
+        // Every worker is gone (the fork server reaps them before it exits).
+        std::vector<std::shared_ptr<const ItemBlock>> inputs;
+        {
+            std::lock_guard lock(mutex_);
+            inputs.swap(inputs_until_exit_);
+        }
     }
 
     void handle_message(std::size_t slot, std::uint16_t kind, std::span<const std::byte> bytes) {
@@ -715,6 +724,7 @@ private:
         if (bytes.size() - sizeof header < header.errors_size) return protocol_error(slot, "bad result message");
 
         std::shared_ptr<JobBase> job;
+        std::shared_ptr<const ItemBlock> finished_input;  // dropped after the lock: freeing it can take a while
         std::uint64_t first = 0;
         {
             std::lock_guard lock(mutex_);
@@ -731,7 +741,10 @@ private:
             first = task.segment.job_first + header.first;
             // These items are delivered from here on: a terminate() while they are decoded must not fail them.
             task.delivered += header.count;
-            if ((header.flags & kFinalResult) != 0) w.inflight.pop_front();  // the worker holds it no more
+            if ((header.flags & kFinalResult) != 0) {  // the worker holds it no more
+                finished_input = std::move(task.segment.block);
+                w.inflight.pop_front();
+            }
         }
 
         std::vector<ItemError> errors;
@@ -964,6 +977,8 @@ private:
                 Segment rest = task.segment;
                 rest.take_front(task.delivered);
                 if (rest.count != 0) failures_.push_back(Failure{task.job, rest, error});
+                // A worker may read a task's items in place (kItemsByReference) until it is gone: keep them.
+                inputs_until_exit_.push_back(std::move(task.segment.block));
             }
             w.inflight.clear();
         }
@@ -1004,7 +1019,8 @@ private:
     unsigned generation_;                    // fork_generation() where the pool was built
     std::vector<WorkerEvent> early_events_;  // deaths seen while the pool was built, for the service thread
     std::atomic<std::thread::id> service_id_{};
-    std::mutex poll_mutex_;                // the right to read the result rings and the fork server's reports
+    std::mutex poll_mutex_;  // the right to read the result rings and the fork server's reports
+    std::vector<std::shared_ptr<const ItemBlock>> inputs_until_exit_;  // of tasks failed while workers ran them
     std::vector<Completion> completions_;  // results read but not yet applied (poll-role holder only)
     std::atomic<int> helpers_{0};          // threads waiting for a result that poll instead of the service thread
     std::unique_ptr<std::thread> service_;

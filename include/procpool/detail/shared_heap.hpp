@@ -164,6 +164,8 @@ private:
         for (std::uint64_t size = std::uint64_t{64} << 30; size >= (std::uint64_t{256} << 20); size /= 2) {
             void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
             if (p != MAP_FAILED) {
+                // A core dump would read every page of the reservation, and so fill it in: leave it out.
+                ::madvise(p, size, MADV_DONTDUMP);
                 base_ = static_cast<std::byte*>(p);
                 auto* h = new (base_) HeapHeader();
                 h->magic = kHeapMagic;
