@@ -9,10 +9,12 @@
 #include <chrono>
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <new>
 #include <numeric>
+#include <sstream>
 #include <string>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -200,6 +202,31 @@ TEST_CASE("bulk arena: a forked process can neither take nor give back the paren
     CHECK(a.stats().in_use == in_use);
     CHECK(std::all_of(parent_buffer.data(), parent_buffer.data() + parent_buffer.size(),
                       [](std::byte b) { return b == std::byte{'p'}; }));
+}
+
+TEST_CASE("bulk arena: core dumps leave the reservation out", "[arena]") {
+    // A core dump reads every page of a shared mapping, which fills in all of it: the arena is MADV_DONTDUMP
+    // ("dd" in its VmFlags).
+    BulkArena& a = arena();
+    std::size_t granted = 0;
+    std::byte* p = a.allocate(1, granted);
+    REQUIRE(p != nullptr);
+    const auto address = reinterpret_cast<std::uintptr_t>(p);
+    std::istringstream smaps(test_support::read_proc_file("/proc/self/smaps"));
+    bool inside = false;
+    std::string flags;
+    for (std::string line; std::getline(smaps, line);) {
+        unsigned long begin = 0;
+        unsigned long end = 0;
+        if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2 && line.find('-') < line.find(' ')) {
+            inside = begin <= address && address < end;
+        } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+            flags = line;
+        }
+    }
+    a.release(p, granted);
+    INFO(flags);
+    CHECK(flags.find(" dd") != std::string::npos);
 }
 
 TEST_CASE("only shareable buffers of 2 MiB and more live in the arena", "[arena]") {
