@@ -69,6 +69,23 @@ std::uint64_t checksum(const std::string& s) {
                            [](std::uint64_t sum, char c) { return sum * 31 + static_cast<unsigned char>(c); });
 }
 
+/// The VmFlags line of the mapping that holds `p` (/proc/self/smaps).
+std::string vm_flags(const void* p) {
+    const auto address = reinterpret_cast<std::uintptr_t>(p);
+    std::istringstream smaps(test_support::read_proc_file("/proc/self/smaps"));
+    bool inside = false;
+    for (std::string line; std::getline(smaps, line);) {
+        unsigned long begin = 0;
+        unsigned long end = 0;
+        if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2 && line.find('-') < line.find(' ')) {
+            inside = begin <= address && address < end;
+        } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+            return line;
+        }
+    }
+    return "";
+}
+
 bool arena_drained(std::size_t baseline) {
     return test_support::eventually([&] { return arena().stats().in_use == baseline; });
 }
@@ -192,7 +209,7 @@ TEST_CASE("bulk arena: a forked process can neither take nor give back the paren
         inherited.append(std::string(4 * MiB, 'c').data(), 4 * MiB);
         failures += inherited.in_arena();
         std::memset(inherited.data(), 'c', inherited.size());  // its private copy, not the parent's memory
-        inherited = Buffer();                                  // "frees" the parent's range: must be a no-op
+        inherited = Buffer();  // gives the parent's range "back": a no-op here (the parent checks its bytes)
         ::_exit(failures);
     }
     int status = 0;
@@ -204,29 +221,23 @@ TEST_CASE("bulk arena: a forked process can neither take nor give back the paren
                       [](std::byte b) { return b == std::byte{'p'}; }));
 }
 
-TEST_CASE("bulk arena: core dumps leave the reservation out", "[arena]") {
-    // A core dump reads every page of a shared mapping, which fills in all of it: the arena is MADV_DONTDUMP
-    // ("dd" in its VmFlags).
+TEST_CASE("bulk arena: core dumps leave the reservation out, and the shared heap's", "[arena]") {
+    // A core dump reads every page of a shared mapping, which fills in all of it: both reservations are
+    // MADV_DONTDUMP ("dd" in their VmFlags).
     BulkArena& a = arena();
     std::size_t granted = 0;
     std::byte* p = a.allocate(1, granted);
     REQUIRE(p != nullptr);
-    const auto address = reinterpret_cast<std::uintptr_t>(p);
-    std::istringstream smaps(test_support::read_proc_file("/proc/self/smaps"));
-    bool inside = false;
-    std::string flags;
-    for (std::string line; std::getline(smaps, line);) {
-        unsigned long begin = 0;
-        unsigned long end = 0;
-        if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2 && line.find('-') < line.find(' ')) {
-            inside = begin <= address && address < end;
-        } else if (inside && line.rfind("VmFlags:", 0) == 0) {
-            flags = line;
-        }
-    }
+    const std::string arena_flags = vm_flags(p);
     a.release(p, granted);
-    INFO(flags);
-    CHECK(flags.find(" dd") != std::string::npos);
+    INFO(arena_flags);
+    CHECK(arena_flags.find(" dd") != std::string::npos);
+    auto& heap = procpool::detail::SharedHeap::instance();
+    const std::uint64_t object = heap.allocate(64, 1);
+    const std::string heap_flags = vm_flags(heap.address(object));
+    heap.free(object);
+    INFO(heap_flags);
+    CHECK(heap_flags.find(" dd") != std::string::npos);
 }
 
 TEST_CASE("only shareable buffers of 2 MiB and more live in the arena", "[arena]") {
@@ -357,14 +368,18 @@ TEST_CASE("terminate() keeps the inputs of running tasks until their workers are
             items);
         std::this_thread::sleep_for(100ms);  // both items are running by now (the third worker is idle)
         REQUIRE(a.stats().in_use >= baseline + 6 * MiB);
-        auto trigger = pool.apply_async([] {  // completes after its callback is registered: runs in the service thread
-            std::this_thread::sleep_for(200ms);
+        // Completes only after its callback is registered, so the callback runs in the thread that receives the
+        // result (the service thread, or this one while it polls in running.get()), never inline here.
+        procpool::Event go;
+        auto trigger = pool.apply_async([go]() mutable {
+            go.wait();
             return 0;
         });
         trigger.on_success([&](const int&) {
             pool.terminate();
             in_use_after_terminate = a.stats().in_use;
         });
+        go.set();
         CHECK_THROWS_AS(running.get(), procpool::PoolStateError);
         REQUIRE(test_support::eventually([&] { return in_use_after_terminate.load() != 0; }));
         CHECK(in_use_after_terminate.load() >= baseline + 6 * MiB);

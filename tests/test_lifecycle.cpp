@@ -297,3 +297,33 @@ TEST_CASE("a process forked after the pool was built can destroy its copy of the
     CHECK(pool->apply(slow_square, 3) == 9);  // the original pool is unharmed
     delete pool;
 }
+
+TEST_CASE("terminate() from a callback run by a thread that waits for the result returns", "[threads]") {
+    // Callbacks run in the thread that receives the result: the service thread, or a thread of yours that polls
+    // the rings while it waits in wait()/get(). A terminate() there must not wait for the service thread, which
+    // may itself wait for the poll role that thread holds. Repeated, so the result lands while the caller polls
+    // at least once; a deadlock fails the test by its timeout.
+    int polled_by_caller = 0;
+    for (int round = 0; round < 40 && polled_by_caller < 3; ++round) {
+        procpool::Pool pool(1);
+        pool.apply([] {});
+        procpool::Event go;
+        auto result = pool.apply_async([go]() mutable {
+            go.wait();
+            return 1;
+        });
+        std::atomic<bool> terminated{false};
+        std::thread::id ran_in;
+        result.on_success([&](const int&) {
+            ran_in = std::this_thread::get_id();
+            pool.terminate();
+            terminated = true;
+        });
+        go.set();
+        result.wait();
+        REQUIRE(test_support::eventually([&] { return terminated.load(); }));
+        if (ran_in == std::this_thread::get_id()) ++polled_by_caller;
+        CHECK(result.get() == 1);
+    }
+    CHECK(polled_by_caller >= 1);
+}

@@ -301,8 +301,9 @@ public:
     }
 
     /// Calls `callback` with the value once the task succeeds: at once in this thread if it already has, else in
-    /// the pool's service thread, before get()/wait() return. Keep it short; it must not wait for results of the
-    /// same pool (its own included) nor call join().
+    /// the thread that receives the result (the pool's service thread, or a thread waiting in get()/wait() on the
+    /// same pool that reads the result rings itself), before get()/wait() return. Keep it short; it must not wait
+    /// for results of the same pool (its own included) nor call join(); terminate() is allowed.
     AsyncResult& on_success(typename State::SuccessCallback callback) {
         state().on_success(std::move(callback));
         return *this;

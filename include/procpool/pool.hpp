@@ -13,7 +13,6 @@
 #include <ranges>
 #include <stdexcept>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <tuple>
 #include <type_traits>
@@ -216,7 +215,9 @@ private:
     template <class Item, class Range, class R>
     static std::shared_ptr<detail::ItemBlock> encode_sizing_result(Range& range,
                                                                    detail::ResultState<std::vector<R>>& state) {
-        if constexpr (!std::is_same_v<R, bool> && std::ranges::sized_range<Range>) {
+        // Only where sizing runs no code of yours (value-initialised trivial types: zeroed memory).
+        if constexpr (std::is_trivially_default_constructible_v<R> && !std::is_same_v<R, bool> &&
+                      std::ranges::sized_range<Range>) {
             const auto n = static_cast<std::size_t>(std::ranges::size(range));
             if (n * sizeof(R) >= kParallelSizingBytes) {
                 std::exception_ptr sizing_error;
@@ -229,7 +230,7 @@ private:
                             sizing_error = std::current_exception();
                         }
                     });
-                } catch (const std::system_error&) {
+                } catch (...) {  // no thread to be had (std::system_error, std::bad_alloc): MapJob sizes it
                 }
                 std::shared_ptr<detail::ItemBlock> block;
                 try {

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <new>
 #include <span>
@@ -123,6 +124,8 @@ public:
     static constexpr std::size_t kMappedThreshold = std::size_t{2} << 20;
     /// Up to this many bytes live inside the Buffer itself: a small callable or argument costs no allocation.
     static constexpr std::size_t kInline = 48;
+    /// No buffer grows beyond this (half the address space): larger requests throw std::bad_alloc.
+    static constexpr std::size_t kMaxCapacity = std::numeric_limits<std::size_t>::max() / 2;
 
     Buffer() noexcept = default;
     explicit Buffer(std::size_t capacity) { reserve(capacity); }
@@ -168,6 +171,7 @@ public:
     /// Makes room for `capacity` bytes in all. Throws std::bad_alloc.
     void reserve(std::size_t capacity) {
         if (capacity <= capacity_) return;
+        if (capacity > kMaxCapacity) throw std::bad_alloc();  // rounding it up below would wrap around
         const std::size_t size = size_;
         if (capacity < kMappedThreshold) {
             auto* bigger = static_cast<std::byte*>(::operator new(capacity));
@@ -198,7 +202,10 @@ public:
 
     /// Appends `n` uninitialised bytes and returns where they start.
     std::byte* extend(std::size_t n) {
-        if (capacity_ - size_ < n) reserve(grown_capacity(size_ + n));
+        if (capacity_ - size_ < n) {
+            if (n > kMaxCapacity - size_) throw std::bad_alloc();
+            reserve(grown_capacity(size_ + n));
+        }
         std::byte* at = data_ + size_;
         size_ += n;
         return at;

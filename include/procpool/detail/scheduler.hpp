@@ -144,7 +144,7 @@ public:
     /// another thread ends the wait. Not from a callback (the service thread runs the work being waited for).
     void join() {
         check_owner();
-        if (std::this_thread::get_id() == service_id_) {
+        if (in_callback_thread()) {
             throw PoolStateError("procpool: join() cannot be called from an AsyncResult callback");
         }
         {
@@ -491,6 +491,7 @@ private:
         if (std::this_thread::get_id() == service_id_.load(std::memory_order_relaxed)) return Outcome::busy;
         std::unique_lock role(poll_mutex_, std::try_to_lock);
         if (!role.owns_lock()) return Outcome::busy;
+        poll_helper_id_.store(std::this_thread::get_id(), std::memory_order_relaxed);
         helpers_.fetch_add(1, std::memory_order_acq_rel);
         transport_.mute();
         const std::int64_t end = monotonic_ns() + budget.count();
@@ -511,8 +512,10 @@ private:
             helpers_.store(0, std::memory_order_release);
             transport_.unmute();
             transport_.wake();
+            poll_helper_id_.store(std::thread::id(), std::memory_order_relaxed);
             return Outcome::busy;
         }
+        poll_helper_id_.store(std::thread::id(), std::memory_order_relaxed);
         return done || ready(context) ? Outcome::done : Outcome::timed_out;
     }
 
@@ -679,12 +682,20 @@ private:
         return true;
     }
 
-    /// Ends the service thread and reaps the fork server. Called from the service thread itself (a callback),
-    /// it only asks: the thread ends when the callback returns, and the pool's destructor reaps it.
+    /// True in a thread that may be running an AsyncResult callback of this pool: the service thread, or a thread
+    /// waiting for a result while it polls the rings itself (it completes results, and so runs callbacks).
+    [[nodiscard]] bool in_callback_thread() const noexcept {
+        const auto self = std::this_thread::get_id();
+        return self == service_id_.load(std::memory_order_relaxed) ||
+               self == poll_helper_id_.load(std::memory_order_relaxed);
+    }
+
+    /// Ends the service thread and reaps the fork server. Called from a callback (the service thread, or a
+    /// waiting thread that polls), it only asks: the thread ends later, and the pool's destructor reaps it.
     void stop_service() {
         stop_requested_.store(true, std::memory_order_release);
         transport_.wake();
-        if (std::this_thread::get_id() == service_id_) return;
+        if (in_callback_thread()) return;        // it holds the poll role the service thread may be waiting for
         std::lock_guard life(lifecycle_mutex_);  // one thread joins, the others wait for it
         if (service_->joinable()) service_->join();
         transport_.wait_server_exit();
@@ -757,6 +768,7 @@ private:
                 error_ar.read_bytes(&index, sizeof index);
                 errors.push_back(ItemError{first - header.first + index, decode_error(error_ar)});
             }
+            finished_input.reset();  // before the caller can wake: a next large map finds the range free again
             job->deliver(first, header.count, errors, values);
         } catch (...) {
             job->fail(first, header.count, std::current_exception());
@@ -964,6 +976,16 @@ private:
     /// Moves to `final_state` and queues the failure of every unsent or unfinished item with `error`.
     void fail_everything_locked(const std::exception_ptr& error, State final_state) {
         if (state_ == State::terminated || state_ == State::broken) return;
+        // Room first: once the state changed, every unfinished item must be failed (or its waiter hangs).
+        std::size_t segments = failures_.size();
+        std::size_t by_reference = inputs_until_exit_.size();
+        for (const auto& job : jobs_) segments += job->ready.size();
+        for (const WorkerSlot& w : workers_) {
+            segments += w.inflight.size();
+            by_reference += w.inflight.size();
+        }
+        failures_.reserve(segments);
+        inputs_until_exit_.reserve(by_reference);
         state_ = final_state;
         for (auto& job : jobs_) {
             for (Segment& segment : job->ready) failures_.push_back(Failure{job, std::move(segment), error});
@@ -978,7 +1000,9 @@ private:
                 rest.take_front(task.delivered);
                 if (rest.count != 0) failures_.push_back(Failure{task.job, rest, error});
                 // A worker may read a task's items in place (kItemsByReference) until it is gone: keep them.
-                inputs_until_exit_.push_back(std::move(task.segment.block));
+                if ((task.header.flags & kItemsByReference) != 0) {
+                    inputs_until_exit_.push_back(std::move(task.segment.block));
+                }
             }
             w.inflight.clear();
         }
@@ -1019,7 +1043,8 @@ private:
     unsigned generation_;                    // fork_generation() where the pool was built
     std::vector<WorkerEvent> early_events_;  // deaths seen while the pool was built, for the service thread
     std::atomic<std::thread::id> service_id_{};
-    std::mutex poll_mutex_;  // the right to read the result rings and the fork server's reports
+    std::atomic<std::thread::id> poll_helper_id_{};  // a thread waiting for a result that polls the rings now
+    std::mutex poll_mutex_;                          // the right to read the result rings and the fork server's reports
     std::vector<std::shared_ptr<const ItemBlock>> inputs_until_exit_;  // of tasks failed while workers ran them
     std::vector<Completion> completions_;  // results read but not yet applied (poll-role holder only)
     std::atomic<int> helpers_{0};          // threads waiting for a result that poll instead of the service thread
