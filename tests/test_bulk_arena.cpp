@@ -15,6 +15,7 @@
 #include <new>
 #include <numeric>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -309,12 +310,25 @@ TEST_CASE("a worker that crashes on a large input fails only that task and the a
     CHECK(arena_drained(in_use));
 }
 
+TEST_CASE("a finished apply gives its large argument back while its AsyncResult lives on", "[arena]") {
+    BulkArena& a = arena();
+    const std::size_t in_use = a.stats().in_use;
+    procpool::Pool pool(1);
+    auto ok = pool.apply_async([](const std::string& s) { return checksum(s); }, std::string(3 * MiB, 'o'));
+    auto failed = pool.apply_async(
+        [](const std::string& s) -> std::size_t { throw std::length_error(std::to_string(s.size())); },
+        std::string(3 * MiB, 'f'));
+    CHECK(ok.get() == checksum(std::string(3 * MiB, 'o')));
+    CHECK_THROWS_AS(failed.get(), std::length_error);
+    CHECK(arena_drained(in_use));  // both AsyncResults still exist
+}
+
 TEST_CASE("a large input whose task times out is given back when the worker is killed", "[arena]") {
     BulkArena& a = arena();
     const std::size_t in_use = a.stats().in_use;
     procpool::Pool pool(procpool::PoolOptions{.processes = 1, .task_timeout = 200ms});
     {
-        // (An AsyncResult of apply_async holds its argument's encoding until it is destroyed.)
+        // (A task that failed without running to its end leaves its argument's encoding with its AsyncResult.)
         auto hung = pool.apply_async(
             [](const std::string& s) {
                 std::this_thread::sleep_for(30s);
