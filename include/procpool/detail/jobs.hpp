@@ -255,8 +255,8 @@ public:
         if (count == 0) return;
         // The worker ran the item and will not read it again (nor will the scheduler: the task is gone), so the
         // argument's encoding, perhaps a large block of shared memory, need not live as long as the AsyncResult.
+        // (keep_alive stays: a result may be a handle to a shared object the argument held.)
         item_.bytes = Buffer();
-        item_.keep_alive.clear();
         if (!errors.empty()) {
             own_state_.complete_error(std::move(errors.front().error));
             return;
