@@ -590,6 +590,16 @@ TEST_CASE("a handle to an object freed by its owner is detected, not followed") 
         mine);
     CHECK(back == mine);
     CHECK(back[1] == 9);
+    // Also when the argument was the only handle (a temporary, gone before the task ran): the task keeps it
+    // alive until its result, a handle to it, is in.
+    auto pending = pool.apply_async(
+        [](procpool::SharedArray<int> a) {
+            a[2] = 7;
+            return a;
+        },
+        procpool::SharedArray<int>(3));
+    procpool::SharedArray<int> only = pending.get();
+    CHECK(only[2] == 7);
 }
 
 TEST_CASE("nothing is left in /dev/shm by shared objects, pools or dead processes") {
