@@ -32,6 +32,8 @@
 #include <utility>
 #include <vector>
 
+#include "procpool/detail/shared_reservation.hpp"
+
 namespace procpool::detail {
 
 class BulkArena {
@@ -176,21 +178,14 @@ private:
             ::close(fd);
             if (strict) return nullptr;
         }
-        // As much address space as the system lets us reserve, from 32 GiB down; nothing is committed.
-        for (std::size_t size = std::size_t{32} << 30; size >= (std::size_t{256} << 20); size /= 2) {
-            void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-            if (p != MAP_FAILED) {
-                // A core dump would read every page of the reservation, and so fill it in.
-                ::madvise(p, size, MADV_DONTDUMP);
-                try {
-                    return new BulkArena(static_cast<std::byte*>(p), size);  // never destroyed, like the shared heap
-                } catch (...) {
-                    ::munmap(p, size);
-                    return nullptr;
-                }
-            }
+        const SharedReservation reservation = reserve_shared_address_space(std::size_t{32} << 30);
+        if (reservation.data == nullptr) return nullptr;
+        try {
+            return new BulkArena(reservation.data, reservation.size);  // never destroyed, like the shared heap
+        } catch (...) {
+            ::munmap(reservation.data, reservation.size);
+            return nullptr;
         }
-        return nullptr;
     }
 
     static constexpr std::size_t round_up(std::size_t n) noexcept { return (n + kGranule - 1) / kGranule * kGranule; }

@@ -34,6 +34,7 @@
 
 #include "procpool/detail/process.hpp"
 #include "procpool/detail/robust_mutex.hpp"
+#include "procpool/detail/shared_reservation.hpp"
 #include "procpool/errors.hpp"
 
 namespace procpool::detail {
@@ -160,22 +161,14 @@ public:
 
 private:
     SharedHeap() {
-        // Reserve as much address space as the system lets us, from 64 GiB down.
-        for (std::uint64_t size = std::uint64_t{64} << 30; size >= (std::uint64_t{256} << 20); size /= 2) {
-            void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-            if (p != MAP_FAILED) {
-                // A core dump would read every page of the reservation, and so fill it in: leave it out.
-                ::madvise(p, size, MADV_DONTDUMP);
-                base_ = static_cast<std::byte*>(p);
-                auto* h = new (base_) HeapHeader();
-                h->magic = kHeapMagic;
-                h->capacity = size;
-                h->lock.init(false);
-                h->top = (sizeof(HeapHeader) + 127) / 128 * 128;
-                return;
-            }
-        }
-        throw std::bad_alloc();
+        const SharedReservation reservation = reserve_shared_address_space(std::size_t{64} << 30);
+        if (reservation.data == nullptr) throw std::bad_alloc();
+        base_ = reservation.data;
+        auto* h = new (base_) HeapHeader();
+        h->magic = kHeapMagic;
+        h->capacity = reservation.size;
+        h->lock.init(false);
+        h->top = (sizeof(HeapHeader) + 127) / 128 * 128;
     }
 
     /// Holds the allocator's robust mutex (its state is consistent after a holder death: see the file comment).
