@@ -22,6 +22,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <sys/wait.h>
@@ -62,7 +63,8 @@ long spin(double seconds) {
     return x;
 }
 
-/// The in-process baseline: a plain thread pool (one queue, N threads) doing the same work.
+/// The in-process baseline: a plain thread pool (one queue, N threads) doing the same work. It has the calls of
+/// procpool::Pool the benchmarks use, so one benchmark body measures both.
 class ThreadPool {
 public:
     explicit ThreadPool(std::size_t n) {
@@ -76,6 +78,9 @@ public:
         cv_.notify_all();
         for (auto& t : threads_) t.join();
     }
+    std::size_t size() const { return threads_.size(); }
+
+    /// Runs f() on a thread of the pool; the future holds its result.
     template <class F>
     auto submit(F f) {
         auto task = std::make_shared<std::packaged_task<decltype(f())()>>(std::move(f));
@@ -87,18 +92,80 @@ public:
         cv_.notify_one();
         return future;
     }
-    template <class F, class T>
-    auto map(F f, const std::vector<T>& items) {
-        std::vector<std::future<decltype(f(items[0]))>> futures;
-        futures.reserve(items.size());
-        for (const T& item : items) futures.push_back(submit([f, item] { return f(item); }));
-        std::vector<decltype(f(items[0]))> out;
-        out.reserve(items.size());
-        for (auto& fut : futures) out.push_back(fut.get());
+    template <class F, class... Args>
+    auto apply_async(F f, Args... args) {
+        return submit([f, args...] { return f(args...); });
+    }
+    template <class F, class... Args>
+    auto apply(F f, Args... args) {
+        return apply_async(f, args...).get();
+    }
+
+    /// f over a random-access range in tasks of options.chunksize items (0: Python's default, about four tasks per
+    /// thread). Tasks read the items in place, nothing is copied; each result is moved into the vector returned, in
+    /// input order. f must not throw.
+    template <class F, class Range>
+    auto map(F f, const Range& items, const procpool::MapOptions& options = {}) {
+        std::vector<std::invoke_result_t<F&, std::ranges::range_reference_t<const Range>>> out(
+            std::ranges::size(items));
+        const auto work = [&](std::size_t first, std::size_t last) {
+            for (std::size_t i = first; i < last; ++i) out[i] = f(items[i]);
+        };
+        for (auto& task : submit_chunks(std::ranges::size(items), options.chunksize, work)) task.get();
         return out;
     }
 
+    /// imap (`ordered`) and imap_unordered: f over `items` in tasks as map makes them; consume(result) gets the
+    /// results in input order, or each task's results as soon as it finished. f must not throw.
+    template <class F, class Range, class Consume>
+    void imap(F f, const Range& items, const procpool::MapOptions& options, bool ordered, Consume consume) {
+        using Results = std::vector<std::invoke_result_t<F&, std::ranges::range_reference_t<const Range>>>;
+        std::mutex mutex;
+        std::condition_variable finished_cv;
+        std::deque<Results> finished;  // unordered: results of finished tasks, not consumed yet
+        const auto work = [&](std::size_t first, std::size_t last) {
+            Results results;
+            results.reserve(last - first);
+            for (std::size_t i = first; i < last; ++i) results.push_back(f(items[i]));
+            if (ordered) return results;
+            {
+                std::lock_guard lock(mutex);
+                finished.push_back(std::move(results));
+            }
+            finished_cv.notify_one();
+            return Results{};
+        };
+        auto tasks = submit_chunks(std::ranges::size(items), options.chunksize, work);
+        for (auto& task : tasks) {
+            Results results;
+            if (ordered) {
+                results = task.get();
+            } else {
+                std::unique_lock lock(mutex);
+                finished_cv.wait(lock, [&] { return !finished.empty(); });
+                results = std::move(finished.front());
+                finished.pop_front();
+            }
+            for (auto& r : results) consume(std::move(r));
+        }
+        for (auto& task : tasks) {
+            if (task.valid()) task.get();  // unordered: a task may still be returning, with references to the locals
+        }
+    }
+
 private:
+    /// Submits work(first, last) for consecutive chunks of [0, n) of `chunksize` items (0: Python's default,
+    /// n / (4 * threads) rounded up); their futures, in order.
+    template <class Work>
+    auto submit_chunks(std::size_t n, std::size_t chunksize, Work work) {
+        if (chunksize == 0) chunksize = std::max<std::size_t>(1, (n + 4 * size() - 1) / (4 * size()));
+        std::vector<std::future<std::invoke_result_t<Work&, std::size_t, std::size_t>>> tasks;
+        tasks.reserve((n + chunksize - 1) / chunksize);
+        for (std::size_t first = 0; first < n; first += chunksize) {
+            tasks.push_back(submit([work, first, last = std::min(n, first + chunksize)] { return work(first, last); }));
+        }
+        return tasks;
+    }
     void run() {
         for (;;) {
             std::function<void()> job;
@@ -119,23 +186,49 @@ private:
     bool stop_ = false;
 };
 
+/// The serial baseline: map as a loop in the calling thread (std::transform into a fresh vector).
+struct SerialLoop {
+    explicit SerialLoop(std::size_t /*workers*/) {}
+    template <class F, class Range>
+    auto map(F f, const Range& items) {
+        std::vector<std::invoke_result_t<F&, std::ranges::range_reference_t<const Range>>> out(
+            std::ranges::size(items));
+        std::ranges::transform(items, out.begin(), f);
+        return out;
+    }
+};
+
+/// The name a figure of `Pool` is reported under: the workload's for procpool, with "_threads" or "_serial"
+/// appended for the baselines.
+template <class Pool>
+std::string workload_name(const std::string& workload) {
+    if constexpr (std::is_same_v<Pool, ThreadPool>) {
+        return workload + "_threads";
+    } else if constexpr (std::is_same_v<Pool, SerialLoop>) {
+        return workload + "_serial";
+    } else {
+        return workload;
+    }
+}
+
 int identity(int x) { return x; }
 
 // 6. (registered first, so it runs while this process is small: fork copies the page tables of what the
 // forking process maps) Pool of 2: construction + first apply + destruction.
+template <class Pool>
 void BM_start_teardown(benchmark::State& state) {
     std::vector<double> samples;
     for (auto _ : state) {
         const auto start = Clock::now();
         {
-            procpool::Pool pool(2);
+            Pool pool(2);
             benchmark::DoNotOptimize(pool.apply(identity, 1));
         }
         samples.push_back(seconds_since(start) * 1e3);
     }
-    report(state, "pool2_start_apply_teardown", median(samples), "ms");
+    report(state, workload_name<Pool>("pool2_start_apply_teardown"), median(samples), "ms");
 }
-BENCHMARK(BM_start_teardown)->Iterations(50)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_start_teardown, procpool::Pool)->Iterations(50)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // 6b. The floor for 6.: one fork + _exit + waitpid of this process. A pool of 2 needs three forks (the fork
 // server and two workers) and their exits.
@@ -177,13 +270,16 @@ void BM_process_tree_floor(benchmark::State& state) {
 }
 BENCHMARK(BM_process_tree_floor)->Iterations(50)->UseRealTime()->Unit(benchmark::kMillisecond);
 
+// 6. in a thread pool of 2 (after the floors: its threads leave this process a little bigger).
+BENCHMARK_TEMPLATE(BM_start_teardown, ThreadPool)->Iterations(50)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // 1. apply round trip of a no-op, back to back; and 1b. the same when the caller works for state.range(0) us
 // between calls (a wall-clock busy loop): what the workers' and the caller's polling before they sleep buys once
 // calls are not back to back.
+template <class Pool>
 void BM_apply_round_trip(benchmark::State& state) {
     const auto caller_work = std::chrono::microseconds(state.range(0));
-    procpool::Pool pool(cpus());
+    Pool pool(cpus());
     for (int i = 0; i < 2000; ++i) pool.apply(identity, i);
     std::vector<double> samples;
     int i = 0;
@@ -198,31 +294,38 @@ void BM_apply_round_trip(benchmark::State& state) {
     const std::string workload = caller_work.count() == 0
                                      ? "apply_round_trip"
                                      : "apply_after_" + std::to_string(caller_work.count()) + "us_caller_work";
-    report(state, workload, median(samples), "us");
+    report(state, workload_name<Pool>(workload), median(samples), "us");
 }
-BENCHMARK(BM_apply_round_trip)->Arg(0)->Iterations(20000)->UseRealTime();
-BENCHMARK(BM_apply_round_trip)->Arg(20)->Iterations(5000)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_apply_round_trip, procpool::Pool)->Arg(0)->Iterations(20000)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_apply_round_trip, procpool::Pool)->Arg(20)->Iterations(5000)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_apply_round_trip, ThreadPool)->Arg(0)->Iterations(20000)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_apply_round_trip, ThreadPool)->Arg(20)->Iterations(5000)->UseRealTime();
 
 // 2. apply_async burst: 20 000 no-op tasks submitted, then all gathered.
+template <class Pool>
 void BM_apply_async_burst(benchmark::State& state) {
-    procpool::Pool pool(cpus());
+    Pool pool(cpus());
     pool.apply(identity, 0);
     std::vector<double> rates;
     for (auto _ : state) {
         const auto start = Clock::now();
-        std::vector<procpool::AsyncResult<int>> results;
+        std::vector<decltype(pool.apply_async(identity, 0))> results;
         results.reserve(20000);
         for (int k = 0; k < 20000; ++k) results.push_back(pool.apply_async(identity, k));
         for (auto& r : results) benchmark::DoNotOptimize(r.get());
         rates.push_back(20000 / seconds_since(start));
     }
-    report(state, "apply_async_burst", median(rates), "tasks/s");
+    report(state, workload_name<Pool>("apply_async_burst"), median(rates), "tasks/s");
 }
-BENCHMARK(BM_apply_async_burst)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_apply_async_burst, procpool::Pool)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_apply_async_burst, ThreadPool)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-// 3. map of a tiny function over 10 million integers, default chunksize.
+// 3. map of a tiny function over 10 million integers, default chunksize (the thread pool's: Python's rule). The
+// baselines make their result as std::vector<int>(n) does, in the calling thread: on a virtual machine, faulting in
+// those 40 MB can take most of their time.
+template <class Pool>
 void BM_map_tiny(benchmark::State& state) {
-    procpool::Pool pool(cpus());
+    Pool pool(cpus());
     std::vector<int> input(10'000'000);
     std::iota(input.begin(), input.end(), 0);
     pool.map([](int x) { return 2 * x; }, std::vector<int>(1000, 1));
@@ -232,38 +335,59 @@ void BM_map_tiny(benchmark::State& state) {
         benchmark::DoNotOptimize(pool.map([](int x) { return 2 * x; }, input));
         rates.push_back(static_cast<double>(input.size()) / seconds_since(start));
     }
-    report(state, "map_tiny", median(rates), "items/s");
+    report(state, workload_name<Pool>("map_tiny"), median(rates), "items/s");
 }
-BENCHMARK(BM_map_tiny)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_map_tiny, procpool::Pool)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_map_tiny, ThreadPool)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_map_tiny, SerialLoop)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-// 4. imap and imap_unordered over 200 000 integers, chunksize 1 and default.
+// 4. imap and imap_unordered over 200 000 integers, chunksize 1 and default, each result consumed as it comes.
+/// The sum of identity over 0..n-1 through imap (`ordered`) or imap_unordered.
+long imap_sum(procpool::Pool& pool, int n, const procpool::MapOptions& options, bool ordered) {
+    long sum = 0;
+    if (ordered) {
+        for (int v : pool.imap(identity, std::views::iota(0, n), options)) sum += v;
+    } else {
+        for (int v : pool.imap_unordered(identity, std::views::iota(0, n), options)) sum += v;
+    }
+    return sum;
+}
+long imap_sum(ThreadPool& pool, int n, const procpool::MapOptions& options, bool ordered) {
+    long sum = 0;
+    pool.imap(identity, std::views::iota(0, n), options, ordered, [&](int v) { sum += v; });
+    return sum;
+}
+
+template <class Pool>
 void BM_imap(benchmark::State& state) {
     const bool ordered = state.range(0) == 1;
     const std::size_t chunksize = static_cast<std::size_t>(state.range(1));
-    procpool::Pool pool(cpus());
+    Pool pool(cpus());
     pool.apply(identity, 0);
     std::vector<double> rates;
     for (auto _ : state) {
         const auto start = Clock::now();
-        long n = 0;
-        if (ordered) {
-            for (int v : pool.imap(identity, std::views::iota(0, 200000), {.chunksize = chunksize})) n += v;
-        } else {
-            for (int v : pool.imap_unordered(identity, std::views::iota(0, 200000), {.chunksize = chunksize})) n += v;
-        }
-        benchmark::DoNotOptimize(n);
+        benchmark::DoNotOptimize(imap_sum(pool, 200000, {.chunksize = chunksize}, ordered));
         rates.push_back(200000 / seconds_since(start));
     }
     const std::string method = ordered ? "imap" : "imap_unordered";
-    report(state, method + (chunksize == 1 ? "_chunksize_1" : "_default"), median(rates), "items/s");
+    report(state, workload_name<Pool>(method + (chunksize == 1 ? "_chunksize_1" : "_default")), median(rates),
+           "items/s");
 }
-BENCHMARK(BM_imap)->Args({1, 1})->Args({0, 1})->Args({1, 0})->Args({0, 0})->Iterations(5)->UseRealTime()->Unit(
-    benchmark::kMillisecond);
+void imap_args(benchmark::internal::Benchmark* b) {
+    b->Args({1, 1})->Args({0, 1})->Args({1, 0})->Args({0, 0})->Iterations(5)->UseRealTime()->Unit(
+        benchmark::kMillisecond);
+}
+BENCHMARK_TEMPLATE(BM_imap, procpool::Pool)->Apply(imap_args);
+BENCHMARK_TEMPLATE(BM_imap, ThreadPool)->Apply(imap_args);
 
-// 5. 10 MiB arguments and 10 MiB results through map.
+// 5. 10 MiB arguments and 10 MiB results through map. The thread pool copies no argument (a task reads the
+// caller's string through a reference) and moves each result string into the vector the caller gets: of the bytes,
+// only a result's, written once as it is made, are touched by anything but the function.
+template <class Pool>
 void BM_payload(benchmark::State& state) {
     const bool arguments = state.range(0) == 1;
-    procpool::Pool pool(cpus());
+    Pool pool(cpus());
     const std::size_t size = std::size_t{10} << 20;
     const std::vector<std::string> items(16, std::string(size, 'x'));
     const std::vector<std::size_t> sizes(16, size);
@@ -281,9 +405,14 @@ void BM_payload(benchmark::State& state) {
         }
         rates.push_back(16.0 * static_cast<double>(size) / seconds_since(start) / 1e9);
     }
-    report(state, arguments ? "payload_10mib_args" : "payload_10mib_results", median(rates), "GB/s");
+    report(state, workload_name<Pool>(arguments ? "payload_10mib_args" : "payload_10mib_results"), median(rates),
+           "GB/s");
 }
-BENCHMARK(BM_payload)->Arg(1)->Arg(0)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+void payload_args(benchmark::internal::Benchmark* b) {
+    b->Arg(1)->Arg(0)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+BENCHMARK_TEMPLATE(BM_payload, procpool::Pool)->Apply(payload_args);
+BENCHMARK_TEMPLATE(BM_payload, ThreadPool)->Apply(payload_args);
 
 // 5b. The floor for 5.: sixteen fresh 10 MiB strings made in this process by copying a warm one, with the same
 // huge-page advice procpool uses. A result has to become a fresh object in the caller; on a virtual machine
@@ -329,7 +458,7 @@ void BM_cpu_scaling(benchmark::State& state) {
         {
             ThreadPool threads(workers);
             start = Clock::now();
-            benchmark::DoNotOptimize(threads.map(spin, tasks));
+            benchmark::DoNotOptimize(threads.map(spin, tasks, {.chunksize = 1}));
             threaded = seconds_since(start);
         }
     }
@@ -349,24 +478,28 @@ void cpu_scaling_args(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_cpu_scaling)->Apply(cpu_scaling_args)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-// 8. Skewed load: one task 100x longer than the rest; makespan against the ideal.
+// 8. Skewed load: one task 100x longer than the rest; makespan against the ideal. procpool chooses its chunks; the
+// thread pool takes one item per task, its best schedule (the ceiling), which costs nothing next to 2 ms items.
+template <class Pool>
 void BM_skew(benchmark::State& state) {
     const std::size_t workers = cpus();
     std::vector<double> tasks(400, 0.002);
     tasks[17] = 0.2;
     const double total = std::accumulate(tasks.begin(), tasks.end(), 0.0);
     const double ideal = std::max(total / static_cast<double>(workers), *std::max_element(tasks.begin(), tasks.end()));
-    procpool::Pool pool(workers);
+    const procpool::MapOptions options{.chunksize = std::is_same_v<Pool, ThreadPool> ? 1U : 0U};
+    Pool pool(workers);
     pool.map(spin, std::vector<double>(workers, 0.0));
     std::vector<double> ratios;
     for (auto _ : state) {
         const auto start = Clock::now();
-        benchmark::DoNotOptimize(pool.map(spin, tasks));
+        benchmark::DoNotOptimize(pool.map(spin, tasks, options));
         ratios.push_back(seconds_since(start) / ideal);
     }
-    report(state, "skewed_makespan", median(ratios), "x ideal");
+    report(state, workload_name<Pool>("skewed_makespan"), median(ratios), "x ideal");
 }
-BENCHMARK(BM_skew)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_skew, procpool::Pool)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_skew, ThreadPool)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 long cpu_ticks(pid_t pid) {
     std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
