@@ -12,6 +12,7 @@ import statistics
 import sys
 
 HIGHER_IS_BETTER = {"tasks/s", "items/s", "GB/s"}  # for the others (us, ms, ns, x ideal) lower is better
+BASELINES = ("threads", "serial")  # bench_pool.cpp reports them as workloads "<workload>_threads", "<workload>_serial"
 
 
 def machine():
@@ -44,6 +45,20 @@ def load_cpp(path):
     return {w: (u, statistics.median(v)) for w, (u, v) in figures.items()}, extras, data.get("context", {})
 
 
+def split_baselines(cpp):
+    """procpool's figures without the baselines, and {workload: {"threads": value, "serial": value}}."""
+    ours, baselines = {}, {}
+    for workload, (unit, value) in cpp.items():
+        for kind in BASELINES:
+            base = workload.removesuffix("_" + kind)
+            if base != workload and base in cpp:
+                baselines.setdefault(base, {})[kind] = value
+                break
+        else:
+            ours[workload] = (unit, value)
+    return ours, baselines
+
+
 def load_python(path):
     figures = {}
     with open(path) as f:
@@ -58,7 +73,11 @@ def ratio(unit, ours, theirs):
     if not ours or not theirs:
         return ""
     value = ours / theirs if unit in HIGHER_IS_BETTER else theirs / ours
-    return f"{value:.1f}x"
+    return f"{value:.1f}x" if value >= 1 else f"{value:.2g}x"
+
+
+def figure(value, missing=""):
+    return f"{value:,.3g}" if value is not None else missing
 
 
 def scaling_rows(cpp, extras, python):
@@ -95,6 +114,7 @@ def main():
         del args[at:at + 2]
     sys.argv[1:] = args
     cpp, extras, context = load_cpp(sys.argv[1])
+    ours, baselines = split_baselines(cpp)
     python = load_python(sys.argv[2])
     rows = scaling_rows(cpp, extras, python)
     if plot_data:
@@ -102,16 +122,22 @@ def main():
     print(f"# procpool benchmark results\n\nMachine: {machine()}  ")
     print(f"Run: {context.get('date', '')}, Google Benchmark `{context.get('library_build_type', '')}` library, "
           f"Python {platform.python_version()} `multiprocessing.Pool` (fork) on the same machine in the same run.\n")
-    print("Figures are medians of repeated runs. \"procpool vs Python\" is how many times better procpool is.\n")
-    print("| workload | unit | procpool | Python multiprocessing | procpool vs Python |")
-    print("|---|---|---:|---:|---:|")
-    for workload, (unit, value) in cpp.items():
+    print("Figures are medians of repeated runs. \"procpool vs Python\" is how many times better procpool is. "
+          "\"thread pool\" and \"serial loop\" are the same work in the benchmark's own process, in the same run: "
+          "a plain thread pool (the ceiling without process isolation) and a loop; \"procpool vs threads\" is how "
+          "many times better procpool is than that thread pool.\n")
+    print("| workload | unit | procpool | Python multiprocessing | procpool vs Python | thread pool | serial loop"
+          " | procpool vs threads |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for workload, (unit, value) in ours.items():
         if workload.startswith("cpu_scaling"):
             continue
-        theirs = python.get(workload, {}).get("value")
-        theirs_text = f"{theirs:,.3g}" if theirs else "n/a"
-        print(f"| {workload} | {unit} | {value:,.3g} | {theirs_text} | {ratio(unit, value, theirs)} |")
-    scaling = [(w, v) for w, v in cpp.items() if w.startswith("cpu_scaling")]
+        theirs = python.get(workload, {}).get("value") or None
+        baseline = baselines.get(workload, {})
+        print(f"| {workload} | {unit} | {value:,.3g} | {figure(theirs, 'n/a')} | {ratio(unit, value, theirs)} | "
+              f"{figure(baseline.get('threads'))} | {figure(baseline.get('serial'))} | "
+              f"{ratio(unit, value, baseline.get('threads'))} |")
+    scaling = [(w, v) for w, v in ours.items() if w.startswith("cpu_scaling")]
     ten_ms = [r for r in rows if r[0] == "10.0ms"]
     if ten_ms:
         base = ten_ms[0][2]
