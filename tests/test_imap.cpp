@@ -3,12 +3,14 @@
 #include <procpool/procpool.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <numeric>
 #include <ranges>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -251,4 +253,52 @@ TEST_CASE("an imap range is movable: chained as a temporary, piped into a view, 
     CHECK(sum == 55);
     CHECK_THROWS_AS(second.begin(), procpool::PoolStateError);  // NOLINT(bugprone-use-after-move): checked on purpose
     CHECK(pool.map(twice, std::vector<long>{1, 2}) == std::vector<long>{2, 4});  // the pool still works
+}
+
+namespace {
+/// Trivially copyable but not trivially default-constructible: crosses as raw bytes, decoded without its constructor.
+struct Sample {
+    int id = -1;
+    double weight = 0.5;
+};
+}  // namespace
+
+TEST_CASE("in one large chunk of raw-byte items, each failing item fails alone and every other value is its own") {
+    // Items and results that are raw bytes run through the worker's block loop: results are written in place and
+    // a failed item leaves no gap, so a value landing at the wrong index would show here.
+    procpool::Pool pool(1);
+    constexpr int kCount = 20000;
+    auto results = pool.imap(
+        [](int x) {
+            if (x % 997 == 5) throw std::invalid_argument(std::to_string(x));
+            return Sample{3 * x, x * 0.25};
+        },
+        std::views::iota(0, kCount), {.chunksize = kCount});
+    int index = 0;
+    int failures = 0;
+    for (auto it = results.begin(); it != results.end(); ++it, ++index) {
+        try {
+            const Sample s = *it;
+            REQUIRE(index % 997 != 5);
+            REQUIRE(s.id == 3 * index);
+            REQUIRE(s.weight == index * 0.25);
+        } catch (const std::invalid_argument& e) {
+            REQUIRE(index % 997 == 5);
+            REQUIRE(std::string(e.what()) == std::to_string(index));
+            ++failures;
+        }
+    }
+    CHECK(index == kCount);
+    CHECK(failures == 21);
+
+    // Items of a type without a trivial default constructor; then std::array items unpacked by starmap.
+    std::vector<Sample> samples(5000);
+    for (int i = 0; i < 5000; ++i) samples[i].id = i;
+    const auto ids = pool.map([](const Sample& s) { return s.id + static_cast<int>(s.weight * 2); }, samples);
+    REQUIRE(ids.size() == 5000);
+    for (int i = 0; i < 5000; ++i) REQUIRE(ids[i] == i + 1);
+    std::vector<std::array<int, 2>> pairs(5000);
+    for (int i = 0; i < 5000; ++i) pairs[i] = {i, 2};
+    const auto products = pool.starmap([](int a, int b) { return a * b; }, pairs);
+    for (int i = 0; i < 5000; ++i) REQUIRE(products[i] == 2 * i);
 }

@@ -10,6 +10,7 @@
 // stable id instead).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -95,6 +96,29 @@ struct ProgressWords {
     std::atomic<std::int64_t>* item_start_ns = nullptr;
 };
 
+/// A copy of a bitwise T made from its bytes: a plain T where T can be default-constructed trivially (the
+/// compiler keeps it in a register), otherwise raw storage (copying the bytes of a trivially copyable type creates
+/// it).
+template <class T>
+class BitwiseCopy {
+public:
+    explicit BitwiseCopy(const std::byte* bytes) noexcept { std::memcpy(&storage_, bytes, sizeof(T)); }
+    T& get() noexcept {
+        if constexpr (kPlain) {
+            return storage_;
+        } else {
+            return *std::launder(reinterpret_cast<T*>(&storage_));
+        }
+    }
+
+private:
+    static constexpr bool kPlain = std::is_trivially_default_constructible_v<T>;
+    struct alignas(T) Raw {
+        std::byte bytes[sizeof(T)];
+    };
+    std::conditional_t<kPlain, T, Raw> storage_;
+};
+
 /// Runs one task's items on the worker side and streams their results back. Results are sent when the task ends
 /// and, for long tasks, whenever `flush_interval` has passed since the last send, so completed items reach the
 /// caller (and survive a later crash of the worker) without a message per tiny item.
@@ -168,7 +192,66 @@ public:
     /// Sends everything not sent yet as the task's final result message.
     void finish() { send(monotonic_ns(), true); }
 
+    /// Runs every item through `call` when items and results are raw bytes (bitwise) and there is no task
+    /// timeout: items are read and results written in place, a block at a time, where the item loop goes through
+    /// an archive per item. The messages, the per-item progress word (crash attribution) and the flush rule are
+    /// the item loop's. Returns false, having run nothing, when the item loop has to do it (a timeout, items that
+    /// do not fill the message exactly, no memory for the results).
+    template <class Item, class Result, class Call>
+    bool run_bitwise(Call&& call) {
+        static_assert(bitwise<Item>() && bitwise<Result>());
+        const std::size_t in_bytes = std::size_t{count_} * sizeof(Item);
+        if (timed_ || items_.remaining() != in_bytes) return false;
+        try {
+            values_.reserve(std::size_t{count_} * sizeof(Result));  // extend() below never allocates
+        } catch (const std::bad_alloc&) {
+            return false;
+        }
+        const std::byte* in = items_.take(in_bytes);
+        std::atomic<std::uint64_t> unused{0};
+        std::atomic<std::uint64_t>& progress = progress_.item != nullptr ? *progress_.item : unused;
+        for (std::uint32_t i = 0; i < count_;) {
+            const std::uint32_t end = i + std::min(next_block(i), count_ - i);
+            const std::size_t mark = values_.size();
+            std::byte* const block = values_.extend(std::size_t{end - i} * sizeof(Result));
+            std::byte* out = block;
+            for (; i < end; ++i) {
+                progress.store(i, std::memory_order_relaxed);
+                BitwiseCopy<Item> item(in + std::size_t{i} * sizeof(Item));
+                try {
+                    const Result& value = call(item.get());
+                    std::memcpy(out, std::addressof(value), sizeof(Result));
+                    out += sizeof(Result);
+                } catch (...) {
+                    current_ = i;
+                    item_failed();
+                }
+            }
+            values_.truncate(mark + static_cast<std::size_t>(out - block));  // failed items wrote nothing
+        }
+        finish();
+        return true;
+    }
+
 private:
+    /// run_bitwise's begin_item: item `index` starts a block. Sends the results gathered so far when they are due
+    /// and returns how many items to run before looking at the clock again (begin_item's stride rule, with longer
+    /// blocks for fast items).
+    std::uint32_t next_block(std::uint32_t index) {
+        current_ = index;
+        if (index == first_unsent_) return stride_;
+        const std::int64_t now = monotonic_ns();
+        if (now - last_flush_ns_ >= flush_interval_ns_) {
+            send(now, false);
+            stride_ = 1;
+        } else {
+            stride_ = now - last_check_ns_ < 2'000 ? std::min<std::uint32_t>(stride_ * 2, kMaxBitwiseBlock) : 1;
+        }
+        last_check_ns_ = now;
+        return stride_;
+    }
+    static constexpr std::uint32_t kMaxBitwiseBlock = 4096;
+
     void record_error(std::uint32_t index) {
         OutputArchive ar(errors_);
         ar.write_bytes(&index, sizeof index);
@@ -336,6 +419,10 @@ void run_task(TaskRunner& run) {
         return;
     }
     F* f = &callable->get();
+    if constexpr (bitwise<Item>() && !std::is_void_v<Result> && bitwise<Result>()) {
+        const auto call = [f](Item& item) -> decltype(auto) { return Invocation<F, Item, Unpack>::call(*f, item); };
+        if (run.template run_bitwise<Item, Result>(call)) return;
+    }
     for (std::uint32_t i = 0; i < run.count(); ++i) {
         run.begin_item(i);
         std::optional<Item> item;
