@@ -152,3 +152,36 @@ TEST_CASE("an initializer that throws breaks the pool with that error instead of
         }
     }
 }
+
+TEST_CASE("after a run of fast items, a crash among slow ones fails only the crashing item") {
+    // Fast items let the worker look at the clock rarely (every 256 items at most); once items are slow it looks at
+    // every item and sends what finished. A crash 300 slow items in must find all of them sent: a longer stretch
+    // between looks would fail finished items with WorkerCrashed.
+    procpool::Pool pool(1);
+    constexpr int kFast = 2'000'000;
+    constexpr int kCrashAt = kFast + 300;
+    constexpr int kCount = kCrashAt + 10;
+    auto results = pool.imap(
+        [](int x) {
+            if (x >= kFast) {
+                const auto end = std::chrono::steady_clock::now() + 250us;
+                while (std::chrono::steady_clock::now() < end) {
+                }
+            }
+            if (x == kCrashAt) std::abort();
+            return 2 * x;
+        },
+        std::views::iota(0, kCount), {.chunksize = kCount});
+    int index = 0;
+    std::vector<int> crashed;
+    for (auto it = results.begin(); it != results.end(); ++it, ++index) {
+        try {
+            const int value = *it;
+            REQUIRE(value == 2 * index);
+        } catch (const procpool::WorkerCrashed&) {
+            crashed.push_back(index);
+        }
+    }
+    CHECK(index == kCount);
+    CHECK(crashed == std::vector<int>{kCrashAt});
+}

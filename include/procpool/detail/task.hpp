@@ -159,8 +159,8 @@ public:
             send(now, false);
             stride_ = countdown_ = 1;
         } else {
-            // Fast items: look at the clock less often (up to every 256 items); slow items: every item.
-            stride_ = now - last_check_ns_ < 2'000 ? std::min<std::uint32_t>(stride_ * 2, 256) : 1;
+            // Fast items: look at the clock less often (up to every kMaxStride items); slow items: every item.
+            stride_ = now - last_check_ns_ < 2'000 ? std::min(stride_ * 2, kMaxStride) : 1;
             countdown_ = stride_;
         }
         last_check_ns_ = now;
@@ -192,32 +192,33 @@ public:
     /// Sends everything not sent yet as the task's final result message.
     void finish() { send(monotonic_ns(), true); }
 
-    /// Runs every item through `call` when items and results are raw bytes (bitwise) and there is no task
-    /// timeout: items are read and results written in place, a block at a time, where the item loop goes through
-    /// an archive per item. The messages, the per-item progress word (crash attribution) and the flush rule are
-    /// the item loop's. Returns false, having run nothing, when the item loop has to do it (a timeout, items that
-    /// do not fill the message exactly, no memory for the results).
+    /// Runs items through `call` when items and results are raw bytes (bitwise) and there is no task timeout:
+    /// items are read and results written in place, a block at a time, where the item loop goes through an archive
+    /// per item. The messages, the progress word (per item: crash attribution) and the flush rule are the item
+    /// loop's. Returns the first item it did not run: count() when it ran them all, 0 when the item loop has to
+    /// (a timeout, items that do not fill the message exactly), or where no memory was left for a block of
+    /// results (the item loop goes on from there and fails the items whose values do not fit).
     template <class Item, class Result, class Call>
-    bool run_bitwise(Call&& call) {
+    std::uint32_t run_bitwise(Call&& call) {
         static_assert(bitwise<Item>() && bitwise<Result>());
-        const std::size_t in_bytes = std::size_t{count_} * sizeof(Item);
-        if (timed_ || items_.remaining() != in_bytes) return false;
-        try {
-            values_.reserve(std::size_t{count_} * sizeof(Result));  // extend() below never allocates
-        } catch (const std::bad_alloc&) {
-            return false;
-        }
-        const std::byte* in = items_.take(in_bytes);
+        if (timed_ || items_.remaining() != std::size_t{count_} * sizeof(Item)) return 0;
         std::atomic<std::uint64_t> unused{0};
         std::atomic<std::uint64_t>& progress = progress_.item != nullptr ? *progress_.item : unused;
         for (std::uint32_t i = 0; i < count_;) {
+            progress.store(i, std::memory_order_relaxed);
             const std::uint32_t end = i + std::min(next_block(i), count_ - i);
             const std::size_t mark = values_.size();
-            std::byte* const block = values_.extend(std::size_t{end - i} * sizeof(Result));
+            std::byte* block = nullptr;
+            try {
+                block = values_.extend(std::size_t{end - i} * sizeof(Result));
+            } catch (const std::bad_alloc&) {
+                return i;
+            }
+            const std::byte* in = items_.take(std::size_t{end - i} * sizeof(Item));
             std::byte* out = block;
-            for (; i < end; ++i) {
+            for (; i < end; ++i, in += sizeof(Item)) {
                 progress.store(i, std::memory_order_relaxed);
-                BitwiseCopy<Item> item(in + std::size_t{i} * sizeof(Item));
+                BitwiseCopy<Item> item(in);
                 try {
                     const Result& value = call(item.get());
                     std::memcpy(out, std::addressof(value), sizeof(Result));
@@ -229,14 +230,12 @@ public:
             }
             values_.truncate(mark + static_cast<std::size_t>(out - block));  // failed items wrote nothing
         }
-        finish();
-        return true;
+        return count_;
     }
 
 private:
     /// run_bitwise's begin_item: item `index` starts a block. Sends the results gathered so far when they are due
-    /// and returns how many items to run before looking at the clock again (begin_item's stride rule, with longer
-    /// blocks for fast items).
+    /// and returns how many items to run before looking at the clock again (begin_item's stride rule).
     std::uint32_t next_block(std::uint32_t index) {
         current_ = index;
         if (index == first_unsent_) return stride_;
@@ -245,12 +244,11 @@ private:
             send(now, false);
             stride_ = 1;
         } else {
-            stride_ = now - last_check_ns_ < 2'000 ? std::min<std::uint32_t>(stride_ * 2, kMaxBitwiseBlock) : 1;
+            stride_ = now - last_check_ns_ < 2'000 ? std::min(stride_ * 2, kMaxStride) : 1;
         }
         last_check_ns_ = now;
         return stride_;
     }
-    static constexpr std::uint32_t kMaxBitwiseBlock = 4096;
 
     void record_error(std::uint32_t index) {
         OutputArchive ar(errors_);
@@ -294,6 +292,9 @@ private:
     std::uint32_t current_ = 0;
     std::uint32_t first_unsent_ = 0;
     std::uint32_t error_count_ = 0;
+    /// At most this many items run between two looks at the clock: finished results wait at most that long to
+    /// be sent (a crash fails the items run but not sent).
+    static constexpr std::uint32_t kMaxStride = 256;
     std::uint32_t stride_ = 1;
     std::uint32_t countdown_ = 1;
 };
@@ -419,11 +420,12 @@ void run_task(TaskRunner& run) {
         return;
     }
     F* f = &callable->get();
+    std::uint32_t first = 0;
     if constexpr (bitwise<Item>() && !std::is_void_v<Result> && bitwise<Result>()) {
         const auto call = [f](Item& item) -> decltype(auto) { return Invocation<F, Item, Unpack>::call(*f, item); };
-        if (run.template run_bitwise<Item, Result>(call)) return;
+        first = run.template run_bitwise<Item, Result>(call);
     }
-    for (std::uint32_t i = 0; i < run.count(); ++i) {
+    for (std::uint32_t i = first; i < run.count(); ++i) {
         run.begin_item(i);
         std::optional<Item> item;
         try {
