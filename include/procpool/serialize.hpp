@@ -553,8 +553,7 @@ void decode(InputArchive& ar, T& value) {
     } else if constexpr (detail::is_basic_string<U>::value) {
         using Char = typename U::value_type;
         const std::size_t n = ar.read_size(sizeof(Char));
-        detail::resize_for_overwrite(value, n);
-        ar.read_bytes(value.data(), n * sizeof(Char));
+        detail::assign_string_bytes(value, ar.take(n * sizeof(Char)), n);
     } else if constexpr (detail::is_bitwise_vector<U>::value) {
         using E = typename U::value_type;
         const std::size_t n = ar.read_size(sizeof(E));

@@ -9,6 +9,7 @@
 #include <new>
 #include <span>
 #include <sys/mman.h>
+#include <type_traits>
 #include <unistd.h>
 #include <utility>
 
@@ -43,6 +44,25 @@ void resize_for_overwrite(Container& c, std::size_t n) {
     }
 #endif
     c.resize(n);
+}
+
+/// Makes `s` the `n` characters encoded at `bytes`. For narrow strings it copies straight into fresh capacity (one
+/// pass over the memory); resizing first would zero-fill it all before the copy (a second pass) unless C++23's
+/// resize_and_overwrite exists. Huge pages are advised as in resize_for_overwrite.
+template <class String>
+void assign_string_bytes(String& s, const std::byte* bytes, std::size_t n) {
+    using Char = typename String::value_type;
+    if constexpr (std::is_same_v<Char, char> || std::is_same_v<Char, unsigned char>) {
+        if (n > s.capacity()) {
+            s.clear();  // nothing to keep: reserve() need not copy the old characters
+            s.reserve(n);
+            advise_huge_pages(s.data(), s.capacity());
+        }
+        s.assign(reinterpret_cast<const Char*>(bytes), n);  // char and unsigned char may read any bytes
+    } else {
+        resize_for_overwrite(s, n);
+        if (n != 0) std::memcpy(s.data(), bytes, n * sizeof(Char));
+    }
 }
 
 /// Recently released large buffers, kept for reuse: mapping fresh memory costs a fault per page and the kernel's
