@@ -3,18 +3,25 @@
 #include <procpool/procpool.hpp>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
 #include <numeric>
 #include <optional>
+#include <ranges>
 #include <set>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
 #include <variant>
 #include <vector>
+
+#include "support.hpp"
 
 namespace {
 
@@ -143,4 +150,98 @@ TEST_CASE("a mix of small and large results in one imap keeps order") {
         ++index;
     }
     CHECK(index == 60);
+}
+
+namespace {
+std::atomic<std::uintptr_t> first_read_at{0};  // where the parent decoded the first SlowToRead from
+
+/// A large result whose decoding in the parent pauses between its id and its payload, so the worker finishes its
+/// next result while the parent still reads this one.
+struct SlowToRead {
+    int id = -1;
+    std::string payload;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        if constexpr (std::is_same_v<Archive, procpool::InputArchive>) {
+            if (first_read_at.load() == 0) first_read_at = reinterpret_cast<std::uintptr_t>(ar.position());
+        }
+        ar(id);
+        if constexpr (std::is_same_v<Archive, procpool::InputArchive>) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(3));
+        }
+        ar(payload);
+    }
+};
+
+/// The line of /proc/self/maps whose range holds `address` (empty if none).
+std::string mapping_of(std::uintptr_t address) {
+    std::istringstream maps(test_support::read_proc_file("/proc/self/maps"));
+    for (std::string line; std::getline(maps, line);) {
+        std::uintptr_t begin = 0;
+        std::uintptr_t end = 0;
+        char dash = 0;
+        std::istringstream(line) >> std::hex >> begin >> dash >> end;
+        if (begin <= address && address < end) return line;
+    }
+    return {};
+}
+
+bool filled_with(const std::string& s, std::size_t size, char c) {
+    return s.size() == size && s.find_first_not_of(c) == std::string::npos;
+}
+}  // namespace
+
+TEST_CASE("results larger than a ring fragment arrive intact through the result area or, while it is read, the ring") {
+    // A worker puts such a result in its result area unless the parent is still reading the previous one there;
+    // then it streams it through the ring. A worker that wrote into the area while the parent read it would
+    // corrupt the payload read after the pause.
+    procpool::Pool pool(1);
+    constexpr std::size_t kSize = 300'000;
+    const auto results = pool.map(
+        [](int i) {
+            return SlowToRead{i, std::string(kSize, static_cast<char>('a' + i))};
+        },
+        std::views::iota(0, 12), {.chunksize = 12});
+    REQUIRE(results.size() == 12);
+    for (int i = 0; i < 12; ++i) {
+        CHECK(results[i].id == i);
+        CHECK(filled_with(results[i].payload, kSize, static_cast<char>('a' + i)));
+    }
+    // The first was read in place from the area: shared memory of 256 MiB per worker (not a private buffer that
+    // the fragments were copied into).
+    const std::string mapping = mapping_of(first_read_at.load());
+    INFO(mapping);
+    std::uintptr_t begin = 0;
+    std::uintptr_t end = 0;
+    char dash = 0;
+    std::string permissions;
+    std::istringstream(mapping) >> std::hex >> begin >> dash >> end >> permissions;
+    CHECK(end - begin == (std::uintptr_t{256} << 20) * pool.size());
+    CHECK(permissions == "rw-s");
+
+    // A crash right after a large result was sent (items take longer than the 200 us after which a worker sends
+    // what it has): that result counts, and the replacement worker uses the area afresh.
+    auto crashing = pool.imap(
+        [](int i) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            if (i == 1) std::abort();
+            return std::string(kSize, static_cast<char>('a' + i));
+        },
+        std::views::iota(0, 6), {.chunksize = 6});
+    int index = 0;
+    for (auto it = crashing.begin(); it != crashing.end(); ++it, ++index) {
+        if (index == 1) {
+            CHECK_THROWS_AS(*it, procpool::WorkerCrashed);
+        } else {
+            CHECK(filled_with(*it, kSize, static_cast<char>('a' + index)));
+        }
+    }
+    CHECK(index == 6);
+
+    // Past the size an area keeps warm (64 MiB: its pages past that are given back once read), and past what an
+    // area holds (256 MiB: streamed through the ring).
+    for (const std::size_t size : {std::size_t{80} << 20, std::size_t{260} << 20, std::size_t{1} << 20}) {
+        const std::string made = pool.apply([](std::size_t n) { return std::string(n, 'q'); }, size);
+        CHECK(filled_with(made, size, 'q'));
+    }
 }

@@ -21,13 +21,11 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <fcntl.h>
 #include <iterator>
 #include <map>
 #include <mutex>
 #include <new>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <unistd.h>
 #include <utility>
 #include <vector>
@@ -167,17 +165,7 @@ private:
     }
 
     static BulkArena* make() noexcept {
-        // Where a reservation would cost something, go without: under strict overcommit accounting
-        // (vm.overcommit_memory = 2) MAP_NORESERVE is ignored and the whole range would be committed; under an
-        // address-space limit (ulimit -v) it would eat the program's budget.
-        rlimit limit{};
-        if (::getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) return nullptr;
-        if (const int fd = ::open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC); fd >= 0) {
-            char mode = 0;
-            const bool strict = ::read(fd, &mode, 1) == 1 && mode == '2';
-            ::close(fd);
-            if (strict) return nullptr;
-        }
+        if (!address_space_is_free()) return nullptr;  // inputs then stream through the rings
         const SharedReservation reservation = reserve_shared_address_space(std::size_t{32} << 30);
         if (reservation.data == nullptr) return nullptr;
         try {

@@ -8,6 +8,7 @@
 #include <boost/interprocess/anonymous_shared_memory.hpp>
 #include <boost/interprocess/mapped_region.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -71,7 +72,7 @@ public:
     /// forked. Throws std::system_error if a fork fails (the workers already started are killed and reaped).
     explicit ForkTransport(Config config)
         : config_(std::move(config)), layout_(config_.workers, config_.ring_bytes),
-          region_(boost::interprocess::anonymous_shared_memory(layout_.bytes())) {
+          region_(boost::interprocess::anonymous_shared_memory(layout_.bytes())), result_areas_(config_.workers) {
         base_ = region_.get_address();
         layout_.construct(base_);
         control_ = layout_.control(base_);
@@ -159,7 +160,7 @@ public:
         while (std::optional<Fragment> fragment = outbox.peek()) {
             any = true;
             if (fragment->first() && fragment->last()) {
-                handler(fragment->header.kind, std::span<const std::byte>(fragment->bytes()));
+                hand_over(slot, fragment->header.kind, std::span<const std::byte>(fragment->bytes()), handler);
                 outbox.consume(*fragment);
                 continue;
             }
@@ -171,13 +172,45 @@ public:
             outbox.consume(*fragment);
             outbox.state().writable.ring();  // a worker streaming a large result may wait for this space
             if (last) {
-                handler(kind, partial.view());
+                hand_over(slot, kind, partial.view(), handler);
                 if (partial.capacity() > (std::size_t{64} << 20)) partial = Buffer();  // keep up to 64 MiB warm
                 partial.clear();
             }
         }
         if (any) outbox.state().writable.ring();
         return any;
+    }
+
+    /// Passes one message to `handler`; a message in the worker's result area (kResultInAreaMessage) as the
+    /// result message it stands for, read where it lies, after which the area is the worker's again. A malformed
+    /// one reaches the handler as an empty result message (a protocol error there).
+    template <class Handler>
+    void hand_over(std::size_t slot, std::uint16_t kind, std::span<const std::byte> bytes, Handler& handler) {
+        if (kind != kResultInAreaMessage) {
+            handler(kind, bytes);
+            return;
+        }
+        ResultInArea message{};
+        std::byte* area = result_areas_.area(slot);
+        if (bytes.size() != sizeof message || area == nullptr) {
+            handler(kResultMessage, std::span<const std::byte>());
+            return;
+        }
+        std::memcpy(&message, bytes.data(), sizeof message);
+        struct Release {  // also if the handler throws
+            const ForkTransport& transport;
+            std::size_t slot;
+            std::uint64_t size;
+            ~Release() {
+                transport.result_areas_.trim(slot, size);
+                transport.layout_.slot(transport.base_, slot)->result_area.busy.store(0, std::memory_order_release);
+            }
+        } release{*this, slot, std::min<std::uint64_t>(message.size, ResultAreas::kBytesPerSlot)};
+        if (message.size > ResultAreas::kBytesPerSlot) {
+            handler(kResultMessage, std::span<const std::byte>());
+            return;
+        }
+        handler(kResultMessage, std::span<const std::byte>(area, message.size));
     }
 
     /// True (once) after a worker freed inbox space that a partly written message waits for.
@@ -218,6 +251,7 @@ public:
         block->outbox.writable.reset();
         outboxes_[slot].resync();
         reassembly_[slot].clear();
+        block->result_area.busy.store(0, std::memory_order_relaxed);  // its message, if any, was read before
         block->status.task.store(0, std::memory_order_relaxed);
         block->status.item.store(0, std::memory_order_relaxed);
         block->status.item_start_ns.store(0, std::memory_order_relaxed);
@@ -350,6 +384,7 @@ private:
         env.spin = self->config_.worker_spin;
         env.flush_interval = self->config_.flush_interval;
         env.memory_limit = self->config_.memory_limit;
+        env.result_area = self->result_areas_.area(slot);
         Worker(env).run();
     }
 
@@ -362,6 +397,7 @@ private:
     Config config_;
     SharedLayout layout_;
     boost::interprocess::mapped_region region_;
+    ResultAreas result_areas_;  // reserved before the fork server is forked, like region_
     void* base_ = nullptr;
     ControlBlock* control_ = nullptr;
     std::vector<RingProducer> inboxes_;

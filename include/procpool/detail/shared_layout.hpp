@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "procpool/detail/futex.hpp"
+#include "procpool/detail/result_area.hpp"
 #include "procpool/detail/ring.hpp"
 
 namespace procpool::detail {
@@ -35,8 +36,9 @@ struct ControlBlock {
 
 struct SlotBlock {
     WorkerStatus status;
-    RingState inbox;   // parent -> worker: tasks
-    RingState outbox;  // worker -> parent: results
+    RingState inbox;              // parent -> worker: tasks
+    RingState outbox;             // worker -> parent: results
+    ResultAreaState result_area;  // worker -> parent: a result too large for one fragment of the outbox
 };
 
 static_assert(std::is_standard_layout_v<ControlBlock> && std::is_trivially_destructible_v<ControlBlock> &&

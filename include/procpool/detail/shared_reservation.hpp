@@ -2,7 +2,10 @@
 #pragma once
 
 #include <cstddef>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 namespace procpool::detail {
 
@@ -10,6 +13,21 @@ struct SharedReservation {
     std::byte* data = nullptr;  // nullptr if nothing could be reserved
     std::size_t size = 0;
 };
+
+/// Whether reserving address space costs nothing here. Under strict overcommit accounting
+/// (vm.overcommit_memory = 2) MAP_NORESERVE is ignored and a whole reservation would be committed; under an
+/// address-space limit (ulimit -v) it would eat the program's budget. Optional reservations go without then.
+inline bool address_space_is_free() noexcept {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) return false;
+    if (const int fd = ::open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC); fd >= 0) {
+        char mode = 0;
+        const bool strict = ::read(fd, &mode, 1) == 1 && mode == '2';
+        ::close(fd);
+        if (strict) return false;
+    }
+    return true;
+}
 
 /// Reserves as much address space as the system lets us, from `largest` bytes down by halves to 256 MiB:
 /// MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, so nothing is committed and pages appear where they are first

@@ -33,7 +33,11 @@ namespace procpool::detail {
 
 // ---- message kinds ----------------------------------------------------------------------------------------------
 enum InboxKind : std::uint16_t { kTaskMessage = 1, kExitMessage = 2 };
-enum OutboxKind : std::uint16_t { kResultMessage = 1, kInitFailedMessage = 2 };
+enum OutboxKind : std::uint16_t {
+    kResultMessage = 1,
+    kInitFailedMessage = 2,
+    kResultInAreaMessage = 3,  // fork transport: a ResultInArea, the result message is in the worker's result area
+};
 
 /// Claim states of a task message still in a worker's inbox: the worker takes it, or the parent revokes it to give
 /// it to an idle worker. Exactly one compare-exchange from kUnclaimed wins.

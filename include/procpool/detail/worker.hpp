@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <optional>
 #include <span>
@@ -21,6 +22,7 @@
 #include "procpool/detail/buffer.hpp"
 #include "procpool/detail/exceptions.hpp"
 #include "procpool/detail/process.hpp"
+#include "procpool/detail/result_area.hpp"
 #include "procpool/detail/ring.hpp"
 #include "procpool/detail/shared_layout.hpp"
 #include "procpool/detail/task.hpp"
@@ -40,6 +42,7 @@ struct WorkerEnvironment {
     std::chrono::nanoseconds spin{};            // how long to poll an empty inbox before sleeping
     std::chrono::nanoseconds flush_interval{};  // how often a long task sends the results it has so far
     std::optional<std::size_t> memory_limit;    // address space the worker may add to what it inherited
+    std::byte* result_area = nullptr;           // this slot's result area (ResultAreas::kBytesPerSlot), if any
 };
 
 class Worker final : private ResultSink {
@@ -179,7 +182,30 @@ private:
         return message_.view();
     }
 
-    void send_result(std::span<const Piece> pieces, std::size_t total) override { send(kResultMessage, pieces, total); }
+    void send_result(std::span<const Piece> pieces, std::size_t total) override {
+        if (total > outbox_.max_fragment() && send_in_area(pieces, total)) return;
+        send(kResultMessage, pieces, total);
+    }
+
+    /// Puts a result message that would stream through the ring in fragments into the slot's result area instead,
+    /// if the parent has read the last one there; the ring carries a ResultInArea. False if it did not.
+    bool send_in_area(std::span<const Piece> pieces, std::size_t total) noexcept {
+        ResultAreaState& state = slot_->result_area;
+        if (env_.result_area == nullptr || total > ResultAreas::kBytesPerSlot ||
+            state.busy.load(std::memory_order_acquire) != 0) {
+            return false;
+        }
+        std::byte* at = env_.result_area;
+        for (const Piece& piece : pieces) {
+            if (piece.size != 0) std::memcpy(at, piece.data, piece.size);
+            at += piece.size;
+        }
+        state.busy.store(1, std::memory_order_relaxed);  // published with the message below
+        const ResultInArea message{total};
+        const Piece piece{&message, sizeof message};
+        send(kResultInAreaMessage, {&piece, 1}, sizeof message);
+        return true;
+    }
 
     void send(std::uint16_t kind, std::span<const Piece> pieces, std::size_t total) noexcept {
         const bool sent = outbox_.write_all(

@@ -1,0 +1,77 @@
+// procpool internals: result areas, where a fork-pool worker puts a result message too large for one ring fragment.
+//
+// Such a message used to stream through the worker's result ring in fragments that the parent copied together
+// before decoding it: two copies in the parent, on the thread that drains every worker's results. Instead the
+// worker writes the whole message into its slot's area (shared memory mapped before the fork server is forked, so
+// at the same address everywhere) and sends a small ResultInArea message through the ring; the parent decodes the
+// message where it lies and then marks the area free. One area per worker slot, one message in it at a time: while
+// the parent has not read the last one, a worker sends through the ring as before.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <utility>
+
+#include "procpool/detail/ring.hpp"
+#include "procpool/detail/shared_reservation.hpp"
+
+namespace procpool::detail {
+
+/// A slot's area in use, in the pool's shared mapping (SlotBlock).
+struct alignas(kCacheLine) ResultAreaState {
+    std::atomic<std::uint32_t> busy{0};  // 1 from the worker's write until the parent has read the message
+};
+
+/// The ring message that stands for a message in the area (kind kResultInAreaMessage).
+struct ResultInArea {
+    std::uint64_t size;  // bytes of the message, from the area's start
+};
+
+/// The areas of one pool: one range of address space per worker slot, reserved without committing memory.
+class ResultAreas {
+public:
+    /// Messages up to this size go through an area (larger ones stream through the ring).
+    static constexpr std::size_t kBytesPerSlot = std::size_t{256} << 20;
+    /// Pages of an area kept after a larger message was read (so the next one finds them faulted in).
+    static constexpr std::size_t kWarmBytes = std::size_t{64} << 20;
+
+    ResultAreas() = default;
+    /// Reserves areas for `slots` workers, or none where address space is not free (then every result streams).
+    explicit ResultAreas(std::size_t slots) noexcept {
+        if (slots == 0 || !address_space_is_free()) return;
+        void* p = ::mmap(nullptr, slots * kBytesPerSlot, PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) return;
+        ::madvise(p, slots * kBytesPerSlot, MADV_DONTDUMP);
+        base_ = static_cast<std::byte*>(p);
+        slots_ = slots;
+    }
+    ResultAreas(ResultAreas&& other) noexcept
+        : base_(std::exchange(other.base_, nullptr)), slots_(std::exchange(other.slots_, 0)) {}
+    ResultAreas& operator=(ResultAreas&&) = delete;
+    ~ResultAreas() {
+        if (base_ != nullptr) ::munmap(base_, slots_ * kBytesPerSlot);
+    }
+
+    /// `slot`'s area (kBytesPerSlot bytes), or nullptr when there are no areas.
+    [[nodiscard]] std::byte* area(std::size_t slot) const noexcept {
+        return base_ == nullptr ? nullptr : base_ + slot * kBytesPerSlot;
+    }
+
+    /// After a message of `size` bytes in `slot`'s area was read: gives back its pages past kWarmBytes. Only while
+    /// the area is busy (no worker writes it).
+    void trim(std::size_t slot, std::size_t size) const noexcept {
+        if (base_ == nullptr || size <= kWarmBytes) return;
+        const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+        ::madvise(area(slot) + kWarmBytes, (size - kWarmBytes + page - 1) / page * page, MADV_REMOVE);
+    }
+
+private:
+    std::byte* base_ = nullptr;
+    std::size_t slots_ = 0;
+};
+
+}  // namespace procpool::detail
