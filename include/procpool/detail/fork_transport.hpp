@@ -9,6 +9,7 @@
 #include <boost/interprocess/mapped_region.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -87,6 +88,7 @@ public:
         SharedHeap::instance();
         BulkArena::instance();  // likewise the bulk arena, where large inputs are passed by reference
         start_server();
+        result_areas_.keep_out_of_later_forks();  // the fork server has them, and forks every worker
         for (std::size_t i = 0; i < config_.workers; ++i) spawn(i);
         await_initial_workers();
     }
@@ -160,7 +162,19 @@ public:
         while (std::optional<Fragment> fragment = outbox.peek()) {
             any = true;
             if (fragment->first() && fragment->last()) {
-                hand_over(slot, fragment->header.kind, std::span<const std::byte>(fragment->bytes()), handler);
+                if (fragment->header.kind == kResultInAreaMessage) {
+                    // Consumed before it is handed over: if the handler threw, a second drain must not read the
+                    // area again (the worker may be writing its next message there by then).
+                    std::array<std::byte, sizeof(ResultInArea)> message{};
+                    const bool well_formed = fragment->header.size == message.size();
+                    if (well_formed) std::memcpy(message.data(), fragment->payload, message.size());
+                    outbox.consume(*fragment);
+                    hand_over(slot, kResultInAreaMessage,
+                              well_formed ? std::span<const std::byte>(message) : std::span<const std::byte>(),
+                              handler);
+                    continue;
+                }
+                handler(fragment->header.kind, std::span<const std::byte>(fragment->bytes()));
                 outbox.consume(*fragment);
                 continue;
             }
@@ -198,14 +212,14 @@ public:
         }
         std::memcpy(&message, bytes.data(), sizeof message);
         struct Release {  // also if the handler throws
-            const ForkTransport& transport;
+            const ResultAreas& areas;
+            ResultAreaState& state;
             std::size_t slot;
-            std::uint64_t size;
             ~Release() {
-                transport.result_areas_.trim(slot, size);
-                transport.layout_.slot(transport.base_, slot)->result_area.busy.store(0, std::memory_order_release);
+                areas.trim(slot, state);
+                state.busy.store(0, std::memory_order_release);
             }
-        } release{*this, slot, std::min<std::uint64_t>(message.size, ResultAreas::kBytesPerSlot)};
+        } release{result_areas_, layout_.slot(base_, slot)->result_area, slot};
         if (message.size > ResultAreas::kBytesPerSlot) {
             handler(kResultMessage, std::span<const std::byte>());
             return;
@@ -251,7 +265,9 @@ public:
         block->outbox.writable.reset();
         outboxes_[slot].resync();
         reassembly_[slot].clear();
-        block->result_area.busy.store(0, std::memory_order_relaxed);  // its message, if any, was read before
+        // Its last message, if it sent one, was read before; it may have died writing a large one.
+        result_areas_.trim(slot, block->result_area);
+        block->result_area.busy.store(0, std::memory_order_relaxed);
         block->status.task.store(0, std::memory_order_relaxed);
         block->status.item.store(0, std::memory_order_relaxed);
         block->status.item_start_ns.store(0, std::memory_order_relaxed);

@@ -8,6 +8,7 @@
 // the parent has not read the last one, a worker sends through the ring as before.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 #include <utility>
 
+#include "procpool/detail/process.hpp"
 #include "procpool/detail/ring.hpp"
 #include "procpool/detail/shared_reservation.hpp"
 
@@ -22,7 +24,8 @@ namespace procpool::detail {
 
 /// A slot's area in use, in the pool's shared mapping (SlotBlock).
 struct alignas(kCacheLine) ResultAreaState {
-    std::atomic<std::uint32_t> busy{0};  // 1 from the worker's write until the parent has read the message
+    std::atomic<std::uint32_t> busy{0};    // 1 from the worker's write until the parent has read the message
+    std::atomic<std::uint64_t> extent{0};  // bytes of the area that may hold pages (the largest message written)
 };
 
 /// The ring message that stands for a message in the area (kind kResultInAreaMessage).
@@ -41,7 +44,7 @@ public:
     ResultAreas() = default;
     /// Reserves areas for `slots` workers, or none where address space is not free (then every result streams).
     explicit ResultAreas(std::size_t slots) noexcept {
-        if (slots == 0 || !address_space_is_free()) return;
+        if (slots == 0 || slots > SIZE_MAX / kBytesPerSlot || !address_space_is_free()) return;
         void* p = ::mmap(nullptr, slots * kBytesPerSlot, PROT_READ | PROT_WRITE,
                          MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (p == MAP_FAILED) return;
@@ -50,10 +53,19 @@ public:
         slots_ = slots;
     }
     ResultAreas(ResultAreas&& other) noexcept
-        : base_(std::exchange(other.base_, nullptr)), slots_(std::exchange(other.slots_, 0)) {}
+        : base_(std::exchange(other.base_, nullptr)), slots_(std::exchange(other.slots_, 0)),
+          generation_(other.generation_) {}
     ResultAreas& operator=(ResultAreas&&) = delete;
     ~ResultAreas() {
-        if (base_ != nullptr) ::munmap(base_, slots_ * kBytesPerSlot);
+        // A process forked later has no areas (keep_out_of_later_forks), and may have mapped something else there.
+        if (base_ != nullptr && fork_generation() == generation_) ::munmap(base_, slots_ * kBytesPerSlot);
+    }
+
+    /// Keeps the areas out of processes this one forks from now on (other pools' fork servers, the program's own
+    /// children): only this pool's fork server and its workers use them, and a child holding a mapping would keep
+    /// its pages after the pool is gone.
+    void keep_out_of_later_forks() const noexcept {
+        if (base_ != nullptr) ::madvise(base_, slots_ * kBytesPerSlot, MADV_DONTFORK);
     }
 
     /// `slot`'s area (kBytesPerSlot bytes), or nullptr when there are no areas.
@@ -61,17 +73,21 @@ public:
         return base_ == nullptr ? nullptr : base_ + slot * kBytesPerSlot;
     }
 
-    /// After a message of `size` bytes in `slot`'s area was read: gives back its pages past kWarmBytes. Only while
-    /// the area is busy (no worker writes it).
-    void trim(std::size_t slot, std::size_t size) const noexcept {
-        if (base_ == nullptr || size <= kWarmBytes) return;
+    /// Gives back the pages of `slot`'s area past kWarmBytes, if a message reached past it (`state.extent`). Only
+    /// while no worker writes the area: it is busy, or the slot's worker is dead.
+    void trim(std::size_t slot, ResultAreaState& state) const noexcept {
+        const std::uint64_t extent = state.extent.load(std::memory_order_relaxed);
+        if (base_ == nullptr || extent <= kWarmBytes) return;
         const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-        ::madvise(area(slot) + kWarmBytes, (size - kWarmBytes + page - 1) / page * page, MADV_REMOVE);
+        const std::size_t end = std::min<std::uint64_t>(extent, kBytesPerSlot);
+        ::madvise(area(slot) + kWarmBytes, (end - kWarmBytes + page - 1) / page * page, MADV_REMOVE);
+        state.extent.store(kWarmBytes, std::memory_order_relaxed);
     }
 
 private:
     std::byte* base_ = nullptr;
     std::size_t slots_ = 0;
+    unsigned generation_ = fork_generation();
 };
 
 }  // namespace procpool::detail

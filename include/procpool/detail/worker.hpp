@@ -195,6 +195,7 @@ private:
             state.busy.load(std::memory_order_acquire) != 0) {
             return false;
         }
+        if (state.extent.load(std::memory_order_relaxed) < total) state.extent.store(total, std::memory_order_relaxed);
         std::byte* at = env_.result_area;
         for (const Piece& piece : pieces) {
             if (piece.size != 0) std::memcpy(at, piece.data, piece.size);
