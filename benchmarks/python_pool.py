@@ -10,6 +10,7 @@ Run by benchmarks/run.sh next to the C++ benchmarks, on the same machine, in the
 import json
 import multiprocessing as mp
 import os
+import platform
 import statistics
 import sys
 import time
@@ -41,7 +42,7 @@ def spin(seconds):
 
 
 def emit(workload, value, unit, samples=None, **extra):
-    record = {"workload": workload, "value": value, "unit": unit}
+    record = {"workload": workload, "value": value, "unit": unit, "python": platform.python_version()}
     if samples is not None:
         record["samples"] = samples
     record.update(extra)

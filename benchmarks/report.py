@@ -69,6 +69,12 @@ def load_python(path):
     return figures
 
 
+def python_version(python):
+    """The version of the Python that ran python_pool.py (recorded in its lines since 2026-11-27), else unknown."""
+    versions = {record["python"] for record in python.values() if "python" in record}
+    return ", ".join(sorted(versions)) if versions else "(version not recorded)"
+
+
 def ratio(unit, ours, theirs):
     if not ours or not theirs:
         return ""
@@ -121,7 +127,7 @@ def main():
         write_plot_data(plot_data, rows)
     print(f"# procpool benchmark results\n\nMachine: {machine()}  ")
     print(f"Run: {context.get('date', '')}, Google Benchmark `{context.get('library_build_type', '')}` library, "
-          f"Python {platform.python_version()} `multiprocessing.Pool` (fork) on the same machine in the same run.\n")
+          f"Python {python_version(python)} `multiprocessing.Pool` (fork) on the same machine in the same run.\n")
     print("Figures are medians of repeated runs. \"procpool vs Python\" is how many times better procpool is. "
           "\"thread pool\" and \"serial loop\" are the same work in the benchmark's own process, in the same run: "
           "a plain thread pool (the ceiling without process isolation) and a loop; \"procpool vs threads\" is how "
