@@ -158,6 +158,46 @@ TEST_CASE("a pool used in a process forked after it was built refuses politely")
     CHECK(pool.apply(slow_square, 2) == 4);
 }
 
+TEST_CASE("waiting in a forked process for a result of the parent's pool throws instead of blocking for good") {
+    procpool::Pool pool(2);
+    auto slow = pool.apply_async([] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        return 7;
+    });
+    auto quick = pool.apply_async([] { return 5; });
+    REQUIRE(quick.get() == 5);
+    auto results = pool.imap([](int x) { return x; }, std::views::iota(0, 1000000), {.chunksize = 1});
+    auto it = results.begin();  // reads ahead: later items are still to come
+    const pid_t child = ::fork();
+    if (child == 0) {
+        ::alarm(10);  // a wait that blocks for good ends the child (SIGALRM) and fails the check below
+        int code = 0;
+        if (quick.get() != 5) code |= 1;  // complete before the fork: still readable
+        try {
+            (void)slow.get();
+            code |= 2;
+        } catch (const procpool::PoolStateError&) {
+        }
+        try {
+            (void)slow.wait(std::chrono::seconds(5));
+            code |= 4;
+        } catch (const procpool::PoolStateError&) {
+        }
+        try {
+            for (int i = 0; i < 1000000; ++i) ++it;
+            code |= 8;
+        } catch (const procpool::PoolStateError&) {
+        }
+        ::_exit(code);
+    }
+    int status = -1;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(slow.get() == 7);  // the child did not take it
+    CHECK(*it == 0);
+}
+
 TEST_CASE("output a task printed is not lost when its worker exits, nor duplicated by forks") {
     // Run the scenario in a child with stdout on a pipe, so the test sees exactly what was written.
     int fds[2];

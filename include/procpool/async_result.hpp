@@ -77,6 +77,9 @@ public:
     enum class Outcome { done, timed_out, busy };
     /// Polls the pool until ready(context) or `budget` passes. Returns `busy` at once if another thread polls.
     virtual Outcome help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget) noexcept = 0;
+    /// Throws PoolStateError in a process forked after the pool was built: its results arrive in the process that
+    /// built it, never here, so a wait would not end.
+    virtual void check_owner() const = 0;
 
 protected:
     ~WaitHelper() = default;
@@ -113,6 +116,13 @@ public:
             if (outcome == WaitHelper::Outcome::timed_out) spin = {};  // polled long enough: sleep now
         }
         return ready_.wait(deadline, spin);
+    }
+
+    /// Throws PoolStateError if waiting could never end: not completed, and this process was forked after the
+    /// pool was built.
+    void check_waitable() const {
+        if (ready()) return;
+        if (std::shared_ptr<WaitHelper> helper = helper_.lock()) helper->check_owner();
     }
 
     /// The pool whose polling a waiter may take over. Set once, before the state is shared.
@@ -283,11 +293,16 @@ public:
         return std::move(*this).get();
     }
 
-    /// Blocks until the task is done (successfully or not).
-    void wait() const { state().wait(std::nullopt); }
-    /// Waits at most `timeout`; returns true when the task is done.
+    /// Blocks until the task is done (successfully or not). Throws PoolStateError, instead of blocking for good,
+    /// in a process forked after the pool was built (results reach only the process that built it).
+    void wait() const {
+        state().check_waitable();
+        state().wait(std::nullopt);
+    }
+    /// Waits at most `timeout`; returns true when the task is done. Throws like wait().
     template <class Rep, class Period>
     bool wait(std::chrono::duration<Rep, Period> timeout) const {
+        state().check_waitable();
         return state().wait(detail::deadline_after(timeout));
     }
 

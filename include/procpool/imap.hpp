@@ -282,6 +282,7 @@ private:
                 refill();
                 continue;
             }
+            core_->scheduler.check_owner();  // in a process forked later nothing would ever arrive
             job_->wait_available(core_->scheduler);
         }
     }

@@ -177,6 +177,13 @@ public:
         stop_service();
     }
 
+    /// WaitHelper, and every public call: throws PoolStateError in a process forked after the pool was built.
+    void check_owner() const override {
+        if (fork_generation() != generation_) {
+            throw PoolStateError("procpool: a pool cannot be used from a process forked after it was built");
+        }
+    }
+
     [[nodiscard]] bool closed() const {
         std::lock_guard lock(mutex_);
         return state_ != State::running;
@@ -224,11 +231,6 @@ private:
     };
 
     // ---- submission helpers (mutex_ held) ----------------------------------------------------------------------
-    void check_owner() const {
-        if (fork_generation() != generation_) {
-            throw PoolStateError("procpool: a pool cannot be used from a process forked after it was built");
-        }
-    }
     void check_open_locked() const {
         check_owner();
         if (state_ != State::running) throw_state_error_locked();
