@@ -103,11 +103,14 @@ public:
 
     [[nodiscard]] bool ready() const noexcept { return ready_.is_set(); }
 
-    /// Waits until completed or `deadline`: polls the pool itself for a moment, then sleeps.
-    bool wait(Deadline deadline) const noexcept {
+    /// Waits until completed or `deadline`: polls the pool itself for a moment, then sleeps. Throws
+    /// PoolStateError instead of waiting in a process forked after the pool was built (the result would never
+    /// arrive there).
+    bool wait(Deadline deadline) const {
         if (ready_.is_set()) return true;
         std::chrono::nanoseconds spin = std::chrono::microseconds(20);
         if (std::shared_ptr<WaitHelper> helper = helper_.lock()) {
+            helper->check_owner();
             auto budget = std::chrono::nanoseconds(kHelpBudget);
             if (deadline) budget = std::min(budget, std::chrono::nanoseconds(*deadline - MonotonicClock::now()));
             const auto outcome = helper->help(
@@ -116,13 +119,6 @@ public:
             if (outcome == WaitHelper::Outcome::timed_out) spin = {};  // polled long enough: sleep now
         }
         return ready_.wait(deadline, spin);
-    }
-
-    /// Throws PoolStateError if waiting could never end: not completed, and this process was forked after the
-    /// pool was built.
-    void check_waitable() const {
-        if (ready()) return;
-        if (std::shared_ptr<WaitHelper> helper = helper_.lock()) helper->check_owner();
     }
 
     /// The pool whose polling a waiter may take over. Set once, before the state is shared.
@@ -295,14 +291,10 @@ public:
 
     /// Blocks until the task is done (successfully or not). Throws PoolStateError, instead of blocking for good,
     /// in a process forked after the pool was built (results reach only the process that built it).
-    void wait() const {
-        state().check_waitable();
-        state().wait(std::nullopt);
-    }
+    void wait() const { state().wait(std::nullopt); }
     /// Waits at most `timeout`; returns true when the task is done. Throws like wait().
     template <class Rep, class Period>
     bool wait(std::chrono::duration<Rep, Period> timeout) const {
-        state().check_waitable();
         return state().wait(detail::deadline_after(timeout));
     }
 
