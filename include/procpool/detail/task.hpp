@@ -158,16 +158,7 @@ public:
         }
         if (progress_.item != nullptr) progress_.item->store(index, std::memory_order_relaxed);
         if (index == first_unsent_ || --countdown_ > 0) return;
-        const std::int64_t now = monotonic_ns();
-        if (now - last_flush_ns_ >= flush_interval_ns_) {
-            send(now, false);
-            stride_ = countdown_ = 1;
-        } else {
-            // Fast items: look at the clock less often (up to every kMaxStride items); slow items: every item.
-            stride_ = now - last_check_ns_ < 2'000 ? std::min(stride_ * 2, kMaxStride) : 1;
-            countdown_ = stride_;
-        }
-        last_check_ns_ = now;
+        countdown_ = look_at_clock();
     }
 
     void item_done() noexcept {}
@@ -239,10 +230,16 @@ public:
 
 private:
     /// run_bitwise's begin_item: item `index` starts a block. Sends the results gathered so far when they are due
-    /// and returns how many items to run before looking at the clock again (begin_item's stride rule).
+    /// and returns how many items to run before looking at the clock again.
     std::uint32_t next_block(std::uint32_t index) {
         current_ = index;
-        if (index == first_unsent_) return stride_;
+        return index == first_unsent_ ? stride_ : look_at_clock();
+    }
+
+    /// Sends the results gathered before current_ if flush_interval has passed since the last send, and returns
+    /// how many items to run before looking again: fast items double it (up to kMaxStride), slow items or a send
+    /// reset it to every item.
+    std::uint32_t look_at_clock() {
         const std::int64_t now = monotonic_ns();
         if (now - last_flush_ns_ >= flush_interval_ns_) {
             send(now, false);
