@@ -45,12 +45,8 @@ public:
     /// Reserves areas for `slots` workers, or none where address space is not free (then every result streams).
     explicit ResultAreas(std::size_t slots) noexcept {
         if (slots == 0 || slots > SIZE_MAX / kBytesPerSlot || !address_space_is_free()) return;
-        void* p = ::mmap(nullptr, slots * kBytesPerSlot, PROT_READ | PROT_WRITE,
-                         MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p == MAP_FAILED) return;
-        ::madvise(p, slots * kBytesPerSlot, MADV_DONTDUMP);
-        base_ = static_cast<std::byte*>(p);
-        slots_ = slots;
+        base_ = reserve_shared(slots * kBytesPerSlot);
+        if (base_ != nullptr) slots_ = slots;
     }
     ResultAreas(ResultAreas&& other) noexcept
         : base_(std::exchange(other.base_, nullptr)), slots_(std::exchange(other.slots_, 0)),

@@ -1,4 +1,5 @@
-// procpool internals: reserving a large range of shared address space (for the shared heap and the bulk arena).
+// procpool internals: reserving large ranges of shared address space (the shared heap, the bulk arena, result
+// areas).
 #pragma once
 
 #include <cstddef>
@@ -29,17 +30,21 @@ inline bool address_space_is_free() noexcept {
     return true;
 }
 
-/// Reserves as much address space as the system lets us, from `largest` bytes down by halves to 256 MiB:
-/// MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, so nothing is committed and pages appear where they are first
-/// touched; a child forked later sees it at the same address. Left out of core dumps, which would read every page
-/// of it and so fill it in.
+/// Reserves `size` bytes of address space: MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, so nothing is committed
+/// and pages appear where they are first touched; a child forked later sees it at the same address. Left out of
+/// core dumps, which would read every page of it and so fill it in. nullptr if the system refuses.
+inline std::byte* reserve_shared(std::size_t size) noexcept {
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+    ::madvise(p, size, MADV_DONTDUMP);
+    return static_cast<std::byte*>(p);
+}
+
+/// Reserves as much address space as the system lets us (reserve_shared), from `largest` bytes down by halves to
+/// 256 MiB.
 inline SharedReservation reserve_shared_address_space(std::size_t largest) noexcept {
     for (std::size_t size = largest; size >= (std::size_t{256} << 20); size /= 2) {
-        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p != MAP_FAILED) {
-            ::madvise(p, size, MADV_DONTDUMP);
-            return {static_cast<std::byte*>(p), size};
-        }
+        if (std::byte* data = reserve_shared(size)) return {data, size};
     }
     return {};
 }
