@@ -74,8 +74,10 @@ public:
         unconsumed_.fetch_sub(1, std::memory_order_acq_rel);
         return entry;
     }
-    /// Waits until an entry is released: polls the pool through `helper` for a moment, then sleeps.
+    /// Waits until an entry is released: polls the pool through `helper` for a moment, then sleeps. Throws
+    /// PoolStateError instead in a process forked after the pool was built (nothing would ever arrive there).
     void wait_available(WaitHelper& helper) {
+        helper.check_owner();
         auto ready = [](const void* self) { return static_cast<const ImapJob*>(self)->available_.load() != 0; };
         const auto outcome = helper.help(ready, this, kHelpBudget);
         if (outcome == WaitHelper::Outcome::done) return;
@@ -282,7 +284,6 @@ private:
                 refill();
                 continue;
             }
-            core_->scheduler.check_owner();  // in a process forked later nothing would ever arrive
             job_->wait_available(core_->scheduler);
         }
     }

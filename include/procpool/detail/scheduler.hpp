@@ -488,12 +488,10 @@ private:
     }
 
     /// WaitHelper: a thread waiting for a result polls the rings itself while the service thread sleeps, and the
-    /// workers' doorbell is muted meanwhile (a wake-up would only wake the service thread for nothing).
+    /// workers' doorbell is muted meanwhile (a wake-up would only wake the service thread for nothing). Waiters
+    /// call check_owner() first: in a process forked later the rings are the original process's.
     Outcome help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget) noexcept override {
         if (std::this_thread::get_id() == service_id_.load(std::memory_order_relaxed)) return Outcome::busy;
-        // In a process forked after the pool was built the rings belong to the original process: reading them
-        // here would take its results (and the result areas are not even mapped here).
-        if (fork_generation() != generation_) return Outcome::busy;
         std::unique_lock role(poll_mutex_, std::try_to_lock);
         if (!role.owns_lock()) return Outcome::busy;
         poll_helper_id_.store(std::this_thread::get_id(), std::memory_order_relaxed);
