@@ -51,9 +51,11 @@ public:
 
     [[noreturn]] void run() noexcept {
         // Ctrl-C reaches the whole process group: let the pool's process decide, workers follow its fate.
-        std::signal(SIGINT, SIG_IGN);
-        std::signal(SIGCHLD, SIG_DFL);  // a SIG_IGN inherited from the program would make children unreapable
+        set_signal_disposition(SIGINT, SIG_IGN);
+        // A SIG_IGN inherited from the program would make children unreapable.
+        set_signal_disposition(SIGCHLD, SIG_DFL);
         self_ = ::getpid();
+        spawn_first_workers();
         parent_fd_ = pidfd_open(config_.parent);
         if (parent_fd_ < 0 || ::getppid() != config_.parent) finish(true);
 
@@ -92,7 +94,7 @@ private:
         switch (request.op) {
             case kSpawnWorker:
                 if (!shutting_down_ && request.slot < children_.size() && children_[request.slot].pid == 0) {
-                    spawn(request.slot);
+                    report(spawn(request.slot));
                 }
                 break;
             case kSignalWorker:
@@ -106,31 +108,41 @@ private:
         }
     }
 
-    void spawn(std::size_t slot) noexcept {
+    /// Forks one worker into every slot, back to back (the pool's constructor waits for all of them), then
+    /// reports them in slot order. Stops at the first fork that fails: the pool gives up on that report.
+    void spawn_first_workers() noexcept {
+        std::vector<WorkerEvent> reports;
+        reports.reserve(children_.size());
+        for (std::size_t slot = 0; slot < children_.size(); ++slot) {
+            reports.push_back(spawn(slot));
+            if (reports.back().kind != kWorkerSpawned) break;
+        }
+        for (const WorkerEvent& r : reports) report(r);
+    }
+
+    /// Forks a worker into `slot`; returns the report for the pool (kWorkerSpawned or kSpawnFailed).
+    WorkerEvent spawn(std::size_t slot) noexcept {
         const pid_t pid = ::fork();
         if (pid == 0) {
             ::close(config_.socket);
-            ::close(parent_fd_);
+            close_quietly(parent_fd_);  // (not open yet while the first workers are forked)
             for (Child& child : children_) close_quietly(child.pidfd);
             ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-            if (::getppid() != self_) ::_exit(1);  // the server died before prctl took effect
+            if (::getppid() != self_) exit_now(1);  // the server died before prctl took effect
             config_.become_worker(config_.context, slot, self_);
-            ::_exit(1);  // not reached
+            exit_now(1);  // not reached
         }
-        if (pid < 0) {
-            report(WorkerEvent{kSpawnFailed, static_cast<std::uint32_t>(slot), 0, 0, 0, errno});
-            return;
-        }
+        const auto index = static_cast<std::uint32_t>(slot);
+        if (pid < 0) return WorkerEvent{kSpawnFailed, index, 0, 0, 0, errno};
         const int pidfd = pidfd_open(pid);
         if (pidfd < 0) {
             const int error = errno;
             ::kill(pid, SIGKILL);
             reap(pid, true);
-            report(WorkerEvent{kSpawnFailed, static_cast<std::uint32_t>(slot), 0, 0, 0, error});
-            return;
+            return WorkerEvent{kSpawnFailed, index, 0, 0, 0, error};
         }
         children_[slot] = Child{pid, pidfd};
-        report(WorkerEvent{kWorkerSpawned, static_cast<std::uint32_t>(slot), pid, 0, 0, 0});
+        return WorkerEvent{kWorkerSpawned, index, pid, 0, 0, 0};
     }
 
     void reap_slot(std::size_t slot, bool block) noexcept {
@@ -170,7 +182,7 @@ private:
         // Goodbye: the parent's service thread sleeps until now instead of polling waitpid() while we exit.
         config_.control->server_exiting.store(1, std::memory_order_release);
         config_.control->parent_bell.ring();
-        ::_exit(0);
+        exit_now(0);
     }
 
     ForkServerConfig config_;

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <functional>
 #include <optional>
+#include <poll.h>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -69,8 +70,8 @@ public:
         return config;
     }
 
-    /// Maps the shared memory, forks the fork server and has it fork `workers` workers. Blocks until all are
-    /// forked. Throws std::system_error if a fork fails (the workers already started are killed and reaped).
+    /// Maps the shared memory and forks the fork server, which forks the `workers` workers at once. Blocks until
+    /// all are forked. Throws std::system_error if a fork fails (the workers already started are killed and reaped).
     explicit ForkTransport(Config config)
         : config_(std::move(config)), layout_(config_.workers, config_.ring_bytes),
           region_(boost::interprocess::anonymous_shared_memory(layout_.bytes())), result_areas_(config_.workers) {
@@ -87,9 +88,9 @@ public:
         // after this pool) are visible in every worker.
         SharedHeap::instance();
         BulkArena::instance();  // likewise the bulk arena, where large inputs are passed by reference
+        bind_child_functions_early();
         start_server();
         result_areas_.keep_out_of_later_forks();  // the fork server has them, and forks every worker
-        for (std::size_t i = 0; i < config_.workers; ++i) spawn(i);
         await_initial_workers();
     }
 
@@ -104,6 +105,7 @@ public:
             wait_server_exit();
         }
         close_quietly(socket_);
+        close_quietly(server_pidfd_);
     }
 
     [[nodiscard]] std::size_t size() const noexcept { return config_.workers; }
@@ -281,20 +283,19 @@ public:
     /// The fork server SIGKILLs and reaps every worker, reports them, and exits.
     void terminate() noexcept { request({kTerminateServer, 0, 0, 0}); }
 
-    /// True while the fork server runs. Reaps it once it has exited. Never blocks.
-    bool server_alive() noexcept {
-        const pid_t pid = server_pid_.load();
-        if (pid <= 0) return false;
-        if (reap(pid, false) == -2) return true;
-        server_pid_.store(-1);
-        return false;
+    /// True while the fork server runs. Never blocks, never reaps (wait_server_exit() does, and may run meanwhile
+    /// in another thread: the pidfd stays open until the transport is destroyed).
+    [[nodiscard]] bool server_alive() const noexcept {
+        if (server_pid_.load() <= 0) return false;
+        pollfd exited{server_pidfd_, POLLIN, 0};
+        return ::poll(&exited, 1, 0) != 1;  // readable once it has exited (EINTR: look again next time)
     }
     /// True once the fork server is about to exit (it rang the parent's doorbell after saying so); it may still be
     /// tearing down its address space. wait_server_exit() reaps it.
     [[nodiscard]] bool server_exiting() const noexcept {
         return control_->server_exiting.load(std::memory_order_acquire) != 0;
     }
-    /// Blocks until the fork server has exited and reaps it. Not concurrently with server_alive().
+    /// Blocks until the fork server has exited and reaps it. One thread at a time.
     void wait_server_exit() noexcept {
         const pid_t pid = server_pid_.load();
         if (pid > 0) reap(pid, true);
@@ -357,6 +358,8 @@ private:
         ::close(fds[1]);
         socket_ = fds[0];
         server_pid_ = pid;
+        server_pidfd_ = pidfd_open(pid);  // not reaped yet: it cannot be another process
+        if (server_pidfd_ < 0) abort_start(errno, "procpool: pidfd_open() failed for the fork server");
     }
 
     void await_initial_workers() {
@@ -420,8 +423,8 @@ private:
     std::vector<RingConsumer> outboxes_;
     std::vector<Buffer> reassembly_;
     int socket_ = -1;
-    std::atomic<pid_t> server_pid_{
-        -1};  // -1 once reaped; read by user threads (terminate), written by the service thread
+    int server_pidfd_ = -1;              // the fork server's: tells whether it exited without reaping it
+    std::atomic<pid_t> server_pid_{-1};  // -1 once reaped (by wait_server_exit()); read by any thread
     unsigned generation_ = fork_generation();
     // Written by the thread that holds the scheduler's poll role, read by the service thread's wait (pending()).
     std::atomic<std::uint64_t> reports_read_{0};

@@ -552,12 +552,12 @@ private:
             if (worked) continue;
             if (stop_requested_.load(std::memory_order_acquire)) {
                 // Shutting down: the fork server reports each worker's exit and rings once more as it exits
-                // itself. Sleep until then rather than poll waitpid(), which would take a core from the processes
-                // that are exiting; look every millisecond all the same, in case the fork server was killed.
+                // itself. Sleep until then (the reports are read on the way out) rather than wake for each one or
+                // poll, which would take a core from the processes that are exiting; look every millisecond all the
+                // same, in case the fork server was killed.
                 const auto wake = std::min(MonotonicClock::time_point(std::chrono::nanoseconds(next_housekeeping)),
                                            MonotonicClock::now() + std::chrono::milliseconds(1));
-                transport_.wait(wake, std::chrono::nanoseconds::zero(),
-                                [&] { return transport_.pending() || transport_.server_exiting(); });
+                transport_.wait(wake, std::chrono::nanoseconds::zero(), [&] { return transport_.server_exiting(); });
                 continue;
             }
             // Sleep until there is something to poll, unless a waiting thread polls (it looks once more when it
@@ -700,9 +700,10 @@ private:
         transport_.wake();
         if (in_callback_thread()) return;        // it holds the poll role the service thread may be waiting for
         std::lock_guard life(lifecycle_mutex_);  // one thread joins, the others wait for it
-        if (service_->joinable()) service_->join();
+        // The fork server first: this thread sleeps until it is gone rather than until the service thread noticed.
+        // Every worker is gone then (the fork server reaps them before it exits).
         transport_.wait_server_exit();
-        // Every worker is gone (the fork server reaps them before it exits).
+        if (service_->joinable()) service_->join();
         std::vector<std::shared_ptr<const ItemBlock>> inputs;
         {
             std::lock_guard lock(mutex_);

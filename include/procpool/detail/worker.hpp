@@ -71,7 +71,7 @@ public:
     /// and static destructors that belong to the parent's program.
     [[noreturn]] static void exit_process(int code) noexcept {
         flush_standard_streams();
-        ::_exit(code);
+        exit_now(code);
     }
 
 private:
@@ -79,7 +79,8 @@ private:
     /// a worker's crash into something else: the worker dies from the signal, and WorkerCrashed names it.
     /// An initializer may install its own.
     static void reset_crash_handlers() noexcept {
-        for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS}) std::signal(signal, SIG_DFL);
+        for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS})
+            set_signal_disposition(signal, SIG_DFL);
     }
 
     /// Caps the worker's address space at what it inherited plus memory_limit (RLIMIT_AS), so a task that
