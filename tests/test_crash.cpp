@@ -36,6 +36,49 @@ TEST_CASE("a segfault fails its task with WorkerCrashed carrying the signal and 
     CHECK(pool.size() == 2);
 }
 
+namespace {
+extern "C" void exit_with_42(int) { ::_exit(42); }
+extern "C" void exit_with_43(int) { ::_exit(43); }
+}  // namespace
+
+TEST_CASE("a crash handler the program installed does not run in workers, but one the initializer installs does") {
+    struct sigaction program_handler {};
+    program_handler.sa_handler = exit_with_42;
+    struct sigaction saved {};
+    REQUIRE(::sigaction(SIGSEGV, &program_handler, &saved) == 0);
+    const auto segfault = [] {
+        std::raise(SIGSEGV);
+        return 0;
+    };
+    {
+        procpool::Pool pool(2);
+        try {
+            pool.apply(segfault);
+            FAIL("no exception");
+        } catch (const procpool::WorkerCrashed& e) {
+            CHECK(e.signal() == SIGSEGV);  // 42 if the program's handler had run
+            CHECK(e.exit_code() == 0);
+        }
+        // The replacement worker too.
+        CHECK_THROWS_AS(pool.apply(segfault), procpool::WorkerCrashed);
+    }
+    {
+        procpool::Pool pool(procpool::PoolOptions{.processes = 1, .initializer = [] {
+                                                      struct sigaction own {};
+                                                      own.sa_handler = exit_with_43;
+                                                      ::sigaction(SIGSEGV, &own, nullptr);
+                                                  }});
+        try {
+            pool.apply(segfault);
+            FAIL("no exception");
+        } catch (const procpool::WorkerCrashed& e) {
+            CHECK(e.signal() == 0);
+            CHECK(e.exit_code() == 43);
+        }
+    }
+    ::sigaction(SIGSEGV, &saved, nullptr);
+}
+
 TEST_CASE("abort(), exit() and _exit() fail only their own task") {
     procpool::Pool pool(2);
     auto aborting = pool.apply_async([] { std::abort(); });

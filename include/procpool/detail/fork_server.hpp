@@ -54,6 +54,7 @@ public:
         set_signal_disposition(SIGINT, SIG_IGN);
         // A SIG_IGN inherited from the program would make children unreapable.
         set_signal_disposition(SIGCHLD, SIG_DFL);
+        reset_crash_handlers();
         self_ = ::getpid();
         spawn_first_workers();
         parent_fd_ = pidfd_open(config_.parent);
@@ -85,6 +86,15 @@ private:
         pid_t pid = 0;
         int pidfd = -1;
     };
+
+    /// Handlers the program installed for itself (a crash reporter, a test framework, a sanitizer) must not turn
+    /// a worker's crash into something else: the worker dies from the signal, and WorkerCrashed names it. Set
+    /// here once, the workers inherit it; an initializer may install its own.
+    static void reset_crash_handlers() noexcept {
+        for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS}) {
+            set_signal_disposition(signal, SIG_DFL);
+        }
+    }
 
     void serve_request() noexcept {
         ServerRequest request{};

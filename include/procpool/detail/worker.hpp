@@ -7,7 +7,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -54,7 +53,6 @@ public:
 
     /// Runs the initializer, then serves tasks until told to exit. Never returns.
     [[noreturn]] void run() noexcept {
-        reset_crash_handlers();
         apply_memory_limit();
         run_initializer();
         for (;;) {
@@ -75,14 +73,6 @@ public:
     }
 
 private:
-    /// Handlers the program installed for itself (a crash reporter, a test framework, a sanitizer) must not turn
-    /// a worker's crash into something else: the worker dies from the signal, and WorkerCrashed names it.
-    /// An initializer may install its own.
-    static void reset_crash_handlers() noexcept {
-        for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS})
-            set_signal_disposition(signal, SIG_DFL);
-    }
-
     /// Caps the worker's address space at what it inherited plus memory_limit (RLIMIT_AS), so a task that
     /// allocates too much gets std::bad_alloc instead of the machine running out of memory.
     void apply_memory_limit() const noexcept {
