@@ -5,6 +5,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <map>
 #include <numeric>
@@ -256,4 +257,119 @@ TEST_CASE("results larger than a ring fragment arrive intact through the result 
         const std::string made = pool.apply([](std::size_t n) { return std::string(n, 'q'); }, size);
         CHECK(filled_with(made, size, 'q'));
     }
+}
+
+namespace {
+std::atomic<std::uintptr_t> last_read_at{0};  // where the parent decoded the last WhereRead
+
+/// A result larger than a ring fragment that records where the parent decoded it: in the worker's result area.
+struct WhereRead {
+    std::string payload;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        if constexpr (std::is_same_v<Archive, procpool::InputArchive>) {
+            last_read_at = reinterpret_cast<std::uintptr_t>(ar.position());
+        }
+        ar(payload);
+    }
+};
+
+/// The start of the worker's result area in a pool of one (where a large result is decoded).
+std::uintptr_t result_area_of(procpool::Pool& pool) {
+    const WhereRead r = pool.apply([] { return WhereRead{std::string(300'000, 'w')}; });
+    REQUIRE(r.payload.size() == 300'000);
+    std::uintptr_t begin = 0;
+    char dash = 0;
+    std::istringstream(mapping_of(last_read_at.load())) >> std::hex >> begin >> dash;
+    return begin;
+}
+
+/// Whether pools have result areas here (none where reserving address space costs something); warns if not.
+bool result_areas_here() {
+    if (procpool::detail::address_space_is_free()) return true;
+    WARN("no result areas here (address space is not free): nothing to look at");
+    return false;
+}
+
+/// Resident bytes of the mapping that starts at `begin` (from /proc/self/smaps), or -1 if there is none.
+long long resident_bytes(std::uintptr_t begin) {
+    std::istringstream smaps(test_support::read_proc_file("/proc/self/smaps"));
+    bool in_it = false;
+    for (std::string line; std::getline(smaps, line);) {
+        std::uintptr_t start = 0;
+        char dash = 0;
+        if (std::istringstream(line) >> std::hex >> start >> dash && dash == '-') {
+            in_it = start == begin;
+        } else if (in_it && line.rfind("Rss:", 0) == 0) {
+            return std::stoll(line.substr(4)) * 1024;
+        }
+    }
+    return -1;
+}
+}  // namespace
+
+TEST_CASE(
+    "the next pool of the same shape reuses a finished pool's shared memory, emptied, and a forked process does not") {
+    if (!result_areas_here()) return;
+    std::uintptr_t area = 0;
+    {
+        procpool::Pool pool(1);
+        area = result_area_of(pool);
+        REQUIRE(area != 0);
+        // A result past what an area keeps warm (64 MiB stay faulted in while the pool lives).
+        CHECK(pool.apply([] { return std::string(std::size_t{80} << 20, 'x'); }).size() == (std::size_t{80} << 20));
+    }
+    // Kept for the next pool, holding no memory.
+    CHECK(resident_bytes(area) == 0);
+
+    // A process forked now does not get it, and its own pool works (had it taken the kept memory, that pool would
+    // have used memory it does not have, or shared it with this process).
+    const pid_t child = ::fork();
+    if (child == 0) {
+        int code = mapping_of(area).empty() ? 0 : 1;
+        try {
+            procpool::Pool pool(1);
+            if (result_area_of(pool) == 0) code = 2;
+            if (pool.apply([](int x) { return x + 1; }, 41) != 42) code = 3;
+        } catch (...) {
+            code = 4;
+        }
+        ::_exit(code);
+    }
+    int status = -1;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(*reinterpret_cast<const volatile char*>(area) == 0);  // the child's result went elsewhere
+
+    // The same memory, not a new mapping that happens to lie at the same address: a mark left in it is still there.
+    auto* const mark = reinterpret_cast<volatile char*>(area + (std::uintptr_t{200} << 20));
+    *mark = 'm';
+    procpool::Pool pool(1);
+    CHECK(result_area_of(pool) == area);
+    CHECK(*mark == 'm');
+    const auto squares = pool.map([](int x) { return x * x; }, std::views::iota(0, 10'000), {.chunksize = 1});
+    CHECK(squares[9'999] == 9'999 * 9'999);
+}
+
+TEST_CASE("the shared memory of a pool whose fork server was killed is not reused") {
+    if (!result_areas_here()) return;
+    std::uintptr_t area = 0;
+    {
+        procpool::Pool pool(1);
+        area = result_area_of(pool);
+        const std::vector<pid_t> servers = test_support::child_pids();
+        REQUIRE(servers.size() == 1);
+        REQUIRE(::kill(servers[0], SIGKILL) == 0);
+        // Its workers die with it, but a moment later: their memory must not go to the next pool.
+        CHECK(test_support::eventually([&] {
+            try {
+                pool.apply([] { return 0; });
+                return false;
+            } catch (const procpool::PoolStateError&) {
+                return true;
+            }
+        }));
+    }
+    CHECK(mapping_of(area).empty());
 }

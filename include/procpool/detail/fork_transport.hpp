@@ -5,9 +5,6 @@
 // drain() and the report calls are only used by the service thread.
 #pragma once
 
-#include <boost/interprocess/anonymous_shared_memory.hpp>
-#include <boost/interprocess/mapped_region.hpp>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -30,6 +27,7 @@
 #include "procpool/detail/buffer.hpp"
 #include "procpool/detail/bulk_arena.hpp"
 #include "procpool/detail/fork_server.hpp"
+#include "procpool/detail/pool_memory.hpp"
 #include "procpool/detail/process.hpp"
 #include "procpool/detail/ring.hpp"
 #include "procpool/detail/shared_heap.hpp"
@@ -70,13 +68,13 @@ public:
         return config;
     }
 
-    /// Maps the shared memory and forks the fork server, which forks the `workers` workers at once. Blocks until
-    /// all are forked. Throws std::system_error if a fork fails (the workers already started are killed and reaped).
+    /// Maps the shared memory (or takes what the last pool of this shape left) and forks the fork server, which
+    /// forks the `workers` workers at once. Blocks until all are forked. Throws std::system_error if a fork fails
+    /// (the workers already started are killed and reaped) or the memory cannot be mapped.
     explicit ForkTransport(Config config)
         : config_(std::move(config)), layout_(config_.workers, config_.ring_bytes),
-          region_(boost::interprocess::anonymous_shared_memory(layout_.bytes())), result_areas_(config_.workers) {
-        base_ = region_.get_address();
-        layout_.construct(base_);
+          memory_(PoolMemory::acquire(layout_)) {
+        base_ = memory_.base();
         control_ = layout_.control(base_);
         for (std::size_t i = 0; i < config_.workers; ++i) {
             SlotBlock* slot = layout_.slot(base_, i);
@@ -90,7 +88,7 @@ public:
         BulkArena::instance();  // likewise the bulk arena, where large inputs are passed by reference
         bind_child_functions_early();
         start_server();
-        result_areas_.keep_out_of_later_forks();  // the fork server has them, and forks every worker
+        memory_.areas().keep_out_of_later_forks();  // the fork server has them, and forks every worker
         await_initial_workers();
     }
 
@@ -106,6 +104,8 @@ public:
         }
         close_quietly(socket_);
         close_quietly(server_pidfd_);
+        // The fork server reaps every worker before it exits normally: then no other process maps the memory.
+        if (server_exited_normally_) PoolMemory::keep(std::move(memory_));
     }
 
     [[nodiscard]] std::size_t size() const noexcept { return config_.workers; }
@@ -207,7 +207,7 @@ public:
             return;
         }
         ResultInArea message{};
-        std::byte* area = result_areas_.area(slot);
+        std::byte* area = memory_.areas().area(slot);
         if (bytes.size() != sizeof message || area == nullptr) {
             handler(kResultMessage, std::span<const std::byte>());
             return;
@@ -221,7 +221,7 @@ public:
                 areas.trim(slot, state);
                 state.busy.store(0, std::memory_order_release);
             }
-        } release{result_areas_, layout_.slot(base_, slot)->result_area, slot};
+        } release{memory_.areas(), layout_.slot(base_, slot)->result_area, slot};
         if (message.size > ResultAreas::kBytesPerSlot) {
             handler(kResultMessage, std::span<const std::byte>());
             return;
@@ -268,7 +268,7 @@ public:
         outboxes_[slot].resync();
         reassembly_[slot].clear();
         // Its last message, if it sent one, was read before; it may have died writing a large one.
-        result_areas_.trim(slot, block->result_area);
+        memory_.areas().trim(slot, block->result_area);
         block->result_area.busy.store(0, std::memory_order_relaxed);
         block->status.task.store(0, std::memory_order_relaxed);
         block->status.item.store(0, std::memory_order_relaxed);
@@ -298,7 +298,10 @@ public:
     /// Blocks until the fork server has exited and reaps it. One thread at a time.
     void wait_server_exit() noexcept {
         const pid_t pid = server_pid_.load();
-        if (pid > 0) reap(pid, true);
+        if (pid > 0) {
+            const int status = reap(pid, true);
+            server_exited_normally_ = status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        }
         server_pid_.store(-1);
     }
 
@@ -403,7 +406,7 @@ private:
         env.spin = self->config_.worker_spin;
         env.flush_interval = self->config_.flush_interval;
         env.memory_limit = self->config_.memory_limit;
-        env.result_area = self->result_areas_.area(slot);
+        env.result_area = self->memory_.areas().area(slot);
         Worker(env).run();
     }
 
@@ -415,16 +418,16 @@ public:
 private:
     Config config_;
     SharedLayout layout_;
-    boost::interprocess::mapped_region region_;
-    ResultAreas result_areas_;  // reserved before the fork server is forked, like region_
+    PoolMemory memory_;  // mapped (or reused) before the fork server is forked
     void* base_ = nullptr;
     ControlBlock* control_ = nullptr;
     std::vector<RingProducer> inboxes_;
     std::vector<RingConsumer> outboxes_;
     std::vector<Buffer> reassembly_;
     int socket_ = -1;
-    int server_pidfd_ = -1;              // the fork server's: tells whether it exited without reaping it
-    std::atomic<pid_t> server_pid_{-1};  // -1 once reaped (by wait_server_exit()); read by any thread
+    int server_pidfd_ = -1;                // the fork server's: tells whether it exited without reaping it
+    bool server_exited_normally_ = false;  // set by wait_server_exit()
+    std::atomic<pid_t> server_pid_{-1};    // -1 once reaped (by wait_server_exit()); read by any thread
     unsigned generation_ = fork_generation();
     // Written by the thread that holds the scheduler's poll role, read by the service thread's wait (pending()).
     std::atomic<std::uint64_t> reports_read_{0};

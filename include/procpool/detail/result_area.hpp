@@ -63,21 +63,25 @@ public:
     void keep_out_of_later_forks() const noexcept {
         if (base_ != nullptr) ::madvise(base_, slots_ * kBytesPerSlot, MADV_DONTFORK);
     }
+    /// Undoes keep_out_of_later_forks(), for a new pool's fork server (areas kept for reuse, PoolMemory).
+    void let_into_later_forks() const noexcept {
+        if (base_ != nullptr) ::madvise(base_, slots_ * kBytesPerSlot, MADV_DOFORK);
+    }
 
     /// `slot`'s area (kBytesPerSlot bytes), or nullptr when there are no areas.
     [[nodiscard]] std::byte* area(std::size_t slot) const noexcept {
         return base_ == nullptr ? nullptr : base_ + slot * kBytesPerSlot;
     }
 
-    /// Gives back the pages of `slot`'s area past kWarmBytes, if a message reached past it (`state.extent`). Only
-    /// while no worker writes the area: it is busy, or the slot's worker is dead.
-    void trim(std::size_t slot, ResultAreaState& state) const noexcept {
+    /// Gives back the pages of `slot`'s area past `keep` bytes, if a message reached past them (`state.extent`).
+    /// Only while no worker writes the area: it is busy, or the slot's worker is dead.
+    void trim(std::size_t slot, ResultAreaState& state, std::size_t keep = kWarmBytes) const noexcept {
         const std::uint64_t extent = state.extent.load(std::memory_order_relaxed);
-        if (base_ == nullptr || extent <= kWarmBytes) return;
+        if (base_ == nullptr || extent <= keep) return;
         const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
         const std::size_t end = std::min<std::uint64_t>(extent, kBytesPerSlot);
-        ::madvise(area(slot) + kWarmBytes, (end - kWarmBytes + page - 1) / page * page, MADV_REMOVE);
-        state.extent.store(kWarmBytes, std::memory_order_relaxed);
+        ::madvise(area(slot) + keep, (end - keep + page - 1) / page * page, MADV_REMOVE);
+        state.extent.store(keep, std::memory_order_relaxed);
     }
 
 private:

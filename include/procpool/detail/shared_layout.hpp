@@ -60,7 +60,7 @@ public:
     [[nodiscard]] std::size_t slots() const noexcept { return slots_; }
     [[nodiscard]] std::size_t ring_bytes() const noexcept { return ring_bytes_; }
 
-    /// Constructs the blocks in fresh (zeroed) memory at `base`.
+    /// Constructs the blocks at `base`: in fresh memory, or anew in memory a finished pool left (PoolMemory).
     void construct(void* base) const noexcept {
         new (base) ControlBlock();
         for (std::size_t i = 0; i < slots_; ++i)

@@ -1,0 +1,99 @@
+// procpool internals: a fork pool's shared memory (its rings and its result areas), kept for the next pool.
+//
+// Mapping it (one committed shared mapping for the control block and the rings, ~256 MiB of reserved address space
+// per worker for the result areas, their madvise() calls, the checks whether reserving is free) and unmapping it
+// again, with the rings' pages faulted in afresh each time, is ~7% of starting, using once and stopping a Pool(2)
+// on a 2-vCPU VM. So a pool that ended cleanly hands its memory to a one-entry cache, and the next pool with the
+// same number of workers and the same ring size takes it: its blocks constructed anew, its result areas emptied.
+//
+// Only memory no other process maps any more is kept: the fork server exited normally, which it does only after
+// reaping every worker. While kept it is left out of forks, and a process forked meanwhile never reuses it (nor
+// unmaps it: it does not have it, and may have mapped something else at that address).
+#pragma once
+
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <memory>
+#include <sys/mman.h>
+#include <system_error>
+#include <utility>
+
+#include "procpool/detail/process.hpp"
+#include "procpool/detail/result_area.hpp"
+#include "procpool/detail/shared_layout.hpp"
+
+namespace procpool::detail {
+
+class PoolMemory {
+public:
+    /// Rings larger than this are not kept (the pages they touched would stay allocated while nothing uses them).
+    static constexpr std::size_t kMaxKeptBytes = std::size_t{16} << 20;
+
+    /// Memory laid out as `layout`, its blocks constructed: what the last pool of the same shape left, or a fresh
+    /// mapping. Throws std::system_error when the rings cannot be mapped.
+    static PoolMemory acquire(const SharedLayout& layout) {
+        std::unique_ptr<PoolMemory> kept(kept_slot().exchange(nullptr, std::memory_order_acq_rel));
+        if (kept && kept->generation_ == fork_generation() && kept->layout_.slots() == layout.slots() &&
+            kept->layout_.ring_bytes() == layout.ring_bytes()) {
+            ::madvise(kept->base_, kept->layout_.bytes(), MADV_DOFORK);
+            kept->areas_.let_into_later_forks();
+            layout.construct(kept->base_);
+            return std::move(*kept);
+        }
+        return PoolMemory(layout);  // (one of another shape is unmapped; one from before a fork is only forgotten)
+    }
+
+    /// Keeps `memory` for the next pool of its shape (replacing what was kept), or unmaps it. Call only once no
+    /// other process maps it: the fork server exited normally.
+    static void keep(PoolMemory&& memory) noexcept {
+        if (memory.base_ == nullptr || memory.generation_ != fork_generation() ||
+            memory.layout_.bytes() > kMaxKeptBytes) {
+            return;
+        }
+        for (std::size_t slot = 0; slot < memory.layout_.slots(); ++slot) {
+            memory.areas_.trim(slot, memory.layout_.slot(memory.base_, slot)->result_area, 0);
+        }
+        ::madvise(memory.base_, memory.layout_.bytes(), MADV_DONTFORK);
+        memory.areas_.keep_out_of_later_forks();
+        try {
+            delete kept_slot().exchange(new PoolMemory(std::move(memory)), std::memory_order_acq_rel);
+        } catch (const std::bad_alloc&) {  // then it is unmapped as usual
+        }
+    }
+
+    PoolMemory(PoolMemory&& other) noexcept
+        : layout_(other.layout_), base_(std::exchange(other.base_, nullptr)), areas_(std::move(other.areas_)),
+          generation_(other.generation_) {}
+    PoolMemory& operator=(PoolMemory&&) = delete;
+    ~PoolMemory() {
+        if (base_ != nullptr && generation_ == fork_generation()) ::munmap(base_, layout_.bytes());
+    }
+
+    /// The control block, slot blocks and rings (layout_.bytes() bytes).
+    [[nodiscard]] void* base() const noexcept { return base_; }
+    [[nodiscard]] ResultAreas& areas() noexcept { return areas_; }
+    [[nodiscard]] const ResultAreas& areas() const noexcept { return areas_; }
+
+private:
+    explicit PoolMemory(const SharedLayout& layout) : layout_(layout), areas_(layout.slots()) {
+        void* p = ::mmap(nullptr, layout.bytes(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            throw std::system_error(errno, std::generic_category(), "procpool: could not map the pool's rings");
+        }
+        base_ = p;
+        layout.construct(base_);
+    }
+
+    static std::atomic<PoolMemory*>& kept_slot() noexcept {
+        static std::atomic<PoolMemory*> slot{nullptr};  // never destroyed with something in it: exit unmaps it all
+        return slot;
+    }
+
+    SharedLayout layout_;
+    void* base_ = nullptr;
+    ResultAreas areas_;
+    unsigned generation_ = fork_generation();
+};
+
+}  // namespace procpool::detail
