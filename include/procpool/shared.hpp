@@ -171,9 +171,16 @@ public:
     /// Takes the oldest item without waiting; nothing when the queue is empty.
     std::optional<T> try_get() { return get_until(detail::MonotonicClock::now()); }
 
-    /// Items queued now (it may change at once).
-    [[nodiscard]] std::size_t size() const noexcept { return static_cast<std::size_t>(state().count.load()); }
-    [[nodiscard]] bool empty() const noexcept { return size() == 0; }
+    /// Items queued now (it may change at once). Takes the queue's lock for a moment: after a process died inside
+    /// put() or get(), the next locker recounts the items, and the count read without it could be one off.
+    [[nodiscard]] std::size_t size() const {
+        State& s = state();
+        lock(s);
+        const auto count = static_cast<std::size_t>(s.count.load());
+        s.mutex.unlock();
+        return count;
+    }
+    [[nodiscard]] bool empty() const { return size() == 0; }
     [[nodiscard]] std::size_t maxsize() const noexcept { return static_cast<std::size_t>(state().maxsize); }
 
     using procpool_handle_tag = void;
@@ -225,7 +232,7 @@ private:
 
     /// Locks the queue; after a holder died inside, rebuilds tail and count from the list (each link is one word,
     /// written before the tail moves, so the list from head is always whole).
-    void lock(State& s) {
+    static void lock(State& s) {
         s.mutex.lock();
         if (s.mutex.recovered.load() == 0) return;
         std::uint64_t count = 0;
