@@ -295,13 +295,11 @@ public:
     [[nodiscard]] bool server_exiting() const noexcept {
         return control_->server_exiting.load(std::memory_order_acquire) != 0;
     }
-    /// Blocks until the fork server has exited and reaps it. One thread at a time.
+    /// Blocks until the fork server has exited and reaps it, through its pidfd (a pid the program reaped itself
+    /// might name another child by now). One thread at a time.
     void wait_server_exit() noexcept {
         const pid_t pid = server_pid_.load();
-        if (pid > 0) {
-            const int status = reap(pid, true);
-            server_exited_normally_ = status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
-        }
+        if (pid > 0) server_exited_normally_ = reap_through_pidfd(server_pidfd_, pid);
         server_pid_.store(-1);
     }
 
@@ -392,6 +390,8 @@ private:
     [[noreturn]] void abort_start(int error, const std::string& what) {
         terminate();
         wait_server_exit();
+        close_quietly(socket_);  // (the destructor does not run)
+        close_quietly(server_pidfd_);
         throw std::system_error(error, std::generic_category(), what);
     }
 

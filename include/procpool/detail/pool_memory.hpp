@@ -6,9 +6,11 @@
 // on a 2-vCPU VM. So a pool that ended cleanly hands its memory to a one-entry cache, and the next pool with the
 // same number of workers and the same ring size takes it: its blocks constructed anew, its result areas emptied.
 //
-// Only memory no other process maps any more is kept: the fork server exited normally, which it does only after
+// Only memory no other process writes any more is kept: the fork server exited normally, which it does only after
 // reaping every worker. While kept it is left out of forks, and a process forked meanwhile never reuses it (nor
-// unmaps it: it does not have it, and may have mapped something else at that address).
+// unmaps it: it does not have it, and may have mapped something else at that address). What stays allocated
+// while kept: the rings' pages that were touched (pools with up to 4 MiB of rings are kept: 8 workers with the
+// default rings) and the result areas' address space (no pages).
 #pragma once
 
 #include <atomic>
@@ -17,6 +19,7 @@
 #include <memory>
 #include <sys/mman.h>
 #include <system_error>
+#include <unistd.h>
 #include <utility>
 
 #include "procpool/detail/process.hpp"
@@ -27,28 +30,31 @@ namespace procpool::detail {
 
 class PoolMemory {
 public:
-    /// Rings larger than this are not kept (the pages they touched would stay allocated while nothing uses them).
-    static constexpr std::size_t kMaxKeptBytes = std::size_t{16} << 20;
+    /// Pools with more ring memory than this are not kept (the pages they touched would stay allocated).
+    static constexpr std::size_t kMaxKeptRingBytes = std::size_t{4} << 20;
 
     /// Memory laid out as `layout`, its blocks constructed: what the last pool of the same shape left, or a fresh
     /// mapping. Throws std::system_error when the rings cannot be mapped.
     static PoolMemory acquire(const SharedLayout& layout) {
         std::unique_ptr<PoolMemory> kept(kept_slot().exchange(nullptr, std::memory_order_acq_rel));
-        if (kept && kept->generation_ == fork_generation() && kept->layout_.slots() == layout.slots() &&
-            kept->layout_.ring_bytes() == layout.ring_bytes()) {
+        if (kept && !kept->ours()) {
+            // Kept by the process this one was forked from: not mapped here, so only forgotten (not unmapped).
+            (void)kept.release();  // NOLINT(bugprone-unused-return-value)
+        }
+        if (kept && kept->layout_.slots() == layout.slots() && kept->layout_.ring_bytes() == layout.ring_bytes()) {
             ::madvise(kept->base_, kept->layout_.bytes(), MADV_DOFORK);
             kept->areas_.let_into_later_forks();
             layout.construct(kept->base_);
             return std::move(*kept);
         }
-        return PoolMemory(layout);  // (one of another shape is unmapped; one from before a fork is only forgotten)
+        return PoolMemory(layout);  // (one of another shape is unmapped)
     }
 
     /// Keeps `memory` for the next pool of its shape (replacing what was kept), or unmaps it. Call only once no
     /// other process maps it: the fork server exited normally.
     static void keep(PoolMemory&& memory) noexcept {
-        if (memory.base_ == nullptr || memory.generation_ != fork_generation() ||
-            memory.layout_.bytes() > kMaxKeptBytes) {
+        if (memory.base_ == nullptr || !memory.ours() ||
+            2 * memory.layout_.slots() * memory.layout_.ring_bytes() > kMaxKeptRingBytes) {
             return;
         }
         for (std::size_t slot = 0; slot < memory.layout_.slots(); ++slot) {
@@ -64,7 +70,7 @@ public:
 
     PoolMemory(PoolMemory&& other) noexcept
         : layout_(other.layout_), base_(std::exchange(other.base_, nullptr)), areas_(std::move(other.areas_)),
-          generation_(other.generation_) {}
+          generation_(other.generation_), pid_(other.pid_) {}
     PoolMemory& operator=(PoolMemory&&) = delete;
     ~PoolMemory() {
         if (base_ != nullptr && generation_ == fork_generation()) ::munmap(base_, layout_.bytes());
@@ -85,6 +91,9 @@ private:
         layout.construct(base_);
     }
 
+    /// Made in this process (not inherited through a fork: fork_generation() misses a raw clone or _Fork()).
+    [[nodiscard]] bool ours() const noexcept { return generation_ == fork_generation() && pid_ == ::getpid(); }
+
     static std::atomic<PoolMemory*>& kept_slot() noexcept {
         static std::atomic<PoolMemory*> slot{nullptr};  // never destroyed with something in it: exit unmaps it all
         return slot;
@@ -94,6 +103,7 @@ private:
     void* base_ = nullptr;
     ResultAreas areas_;
     unsigned generation_ = fork_generation();
+    pid_t pid_ = ::getpid();
 };
 
 }  // namespace procpool::detail

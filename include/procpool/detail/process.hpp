@@ -68,9 +68,10 @@ inline void set_signal_disposition(int signal, void (*disposition)(int)) noexcep
     ::sigaction(signal, &action, nullptr);
 }
 
-/// _exit(code), called through the function's GOT entry (bound when the program was loaded) rather than through its
-/// lazily bound PLT entry: a process that never called _exit() would otherwise pay the dynamic linker's first lookup
-/// on its way out (see bind_child_functions_early()). Interposers (sanitizers) still see the call.
+/// _exit(code), called through the function's GOT entry (bound when a position-independent program is loaded, the
+/// default on Debian) rather than through its lazily bound PLT entry: a process that never called _exit() would
+/// otherwise pay the dynamic linker's first lookup on its way out (see bind_child_functions_early()); in a non-PIE
+/// program the address is the PLT entry's and nothing is gained. Interposers (sanitizers) still see the call.
 [[noreturn]] inline void exit_now(int code) noexcept {
     void (*exit_function)(int) = &::_exit;
     asm volatile("" : "+r"(exit_function));  // keeps the compiler from turning it back into a PLT call
@@ -106,6 +107,22 @@ inline void bind_child_functions_early() noexcept {
         return true;
     }();
     (void)bound;
+}
+
+/// Reaps the child `pidfd` refers to (pid `pid`), waiting for it to exit; true if it exited with status 0. Through
+/// the pidfd, a child that something else reaped already cannot be confused with a new one given the same pid
+/// (waitid P_PIDFD, Linux >= 5.4; before that, by pid).
+inline bool reap_through_pidfd(int pidfd, pid_t pid) noexcept {
+    siginfo_t info{};
+    for (;;) {
+        if (::waitid(static_cast<idtype_t>(3 /* P_PIDFD */), static_cast<id_t>(pidfd), &info, WEXITED) == 0) {
+            return info.si_code == CLD_EXITED && info.si_status == 0;
+        }
+        if (errno == EINTR) continue;
+        if (errno != EINVAL) return false;  // ECHILD: reaped by someone else
+        const int status = reap(pid, true);
+        return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    }
 }
 
 /// Flushes C and C++ standard streams, so a fork does not duplicate buffered output and an exiting worker does

@@ -544,6 +544,8 @@ private:
                     // no waiting thread may be reading those rings meanwhile (a helper keeps it ~100 us at most).
                     std::lock_guard role(poll_mutex_);
                     next = housekeeping();
+                    // Ending: the fork server's last reports (its workers' exits) may still wait on the socket.
+                    if (!next) poll_rings();
                 }
                 deliver_failures();
                 if (!next) return;
