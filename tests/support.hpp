@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <dirent.h>
 #include <fcntl.h>
 #include <set>
@@ -70,6 +71,46 @@ bool eventually(Done&& done, std::chrono::milliseconds timeout = std::chrono::se
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
     return true;
+}
+
+/// One mapping of this process's address space (a line of /proc/self/maps); all zero and empty if there is none.
+struct Mapping {
+    std::uintptr_t begin = 0;
+    std::uintptr_t end = 0;
+    std::string permissions;  // "rw-s": readable, writable, shared
+    [[nodiscard]] bool exists() const { return end != 0; }
+};
+
+/// Reads the range and permissions at the start of a /proc/self/maps or /proc/self/smaps header line.
+inline bool parse_mapping_line(const std::string& line, Mapping& mapping) {
+    char dash = 0;
+    std::istringstream fields(line);
+    return fields >> std::hex >> mapping.begin >> dash >> mapping.end >> mapping.permissions && dash == '-';
+}
+
+/// The mapping that holds `address`.
+inline Mapping mapping_holding(std::uintptr_t address) {
+    std::istringstream maps(read_proc_file("/proc/self/maps"));
+    for (std::string line; std::getline(maps, line);) {
+        Mapping mapping;
+        if (parse_mapping_line(line, mapping) && mapping.begin <= address && address < mapping.end) return mapping;
+    }
+    return {};
+}
+
+/// The line of /proc/self/smaps that starts with `field` ("Rss:", "VmFlags:") in the entry of the mapping that
+/// holds `address`, or "" if there is none.
+inline std::string smaps_line(std::uintptr_t address, const std::string& field) {
+    std::istringstream smaps(read_proc_file("/proc/self/smaps"));
+    bool inside = false;
+    for (std::string line; std::getline(smaps, line);) {
+        if (Mapping mapping; parse_mapping_line(line, mapping)) {
+            inside = mapping.begin <= address && address < mapping.end;
+        } else if (inside && line.rfind(field, 0) == 0) {
+            return line;
+        }
+    }
+    return "";
 }
 
 /// Entries of /dev/shm.

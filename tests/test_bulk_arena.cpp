@@ -9,12 +9,10 @@
 #include <chrono>
 #include <csignal>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <new>
 #include <numeric>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <sys/mman.h>
@@ -72,19 +70,7 @@ std::uint64_t checksum(const std::string& s) {
 
 /// The VmFlags line of the mapping that holds `p` (/proc/self/smaps).
 std::string vm_flags(const void* p) {
-    const auto address = reinterpret_cast<std::uintptr_t>(p);
-    std::istringstream smaps(test_support::read_proc_file("/proc/self/smaps"));
-    bool inside = false;
-    for (std::string line; std::getline(smaps, line);) {
-        unsigned long begin = 0;
-        unsigned long end = 0;
-        if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2 && line.find('-') < line.find(' ')) {
-            inside = begin <= address && address < end;
-        } else if (inside && line.rfind("VmFlags:", 0) == 0) {
-            return line;
-        }
-    }
-    return "";
+    return test_support::smaps_line(reinterpret_cast<std::uintptr_t>(p), "VmFlags:");
 }
 
 bool arena_drained(std::size_t baseline) {

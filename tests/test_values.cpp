@@ -12,7 +12,6 @@
 #include <optional>
 #include <ranges>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -177,17 +176,11 @@ struct SlowToRead {
     }
 };
 
-/// The line of /proc/self/maps whose range holds `address` (empty if none).
-std::string mapping_of(std::uintptr_t address) {
-    std::istringstream maps(test_support::read_proc_file("/proc/self/maps"));
-    for (std::string line; std::getline(maps, line);) {
-        std::uintptr_t begin = 0;
-        std::uintptr_t end = 0;
-        char dash = 0;
-        std::istringstream(line) >> std::hex >> begin >> dash >> end;
-        if (begin <= address && address < end) return line;
-    }
-    return {};
+/// Whether pools have result areas here (none where reserving address space costs something); warns if not.
+bool result_areas_here() {
+    if (procpool::detail::address_space_is_free()) return true;
+    WARN("no result areas here (address space is not free): nothing to look at");
+    return false;
 }
 
 bool filled_with(const std::string& s, std::size_t size, char c) {
@@ -213,20 +206,15 @@ TEST_CASE("results larger than a ring fragment arrive intact through the result 
     }
     // The first was read in place from the area: shared memory of 256 MiB per worker (not a private buffer that
     // the fragments were copied into). No areas where reserving address space costs something.
-    if (procpool::detail::address_space_is_free()) {
-        const std::string mapping = mapping_of(first_read_at.load());
-        INFO(mapping);
-        std::uintptr_t begin = 0;
-        std::uintptr_t end = 0;
-        char dash = 0;
-        std::string permissions;
-        std::istringstream(mapping) >> std::hex >> begin >> dash >> end >> permissions;
-        CHECK(end - begin == (std::uintptr_t{256} << 20) * pool.size());
-        CHECK(permissions == "rw-s");
+    if (result_areas_here()) {
+        const test_support::Mapping mapping = test_support::mapping_holding(first_read_at.load());
+        INFO("mapping " << std::hex << mapping.begin << "-" << mapping.end << " " << mapping.permissions);
+        CHECK(mapping.end - mapping.begin == (std::uintptr_t{256} << 20) * pool.size());
+        CHECK(mapping.permissions == "rw-s");
         // A process forked now (another pool's fork server, a child of the program) does not get the areas: it
         // would keep their memory after the pool is gone.
         const pid_t child = ::fork();
-        if (child == 0) ::_exit(mapping_of(first_read_at.load()).empty() ? 0 : 1);
+        if (child == 0) ::_exit(test_support::mapping_holding(first_read_at.load()).exists() ? 1 : 0);
         int status = -1;
         REQUIRE(::waitpid(child, &status, 0) == child);
         CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
@@ -278,33 +266,13 @@ struct WhereRead {
 std::uintptr_t result_area_of(procpool::Pool& pool) {
     const WhereRead r = pool.apply([] { return WhereRead{std::string(300'000, 'w')}; });
     REQUIRE(r.payload.size() == 300'000);
-    std::uintptr_t begin = 0;
-    char dash = 0;
-    std::istringstream(mapping_of(last_read_at.load())) >> std::hex >> begin >> dash;
-    return begin;
+    return test_support::mapping_holding(last_read_at.load()).begin;
 }
 
-/// Whether pools have result areas here (none where reserving address space costs something); warns if not.
-bool result_areas_here() {
-    if (procpool::detail::address_space_is_free()) return true;
-    WARN("no result areas here (address space is not free): nothing to look at");
-    return false;
-}
-
-/// Resident bytes of the mapping that starts at `begin` (from /proc/self/smaps), or -1 if there is none.
-long long resident_bytes(std::uintptr_t begin) {
-    std::istringstream smaps(test_support::read_proc_file("/proc/self/smaps"));
-    bool in_it = false;
-    for (std::string line; std::getline(smaps, line);) {
-        std::uintptr_t start = 0;
-        char dash = 0;
-        if (std::istringstream(line) >> std::hex >> start >> dash && dash == '-') {
-            in_it = start == begin;
-        } else if (in_it && line.rfind("Rss:", 0) == 0) {
-            return std::stoll(line.substr(4)) * 1024;
-        }
-    }
-    return -1;
+/// Resident bytes of the mapping that holds `address` (from /proc/self/smaps), or -1 if there is none.
+long long resident_bytes(std::uintptr_t address) {
+    const std::string rss = test_support::smaps_line(address, "Rss:");
+    return rss.empty() ? -1 : std::stoll(rss.substr(4)) * 1024;
 }
 }  // namespace
 
@@ -326,7 +294,7 @@ TEST_CASE(
     // have used memory it does not have, or shared it with this process).
     const pid_t child = ::fork();
     if (child == 0) {
-        int code = mapping_of(area).empty() ? 0 : 1;
+        int code = test_support::mapping_holding(area).exists() ? 1 : 0;
         try {
             procpool::Pool pool(1);
             if (result_area_of(pool) == 0) code = 2;
@@ -371,5 +339,5 @@ TEST_CASE("the shared memory of a pool whose fork server was killed is not reuse
             }
         }));
     }
-    CHECK(mapping_of(area).empty());
+    CHECK_FALSE(test_support::mapping_holding(area).exists());
 }
