@@ -73,7 +73,7 @@ public:
           generation_(other.generation_), pid_(other.pid_) {}
     PoolMemory& operator=(PoolMemory&&) = delete;
     ~PoolMemory() {
-        if (base_ != nullptr && generation_ == fork_generation()) ::munmap(base_, layout_.bytes());
+        if (base_ != nullptr && ours()) ::munmap(base_, layout_.bytes());
     }
 
     /// The control block, slot blocks and rings (layout_.bytes() bytes).
