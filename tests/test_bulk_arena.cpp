@@ -244,6 +244,63 @@ TEST_CASE("only shareable buffers of 2 MiB and more live in the arena", "[arena]
     CHECK_FALSE(small.in_arena());  // NOLINT(bugprone-use-after-move): a moved-from Buffer is empty and valid
 }
 
+namespace {
+/// The widen() of ExternalStorage in the test below: records what was asked and allows up to `allow` bytes.
+struct Widening {
+    std::size_t allow = 0;
+    std::vector<std::size_t> asked;
+    static std::size_t widen(void* self, std::size_t needed) noexcept {
+        auto& w = *static_cast<Widening*>(self);
+        w.asked.push_back(needed);
+        return needed <= w.allow ? w.allow : 0;
+    }
+};
+}  // namespace
+
+TEST_CASE("a buffer over external storage writes there, widens first, and moves out with its bytes when refused") {
+    std::vector<std::byte> storage(64 * 1024, std::byte{0});
+    Widening widening;
+    widening.allow = 32 * 1024;
+    Buffer b = Buffer::over({storage.data(), 1024, storage.size(), &Widening::widen, &widening});
+    CHECK(b.in_external_storage());
+    b.append(std::string(1000, 'a').data(), 1000);
+    CHECK(b.data() == storage.data());
+    CHECK(storage[999] == std::byte{'a'});
+    CHECK(widening.asked.empty());
+    // Past the window: widen() is asked first, and the bytes stay where they are.
+    b.append(std::string(3000, 'b').data(), 3000);
+    REQUIRE(widening.asked.size() == 1);
+    CHECK(widening.asked[0] >= 4000);
+    CHECK(b.in_external_storage());
+    CHECK(b.capacity() == 32 * 1024);
+    CHECK(storage[3999] == std::byte{'b'});
+    // Refused (past what widen() allows), and past the limit (not even asked): own memory, the bytes copied along,
+    // the storage left as it was.
+    b.append(std::string(30'000, 'c').data(), 30'000);
+    CHECK(widening.asked.size() == 2);
+    CHECK_FALSE(b.in_external_storage());
+    CHECK(b.data() != storage.data());
+    CHECK(b.size() == 34'000);
+    CHECK(b.data()[0] == std::byte{'a'});
+    CHECK(b.data()[3999] == std::byte{'b'});
+    CHECK(b.data()[33'999] == std::byte{'c'});
+    CHECK(storage[4000] == std::byte{0});
+    Buffer over_limit = Buffer::over({storage.data(), 1024, 2048, &Widening::widen, &widening});
+    over_limit.append(std::string(4096, 'd').data(), 4096);
+    CHECK(widening.asked.size() == 2);
+    CHECK_FALSE(over_limit.in_external_storage());
+    CHECK(over_limit.data()[4095] == std::byte{'d'});
+    // Moving keeps it over the storage; destroying or reassigning it never frees the storage (ASan would see it).
+    Buffer again = Buffer::over({storage.data(), storage.size(), storage.size(), nullptr, nullptr});
+    again.append("xy", 2);
+    Buffer moved = std::move(again);
+    CHECK(moved.in_external_storage());
+    CHECK(moved.data() == storage.data());
+    moved = Buffer();
+    CHECK_FALSE(moved.in_external_storage());
+    CHECK(storage[1] == std::byte{'y'});
+}
+
 // ---- through a pool ---------------------------------------------------------------------------------------------
 
 TEST_CASE("large inputs reach the workers by reference and are decoded in place", "[arena]") {

@@ -12,6 +12,7 @@
 #include <optional>
 #include <ranges>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -275,6 +276,51 @@ long long resident_bytes(std::uintptr_t address) {
     return rss.empty() ? -1 : std::stoll(rss.substr(4)) * 1024;
 }
 }  // namespace
+
+TEST_CASE("after a large result, a worker encodes the next large results straight into its result area") {
+    if (!result_areas_here()) return;
+    procpool::Pool pool(1);
+    const std::uintptr_t area = result_area_of(pool);  // a large result: the worker's last message was large
+    REQUIRE(area != 0);
+    // The values of the next message are encoded where the parent then decodes them, kValuesOffset into the area
+    // (a message copied into the area starts at its start: its values right after the 40-byte header). The worker
+    // asks as it encodes, so the sleep lets the parent finish reading the area first.
+    constexpr std::uintptr_t kValuesOffset = procpool::detail::ResultAreas::kValuesOffset;
+    int encoded_in_place = 0;
+    for (int i = 0; i < 4; ++i) {
+        const WhereRead r = pool.apply(
+            [](int k) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                return WhereRead{std::string(300'000, static_cast<char>('k' + k))};
+            },
+            i);
+        CHECK(filled_with(r.payload, 300'000, static_cast<char>('k' + i)));
+        encoded_in_place += last_read_at.load() == area + kValuesOffset ? 1 : 0;
+    }
+    CHECK(encoded_in_place >= 1);
+
+    // A message whose error records do not fit before values encoded in the area (an error of 70 000 bytes against
+    // 64 KiB of room) streams through the ring instead; every value and every error arrives. (The items sleep so
+    // that the results of about two go out in each message.)
+    auto mixed = pool.imap(
+        [](int i) {
+            std::this_thread::sleep_for(std::chrono::microseconds(100));
+            if (i % 2 == 1) throw std::runtime_error(std::string(70'000, 'e') + std::to_string(i));
+            return std::string(3000, static_cast<char>('a' + i % 26));
+        },
+        std::views::iota(0, 100), {.chunksize = 100});
+    int index = 0;
+    for (auto it = mixed.begin(); it != mixed.end(); ++it, ++index) {
+        if (index % 2 == 1) {
+            CHECK_THROWS_WITH(*it, Catch::Contains(std::string(70'000, 'e') + std::to_string(index)));
+        } else {
+            CHECK(filled_with(*it, 3000, static_cast<char>('a' + index % 26)));
+        }
+    }
+    CHECK(index == 100);
+    // And the area is used again afterwards.
+    CHECK(filled_with(pool.apply([] { return std::string(1 << 20, 'z'); }), 1 << 20, 'z'));
+}
 
 TEST_CASE(
     "the next pool of the same shape reuses a finished pool's shared memory, emptied, and a forked process does not") {

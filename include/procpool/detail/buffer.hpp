@@ -133,12 +133,24 @@ private:
     }
 };
 
+/// Memory a Buffer may write without owning it (Buffer::over()): `window` bytes at `data` to begin with, and up to
+/// `limit` as `widen(context, needed)` allows: it returns the new window (at least `needed`), or 0 to refuse (the
+/// buffer then moves to memory of its own). widen() runs before any byte past the old window is written.
+struct ExternalStorage {
+    std::byte* data = nullptr;
+    std::size_t window = 0;
+    std::size_t limit = 0;
+    std::size_t (*widen)(void* context, std::size_t needed) noexcept = nullptr;
+    void* context = nullptr;
+};
+
 /// A contiguous, growable byte buffer. Unlike std::vector<std::byte> it never zero-fills new space, so encoding a
 /// large value touches each byte once. Capacities of 2 MiB and more are mapped directly and advised to use
 /// transparent huge pages (a first touch then faults once per 2 MiB rather than once per 4 KiB, which matters on
 /// virtual machines where a fault costs microseconds), and grow with mremap instead of a copy. A shareable buffer
 /// (Buffer::shareable()) puts such capacities in the bulk arena instead, where a pool's workers can read them in
-/// place, and grows there in place when it can. Not thread-safe.
+/// place, and grows there in place when it can. A buffer over external storage (Buffer::over()) writes there
+/// until it outgrows it. Not thread-safe.
 class Buffer {
 public:
     static constexpr std::size_t kMappedThreshold = std::size_t{2} << 20;
@@ -153,6 +165,15 @@ public:
     [[nodiscard]] static Buffer shareable() noexcept {
         Buffer buffer;
         buffer.shareable_ = true;
+        return buffer;
+    }
+    /// An empty buffer that writes into `storage` (which must outlive it) and moves to memory of its own only when
+    /// it outgrows it, its bytes copied along.
+    [[nodiscard]] static Buffer over(const ExternalStorage& storage) noexcept {
+        Buffer buffer;
+        buffer.data_ = storage.data;
+        buffer.capacity_ = storage.window;
+        buffer.external_ = storage;
         return buffer;
     }
     Buffer(Buffer&& other) noexcept { take(other); }
@@ -180,6 +201,8 @@ public:
     [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
     /// True while the bytes live in the bulk arena (readable by the workers of this process's pools).
     [[nodiscard]] bool in_arena() const noexcept { return in_arena_; }
+    /// True while the bytes live in the external storage the buffer was made over (Buffer::over()).
+    [[nodiscard]] bool in_external_storage() const noexcept { return external_.data != nullptr; }
     [[nodiscard]] std::span<const std::byte> view() const noexcept { return {data_, size_}; }
 
     void clear() noexcept { size_ = 0; }
@@ -192,6 +215,13 @@ public:
     void reserve(std::size_t capacity) {
         if (capacity <= capacity_) return;
         if (capacity > kMaxCapacity) throw std::bad_alloc();  // rounding it up below would wrap around
+        if (in_external_storage() && capacity <= external_.limit && external_.widen != nullptr) {
+            const std::size_t window = external_.widen(external_.context, capacity);
+            if (window >= capacity && window <= external_.limit) {
+                capacity_ = window;
+                return;
+            }
+        }
         const std::size_t size = size_;
         if (capacity < kMappedThreshold) {
             auto* bigger = static_cast<std::byte*>(::operator new(capacity));
@@ -206,7 +236,7 @@ public:
             return;
         }
         // Our own mapping grows in place: mremap moves the pages without copying them.
-        if (capacity_ >= kMappedThreshold && !in_arena_) {
+        if (capacity_ >= kMappedThreshold && !in_arena_ && !in_external_storage()) {
             void* moved = ::mremap(data_, capacity_, capacity, MREMAP_MAYMOVE);
             if (moved == MAP_FAILED) throw std::bad_alloc();
             advise_private_buffer(moved, capacity);
@@ -286,10 +316,12 @@ private:
         capacity_ = other.capacity_;
         in_arena_ = other.in_arena_;
         shareable_ = other.shareable_;
+        external_ = other.external_;
         other.data_ = other.inline_;
         other.size_ = 0;
         other.capacity_ = kInline;
         other.in_arena_ = false;
+        other.external_ = {};
     }
 
     /// Moves the first `size` bytes into `storage` and makes it the buffer's memory.
@@ -302,7 +334,9 @@ private:
     }
 
     void release() noexcept {
-        if (in_arena_) {
+        if (in_external_storage()) {
+            external_ = {};  // not ours to free
+        } else if (in_arena_) {
             BulkArena::instance()->release(data_, capacity_);
             in_arena_ = false;
         } else if (!is_inline()) {
@@ -321,8 +355,9 @@ private:
     std::byte* data_ = inline_;
     std::size_t size_ = 0;
     std::size_t capacity_ = kInline;
-    bool in_arena_ = false;   // data_ is an allocation in the bulk arena
-    bool shareable_ = false;  // large capacities go to the bulk arena
+    bool in_arena_ = false;     // data_ is an allocation in the bulk arena
+    bool shareable_ = false;    // large capacities go to the bulk arena
+    ExternalStorage external_;  // data_ is external_.data (Buffer::over()), or external_.data is nullptr
 };
 
 }  // namespace procpool::detail

@@ -222,11 +222,11 @@ public:
                 state.busy.store(0, std::memory_order_release);
             }
         } release{memory_.areas(), layout_.slot(base_, slot)->result_area, slot};
-        if (message.size > ResultAreas::kBytesPerSlot) {
+        if (message.offset > ResultAreas::kBytesPerSlot || message.size > ResultAreas::kBytesPerSlot - message.offset) {
             handler(kResultMessage, std::span<const std::byte>());
             return;
         }
-        handler(kResultMessage, std::span<const std::byte>(area, message.size));
+        handler(kResultMessage, std::span<const std::byte>(area + message.offset, message.size));
     }
 
     /// True (once) after a worker freed inbox space that a partly written message waits for.

@@ -6,6 +6,10 @@
 // at the same address everywhere) and sends a small ResultInArea message through the ring; the parent decodes the
 // message where it lies and then marks the area free. One area per worker slot, one message in it at a time: while
 // the parent has not read the last one, a worker sends through the ring as before.
+//
+// While the area is free, a worker encodes the values of its next message straight into it, kValuesOffset bytes
+// in, and then writes the message's header and error records just before them: a large result is written once in
+// the worker instead of encoded privately and copied over. The worker raises `extent` before it writes past it.
 #pragma once
 
 #include <algorithm>
@@ -25,12 +29,13 @@ namespace procpool::detail {
 /// A slot's area in use, in the pool's shared mapping (SlotBlock).
 struct alignas(kCacheLine) ResultAreaState {
     std::atomic<std::uint32_t> busy{0};    // 1 from the worker's write until the parent has read the message
-    std::atomic<std::uint64_t> extent{0};  // bytes of the area that may hold pages (the largest message written)
+    std::atomic<std::uint64_t> extent{0};  // bytes of the area that may hold pages (raised by the worker)
 };
 
 /// The ring message that stands for a message in the area (kind kResultInAreaMessage).
 struct ResultInArea {
-    std::uint64_t size;  // bytes of the message, from the area's start
+    std::uint64_t size;    // bytes of the message
+    std::uint64_t offset;  // where in the area it starts
 };
 
 /// The areas of one pool: one range of address space per worker slot, reserved without committing memory.
@@ -40,6 +45,8 @@ public:
     static constexpr std::size_t kBytesPerSlot = std::size_t{256} << 20;
     /// Pages of an area kept after a larger message was read (so the next one finds them faulted in).
     static constexpr std::size_t kWarmBytes = std::size_t{64} << 20;
+    /// Where a worker encodes values into the area: the room before them takes the message's header and errors.
+    static constexpr std::size_t kValuesOffset = std::size_t{64} << 10;
 
     ResultAreas() = default;
     /// Reserves areas for `slots` workers, or none where address space is not free (then every result streams).
@@ -73,7 +80,7 @@ public:
         return base_ == nullptr ? nullptr : base_ + slot * kBytesPerSlot;
     }
 
-    /// Gives back the pages of `slot`'s area past `keep` bytes, if a message reached past them (`state.extent`).
+    /// Gives back the pages of `slot`'s area past `keep` bytes, if a worker wrote past them (`state.extent`).
     /// Only while no worker writes the area: it is busy, or the slot's worker is dead.
     void trim(std::size_t slot, ResultAreaState& state, std::size_t keep = kWarmBytes) const noexcept {
         const std::uint64_t extent = state.extent.load(std::memory_order_relaxed);

@@ -88,7 +88,12 @@ inline std::int64_t monotonic_ns() noexcept {
 /// Where a worker's result messages go (the fork transport writes them to the worker's outbox ring).
 class ResultSink {
 public:
+    /// Sends one result message: the pieces back to back, `total` bytes in all.
     virtual void send_result(std::span<const Piece> pieces, std::size_t total) = 0;
+    /// The buffer the values of the next result message are encoded into, asked as the first value of each
+    /// message is about to be written: `own` (the runner's buffer), or one of the sink's where the message may
+    /// be sent without copying the values again. Whatever it returns is empty.
+    virtual Buffer& values_buffer(Buffer& own) noexcept { return own; }
 
 protected:
     ~ResultSink() = default;
@@ -132,9 +137,9 @@ public:
                ResultSink& sink, ProgressWords progress, Buffer& values, Buffer& errors,
                std::chrono::nanoseconds flush_interval)
         : task_id_(header.task_id), count_(header.item_count), timed_((header.flags & kTimedItems) != 0),
-          callable_(callable), items_(items), sink_(sink), progress_(progress), values_(values), errors_(errors),
-          flush_interval_ns_(flush_interval.count()) {
-        values_.clear();
+          callable_(callable), items_(items), sink_(sink), progress_(progress), own_values_(values), values_(&values),
+          errors_(errors), flush_interval_ns_(flush_interval.count()) {
+        values_->clear();
         errors_.clear();
         last_flush_ns_ = last_check_ns_ = monotonic_ns();
     }
@@ -165,12 +170,13 @@ public:
 
     template <class R>
     void item_done(const R& value) {
-        const std::size_t mark = values_.size();
+        Buffer& values = values_for_writing();
+        const std::size_t mark = values.size();
         try {
-            OutputArchive ar(values_);
+            OutputArchive ar(values);
             encode(ar, value);
         } catch (...) {
-            values_.truncate(mark);
+            values.truncate(mark);
             item_failed();
         }
     }
@@ -202,10 +208,11 @@ public:
         for (std::uint32_t i = 0; i < count_;) {
             progress.store(i, std::memory_order_relaxed);
             const std::uint32_t end = i + std::min(next_block(i), count_ - i);
-            const std::size_t mark = values_.size();
+            Buffer& values = values_for_writing();
+            const std::size_t mark = values.size();
             std::byte* block = nullptr;
             try {
-                block = values_.extend(std::size_t{end - i} * sizeof(Result));
+                block = values.extend(std::size_t{end - i} * sizeof(Result));
             } catch (const std::bad_alloc&) {
                 return i;
             }
@@ -223,12 +230,18 @@ public:
                     item_failed();
                 }
             }
-            values_.truncate(mark + static_cast<std::size_t>(out - block));  // failed items wrote nothing
+            values.truncate(mark + static_cast<std::size_t>(out - block));  // failed items wrote nothing
         }
         return count_;
     }
 
 private:
+    /// The buffer to append values to: while it is empty (a new message), the one the sink asks for.
+    Buffer& values_for_writing() noexcept {
+        if (values_->empty()) values_ = &sink_.values_buffer(own_values_);
+        return *values_;
+    }
+
     /// run_bitwise's begin_item: item `index` starts a block. Sends the results gathered so far when they are due
     /// and returns how many items to run before looking at the clock again.
     std::uint32_t next_block(std::uint32_t index) {
@@ -269,9 +282,9 @@ private:
                             errors_.size()};
         const Piece pieces[] = {{&header, sizeof header},
                                 {errors_.data(), errors_.size()},
-                                {values_.data(), values_.size()}};
-        sink_.send_result(pieces, sizeof header + errors_.size() + values_.size());
-        values_.clear();
+                                {values_->data(), values_->size()}};
+        sink_.send_result(pieces, sizeof header + errors_.size() + values_->size());
+        values_->clear();
         errors_.clear();
         error_count_ = 0;
         first_unsent_ = end;
@@ -285,7 +298,8 @@ private:
     InputArchive items_;
     ResultSink& sink_;
     ProgressWords progress_;
-    Buffer& values_;
+    Buffer& own_values_;  // the values buffer the runner was given
+    Buffer* values_;      // where the values of the message being gathered go (values_for_writing())
     Buffer& errors_;
     std::int64_t flush_interval_ns_;
     std::int64_t last_flush_ns_ = 0;

@@ -174,8 +174,58 @@ private:
     }
 
     void send_result(std::span<const Piece> pieces, std::size_t total) override {
-        if (total > outbox_.max_fragment() && send_in_area(pieces, total)) return;
+        const bool large = total > outbox_.max_fragment();
+        large_messages_ = large;
+        if (!pieces.empty() && pieces.back().size != 0 && area_values_.in_external_storage() &&
+            pieces.back().data == area_values_.data()) {
+            if (large && send_around_values(pieces, total)) return;
+        } else if (large && send_in_area(pieces, total)) {
+            return;
+        }
         send(kResultMessage, pieces, total);
+    }
+
+    /// The values of the next message go straight into the result area when the last message was too large for
+    /// the ring (the next is likely to be as well) and the parent has read what was in the area; otherwise into
+    /// the runner's own buffer (a small message is copied into the ring either way).
+    Buffer& values_buffer(Buffer& own) noexcept override {
+        if (!large_messages_ || env_.result_area == nullptr ||
+            slot_->result_area.busy.load(std::memory_order_acquire) != 0) {  // acquire: the parent's reads are done
+            return own;
+        }
+        raise_extent(ResultAreas::kWarmBytes);  // before a byte is written
+        area_values_ = Buffer::over(
+            {env_.result_area + ResultAreas::kValuesOffset, ResultAreas::kWarmBytes - ResultAreas::kValuesOffset,
+             ResultAreas::kBytesPerSlot - ResultAreas::kValuesOffset, &widen_area_values, this});
+        return area_values_;
+    }
+
+    /// area_values_ outgrew the pages an area keeps warm: the whole area may hold pages from now on.
+    static std::size_t widen_area_values(void* worker, std::size_t) noexcept {
+        static_cast<Worker*>(worker)->raise_extent(ResultAreas::kBytesPerSlot);
+        return ResultAreas::kBytesPerSlot - ResultAreas::kValuesOffset;
+    }
+
+    /// Records that the area may hold pages up to `end` (ResultAreas::trim() gives back what lies past the warm
+    /// part). Only while the area is the worker's (not busy).
+    void raise_extent(std::uint64_t end) noexcept {
+        std::atomic<std::uint64_t>& extent = slot_->result_area.extent;
+        if (extent.load(std::memory_order_relaxed) < end) extent.store(end, std::memory_order_relaxed);
+    }
+
+    /// Sends a message whose values were encoded into the result area (values_buffer()): writes the pieces before
+    /// them just in front, so the message lies in the area whole. False if they do not fit there.
+    bool send_around_values(std::span<const Piece> pieces, std::size_t total) noexcept {
+        const std::size_t front = total - pieces.back().size;
+        if (front > ResultAreas::kValuesOffset) return false;
+        const std::size_t offset = ResultAreas::kValuesOffset - front;
+        std::byte* at = env_.result_area + offset;
+        for (const Piece& piece : pieces.first(pieces.size() - 1)) {
+            if (piece.size != 0) std::memcpy(at, piece.data, piece.size);
+            at += piece.size;
+        }
+        publish_in_area(total, offset);
+        return true;
     }
 
     /// Puts a result message that would stream through the ring in fragments into the slot's result area instead,
@@ -186,17 +236,22 @@ private:
             state.busy.load(std::memory_order_acquire) != 0) {
             return false;
         }
-        if (state.extent.load(std::memory_order_relaxed) < total) state.extent.store(total, std::memory_order_relaxed);
+        raise_extent(total);
         std::byte* at = env_.result_area;
         for (const Piece& piece : pieces) {
             if (piece.size != 0) std::memcpy(at, piece.data, piece.size);
             at += piece.size;
         }
-        state.busy.store(1, std::memory_order_relaxed);  // published with the message below
-        const ResultInArea message{total};
+        publish_in_area(total, 0);
+        return true;
+    }
+
+    /// Hands the parent the message of `total` bytes at `offset` in the result area.
+    void publish_in_area(std::size_t total, std::size_t offset) noexcept {
+        slot_->result_area.busy.store(1, std::memory_order_relaxed);  // published with the message below
+        const ResultInArea message{total, offset};
         const Piece piece{&message, sizeof message};
         send(kResultInAreaMessage, {&piece, 1}, sizeof message);
-        return true;
     }
 
     void send(std::uint16_t kind, std::span<const Piece> pieces, std::size_t total) noexcept {
@@ -214,6 +269,8 @@ private:
     Buffer message_;  // reassembly of tasks that arrived in several fragments
     Buffer values_;   // results of the items run since the last send
     Buffer errors_;
+    Buffer area_values_;           // the same, encoded into the result area (values_buffer())
+    bool large_messages_ = false;  // the last result message was larger than a ring fragment
 };
 
 }  // namespace procpool::detail
