@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <numeric>
 #include <optional>
 #include <ranges>
@@ -158,6 +159,8 @@ TEST_CASE("a mix of small and large results in one imap keeps order") {
 
 namespace {
 std::atomic<std::uintptr_t> first_read_at{0};  // where the parent decoded the first SlowToRead from
+std::vector<std::uintptr_t> slow_reads;        // where it decoded each (the service thread or the waiting one)
+std::mutex slow_reads_mutex;
 
 /// A large result whose decoding in the parent pauses between its id and its payload, so the worker finishes its
 /// next result while the parent still reads this one.
@@ -168,6 +171,8 @@ struct SlowToRead {
     void serialize(Archive& ar) {
         if constexpr (std::is_same_v<Archive, procpool::InputArchive>) {
             if (first_read_at.load() == 0) first_read_at = reinterpret_cast<std::uintptr_t>(ar.position());
+            const std::lock_guard lock(slow_reads_mutex);
+            slow_reads.push_back(reinterpret_cast<std::uintptr_t>(ar.position()));
         }
         ar(id);
         if constexpr (std::is_same_v<Archive, procpool::InputArchive>) {
@@ -240,9 +245,9 @@ TEST_CASE("results larger than a ring fragment arrive intact through the result 
     }
     CHECK(index == 6);
 
-    // Past the size an area keeps warm (64 MiB: its pages past that are given back once read), and past what an
-    // area holds (256 MiB: streamed through the ring).
-    for (const std::size_t size : {std::size_t{80} << 20, std::size_t{260} << 20, std::size_t{1} << 20}) {
+    // Past the size a half of an area keeps warm (64 MiB: its pages past that are given back once read), and past
+    // what a half holds (128 MiB: streamed through the ring).
+    for (const std::size_t size : {std::size_t{80} << 20, std::size_t{200} << 20, std::size_t{1} << 20}) {
         const std::string made = pool.apply([](std::size_t n) { return std::string(n, 'q'); }, size);
         CHECK(filled_with(made, size, 'q'));
     }
@@ -282,10 +287,11 @@ TEST_CASE("after a large result, a worker encodes the next large results straigh
     procpool::Pool pool(1);
     const std::uintptr_t area = result_area_of(pool);  // a large result: the worker's last message was large
     REQUIRE(area != 0);
-    // The values of the next message are encoded where the parent then decodes them, kValuesOffset into the area
-    // (a message copied into the area starts at its start: its values right after the 40-byte header). The worker
-    // asks as it encodes, so the sleep lets the parent finish reading the area first.
-    constexpr std::uintptr_t kValuesOffset = procpool::detail::ResultAreas::kValuesOffset;
+    // The values of the next message are encoded where the parent then decodes them, kValuesOffset into a half of
+    // the area (a message copied into a half starts at its start: its values right after the 40-byte header). The
+    // worker asks as it encodes, so the sleep lets the parent finish reading the area first.
+    using procpool::detail::ResultAreas;
+    constexpr std::uintptr_t kValuesOffset = ResultAreas::kValuesOffset;
     int encoded_in_place = 0;
     for (int i = 0; i < 4; ++i) {
         const WhereRead r = pool.apply(
@@ -295,9 +301,25 @@ TEST_CASE("after a large result, a worker encodes the next large results straigh
             },
             i);
         CHECK(filled_with(r.payload, 300'000, static_cast<char>('k' + i)));
-        encoded_in_place += last_read_at.load() == area + kValuesOffset ? 1 : 0;
+        encoded_in_place += (last_read_at.load() - area) % ResultAreas::kBytesPerHalf == kValuesOffset ? 1 : 0;
     }
     CHECK(encoded_in_place >= 1);
+
+    // While the parent reads one half, the worker puts its next large result into the other.
+    slow_reads.clear();
+    const auto slow = pool.map(
+        [](int i) {
+            return SlowToRead{i, std::string(300'000, static_cast<char>('m' + i))};
+        },
+        std::views::iota(0, 6), {.chunksize = 6});
+    std::set<std::uintptr_t> halves_read;
+    for (const std::uintptr_t at : slow_reads) {
+        if (at >= area && at < area + ResultAreas::kBytesPerSlot) {  // (not one that streamed through the ring)
+            halves_read.insert((at - area) / ResultAreas::kBytesPerHalf);
+        }
+    }
+    CHECK(halves_read == std::set<std::uintptr_t>{0, 1});
+    for (int i = 0; i < 6; ++i) CHECK(filled_with(slow[i].payload, 300'000, static_cast<char>('m' + i)));
 
     // A message whose error records do not fit before values encoded in the area (an error of 70 000 bytes against
     // 64 KiB of room) streams through the ring instead; every value and every error arrives. (The items sleep so

@@ -213,16 +213,21 @@ public:
             return;
         }
         std::memcpy(&message, bytes.data(), sizeof message);
+        // The half it is in (the message must lie within it); a bad offset still frees the half it names.
+        const std::size_t half = std::min<std::uint64_t>(message.offset / ResultAreas::kBytesPerHalf,
+                                                         ResultAreas::kHalves - 1);
         struct Release {  // also if the handler throws
             const ResultAreas& areas;
             ResultAreaState& state;
             std::size_t slot;
+            std::size_t half;
             ~Release() {
-                areas.trim(slot, state);
-                state.busy.store(0, std::memory_order_release);
+                areas.trim(slot, half, state);
+                state.halves[half].busy.store(0, std::memory_order_release);
             }
-        } release{memory_.areas(), layout_.slot(base_, slot)->result_area, slot};
-        if (message.offset > ResultAreas::kBytesPerSlot || message.size > ResultAreas::kBytesPerSlot - message.offset) {
+        } release{memory_.areas(), layout_.slot(base_, slot)->result_area, slot, half};
+        const std::uint64_t half_end = (half + 1) * ResultAreas::kBytesPerHalf;
+        if (message.offset >= half_end || message.size > half_end - message.offset) {
             handler(kResultMessage, std::span<const std::byte>());
             return;
         }
@@ -267,9 +272,9 @@ public:
         block->outbox.writable.reset();
         outboxes_[slot].resync();
         reassembly_[slot].clear();
-        // Its last message, if it sent one, was read before; it may have died writing a large one.
-        memory_.areas().trim(slot, block->result_area);
-        block->result_area.busy.store(0, std::memory_order_relaxed);
+        // Its last messages, if it sent any, were read before; it may have died writing a large one.
+        memory_.areas().trim_all(slot, block->result_area);
+        for (auto& half : block->result_area.halves) half.busy.store(0, std::memory_order_relaxed);
         block->status.task.store(0, std::memory_order_relaxed);
         block->status.item.store(0, std::memory_order_relaxed);
         block->status.item_start_ns.store(0, std::memory_order_relaxed);

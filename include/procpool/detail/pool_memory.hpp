@@ -58,7 +58,7 @@ public:
             return;
         }
         for (std::size_t slot = 0; slot < memory.layout_.slots(); ++slot) {
-            memory.areas_.trim(slot, memory.layout_.slot(memory.base_, slot)->result_area, 0);
+            memory.areas_.trim_all(slot, memory.layout_.slot(memory.base_, slot)->result_area, 0);
         }
         ::madvise(memory.base_, memory.layout_.bytes(), MADV_DONTFORK);
         memory.areas_.keep_out_of_later_forks();

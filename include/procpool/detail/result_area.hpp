@@ -4,12 +4,14 @@
 // before decoding it: two copies in the parent, on the thread that drains every worker's results. Instead the
 // worker writes the whole message into its slot's area (shared memory mapped before the fork server is forked, so
 // at the same address everywhere) and sends a small ResultInArea message through the ring; the parent decodes the
-// message where it lies and then marks the area free. One area per worker slot, one message in it at a time: while
-// the parent has not read the last one, a worker sends through the ring as before.
+// message where it lies and then marks the area free. One area per worker slot, in two halves that take one
+// message each: the worker writes its next message into one while the parent reads the other. While the parent has
+// not read either, a worker sends through the ring as before.
 //
-// While the area is free, a worker encodes the values of its next message straight into it, kValuesOffset bytes
-// in, and then writes the message's header and error records just before them: a large result is written once in
-// the worker instead of encoded privately and copied over. The worker raises `extent` before it writes past it.
+// Into a free half, a worker encodes the values of its next message straight away, kValuesOffset bytes in, and
+// then writes the message's header and error records just before them: a large result is written once in the
+// worker instead of encoded privately and copied over. The worker raises a half's `extent` before it writes past
+// it.
 #pragma once
 
 #include <algorithm>
@@ -27,9 +29,12 @@
 namespace procpool::detail {
 
 /// A slot's area in use, in the pool's shared mapping (SlotBlock).
-struct alignas(kCacheLine) ResultAreaState {
-    std::atomic<std::uint32_t> busy{0};    // 1 from the worker's write until the parent has read the message
-    std::atomic<std::uint64_t> extent{0};  // bytes of the area that may hold pages (raised by the worker)
+struct ResultAreaState {
+    struct alignas(kCacheLine) Half {
+        std::atomic<std::uint32_t> busy{0};    // 1 from the worker's message until the parent has read it
+        std::atomic<std::uint64_t> extent{0};  // bytes of the half that may hold pages (raised by the worker)
+    };
+    Half halves[2];
 };
 
 /// The ring message that stands for a message in the area (kind kResultInAreaMessage).
@@ -41,9 +46,12 @@ struct ResultInArea {
 /// The areas of one pool: one range of address space per worker slot, reserved without committing memory.
 class ResultAreas {
 public:
-    /// Messages up to this size go through an area (larger ones stream through the ring).
+    /// Address space of a slot's area: two halves, and messages up to a half's size go through them (larger ones
+    /// stream through the ring).
     static constexpr std::size_t kBytesPerSlot = std::size_t{256} << 20;
-    /// Pages of an area kept after a larger message was read (so the next one finds them faulted in).
+    static constexpr std::size_t kHalves = 2;
+    static constexpr std::size_t kBytesPerHalf = kBytesPerSlot / kHalves;
+    /// Pages of a half kept after a larger message was read (so the next one finds them faulted in).
     static constexpr std::size_t kWarmBytes = std::size_t{64} << 20;
     /// Where a worker encodes values into the area: the room before them takes the message's header and errors.
     static constexpr std::size_t kValuesOffset = std::size_t{64} << 10;
@@ -80,15 +88,21 @@ public:
         return base_ == nullptr ? nullptr : base_ + slot * kBytesPerSlot;
     }
 
-    /// Gives back the pages of `slot`'s area past `keep` bytes, if a worker wrote past them (`state.extent`).
-    /// Only while no worker writes the area: it is busy, or the slot's worker is dead.
-    void trim(std::size_t slot, ResultAreaState& state, std::size_t keep = kWarmBytes) const noexcept {
-        const std::uint64_t extent = state.extent.load(std::memory_order_relaxed);
+    /// Gives back the pages of half `half` of `slot`'s area past `keep` bytes, if a worker wrote past them (its
+    /// `extent`). Only while no worker writes the half: it is busy, or the slot's worker is dead.
+    void trim(std::size_t slot, std::size_t half, ResultAreaState& state,
+              std::size_t keep = kWarmBytes) const noexcept {
+        ResultAreaState::Half& h = state.halves[half];
+        const std::uint64_t extent = h.extent.load(std::memory_order_relaxed);
         if (base_ == nullptr || extent <= keep) return;
         const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-        const std::size_t end = std::min<std::uint64_t>(extent, kBytesPerSlot);
-        ::madvise(area(slot) + keep, (end - keep + page - 1) / page * page, MADV_REMOVE);
-        state.extent.store(keep, std::memory_order_relaxed);
+        const std::size_t end = std::min<std::uint64_t>(extent, kBytesPerHalf);
+        ::madvise(area(slot) + half * kBytesPerHalf + keep, (end - keep + page - 1) / page * page, MADV_REMOVE);
+        h.extent.store(keep, std::memory_order_relaxed);
+    }
+    /// trim() for both halves: only while the slot's worker is dead (or every worker is).
+    void trim_all(std::size_t slot, ResultAreaState& state, std::size_t keep = kWarmBytes) const noexcept {
+        for (std::size_t half = 0; half < kHalves; ++half) trim(slot, half, state, keep);
     }
 
 private:

@@ -185,71 +185,88 @@ private:
         send(kResultMessage, pieces, total);
     }
 
-    /// The values of the next message go straight into the result area when the last message was too large for
-    /// the ring (the next is likely to be as well) and the parent has read what was in the area; otherwise into
-    /// the runner's own buffer (a small message is copied into the ring either way).
+    /// The values of the next message go straight into a free half of the result area when the last message was
+    /// too large for the ring (the next is likely to be as well); otherwise into the runner's own buffer (a small
+    /// message is copied into the ring either way).
     Buffer& values_buffer(Buffer& own) noexcept override {
-        if (!large_messages_ || env_.result_area == nullptr ||
-            slot_->result_area.busy.load(std::memory_order_acquire) != 0) {  // acquire: the parent's reads are done
-            return own;
-        }
-        raise_extent(ResultAreas::kWarmBytes);  // before a byte is written
-        area_values_ = Buffer::over(
-            {env_.result_area + ResultAreas::kValuesOffset, ResultAreas::kWarmBytes - ResultAreas::kValuesOffset,
-             ResultAreas::kBytesPerSlot - ResultAreas::kValuesOffset, &widen_area_values, this});
+        if (!large_messages_) return own;
+        const int half = free_half();
+        if (half < 0) return own;
+        area_values_half_ = static_cast<std::size_t>(half);
+        raise_extent(area_values_half_, ResultAreas::kWarmBytes);  // before a byte is written
+        area_values_ = Buffer::over({half_start(area_values_half_) + ResultAreas::kValuesOffset,
+                                     ResultAreas::kWarmBytes - ResultAreas::kValuesOffset,
+                                     ResultAreas::kBytesPerHalf - ResultAreas::kValuesOffset, &widen_area_values,
+                                     this});
         return area_values_;
     }
 
-    /// area_values_ outgrew the pages an area keeps warm: the whole area may hold pages from now on.
+    /// area_values_ outgrew the pages a half keeps warm: the whole half may hold pages from now on.
     static std::size_t widen_area_values(void* worker, std::size_t) noexcept {
-        static_cast<Worker*>(worker)->raise_extent(ResultAreas::kBytesPerSlot);
-        return ResultAreas::kBytesPerSlot - ResultAreas::kValuesOffset;
+        auto* self = static_cast<Worker*>(worker);
+        self->raise_extent(self->area_values_half_, ResultAreas::kBytesPerHalf);
+        return ResultAreas::kBytesPerHalf - ResultAreas::kValuesOffset;
     }
 
-    /// Records that the area may hold pages up to `end` (ResultAreas::trim() gives back what lies past the warm
-    /// part). Only while the area is the worker's (not busy).
-    void raise_extent(std::uint64_t end) noexcept {
-        std::atomic<std::uint64_t>& extent = slot_->result_area.extent;
+    /// A half of the result area the parent is not reading (the other one than last time if both are), or -1.
+    int free_half() noexcept {
+        if (env_.result_area == nullptr) return -1;
+        for (std::size_t i = 1; i <= ResultAreas::kHalves; ++i) {
+            const std::size_t half = (last_half_ + i) % ResultAreas::kHalves;
+            // acquire: the parent's reads of the message that was there are done
+            if (slot_->result_area.halves[half].busy.load(std::memory_order_acquire) == 0)
+                return static_cast<int>(half);
+        }
+        return -1;
+    }
+    [[nodiscard]] std::byte* half_start(std::size_t half) const noexcept {
+        return env_.result_area + half * ResultAreas::kBytesPerHalf;
+    }
+
+    /// Records that `half` may hold pages up to `end` of it (ResultAreas::trim() gives back what lies past the
+    /// warm part). Only while the half is the worker's (not busy).
+    void raise_extent(std::size_t half, std::uint64_t end) noexcept {
+        std::atomic<std::uint64_t>& extent = slot_->result_area.halves[half].extent;
         if (extent.load(std::memory_order_relaxed) < end) extent.store(end, std::memory_order_relaxed);
     }
 
     /// Sends a message whose values were encoded into the result area (values_buffer()): writes the pieces before
-    /// them just in front, so the message lies in the area whole. False if they do not fit there.
+    /// them just in front, so the message lies in the half whole. False if they do not fit there.
     bool send_around_values(std::span<const Piece> pieces, std::size_t total) noexcept {
         const std::size_t front = total - pieces.back().size;
         if (front > ResultAreas::kValuesOffset) return false;
         const std::size_t offset = ResultAreas::kValuesOffset - front;
-        std::byte* at = env_.result_area + offset;
+        std::byte* at = half_start(area_values_half_) + offset;
         for (const Piece& piece : pieces.first(pieces.size() - 1)) {
             if (piece.size != 0) std::memcpy(at, piece.data, piece.size);
             at += piece.size;
         }
-        publish_in_area(total, offset);
+        publish_in_area(total, area_values_half_, offset);
         return true;
     }
 
-    /// Puts a result message that would stream through the ring in fragments into the slot's result area instead,
-    /// if the parent has read the last one there; the ring carries a ResultInArea. False if it did not.
+    /// Puts a result message that would stream through the ring in fragments into a free half of the slot's result
+    /// area instead; the ring carries a ResultInArea. False if it did not (no half free, or too large).
     bool send_in_area(std::span<const Piece> pieces, std::size_t total) noexcept {
-        ResultAreaState& state = slot_->result_area;
-        if (env_.result_area == nullptr || total > ResultAreas::kBytesPerSlot ||
-            state.busy.load(std::memory_order_acquire) != 0) {
-            return false;
-        }
-        raise_extent(total);
-        std::byte* at = env_.result_area;
+        if (total > ResultAreas::kBytesPerHalf) return false;
+        const int free = free_half();
+        if (free < 0) return false;
+        const auto half = static_cast<std::size_t>(free);
+        raise_extent(half, total);
+        std::byte* at = half_start(half);
         for (const Piece& piece : pieces) {
             if (piece.size != 0) std::memcpy(at, piece.data, piece.size);
             at += piece.size;
         }
-        publish_in_area(total, 0);
+        publish_in_area(total, half, 0);
         return true;
     }
 
-    /// Hands the parent the message of `total` bytes at `offset` in the result area.
-    void publish_in_area(std::size_t total, std::size_t offset) noexcept {
-        slot_->result_area.busy.store(1, std::memory_order_relaxed);  // published with the message below
-        const ResultInArea message{total, offset};
+    /// Hands the parent the message of `total` bytes at `offset` in `half` of the result area.
+    void publish_in_area(std::size_t total, std::size_t half, std::size_t offset) noexcept {
+        slot_->result_area.halves[half].busy.store(1, std::memory_order_relaxed);  // published with the message
+        last_half_ = half;
+        const ResultInArea message{total, half * ResultAreas::kBytesPerHalf + offset};
         const Piece piece{&message, sizeof message};
         send(kResultInAreaMessage, {&piece, 1}, sizeof message);
     }
@@ -269,8 +286,10 @@ private:
     Buffer message_;  // reassembly of tasks that arrived in several fragments
     Buffer values_;   // results of the items run since the last send
     Buffer errors_;
-    Buffer area_values_;           // the same, encoded into the result area (values_buffer())
-    bool large_messages_ = false;  // the last result message was larger than a ring fragment
+    Buffer area_values_;                // the same, encoded into a half of the result area (values_buffer())
+    std::size_t area_values_half_ = 0;  // which half
+    std::size_t last_half_ = 0;         // the half of the last message sent through the area
+    bool large_messages_ = false;       // the last result message was larger than a ring fragment
 };
 
 }  // namespace procpool::detail
