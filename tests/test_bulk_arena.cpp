@@ -290,6 +290,17 @@ TEST_CASE("a buffer over external storage writes there, widens first, and moves 
     CHECK(widening.asked.size() == 2);
     CHECK_FALSE(over_limit.in_external_storage());
     CHECK(over_limit.data()[4095] == std::byte{'d'});
+    // Growing by half would pass the limit, but what is needed fits: it stays, widened to the limit.
+    Widening up_to_limit;
+    up_to_limit.allow = 1500;
+    Buffer near = Buffer::over({storage.data(), 1024, 1500, &Widening::widen, &up_to_limit});
+    near.append(std::string(1000, 'n').data(), 1000);
+    near.append(std::string(100, 'n').data(), 100);
+    CHECK(near.in_external_storage());
+    CHECK(near.capacity() == 1500);
+    CHECK(up_to_limit.asked == std::vector<std::size_t>{1500});
+    // No storage: a plain buffer.
+    CHECK_FALSE(Buffer::over({nullptr, 1024, 1024, nullptr, nullptr}).in_external_storage());
     // Moving keeps it over the storage; destroying or reassigning it never frees the storage (ASan would see it).
     Buffer again = Buffer::over({storage.data(), storage.size(), storage.size(), nullptr, nullptr});
     again.append("xy", 2);

@@ -23,6 +23,7 @@
 #include <variant>
 #include <vector>
 
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -301,7 +302,8 @@ TEST_CASE("after a large result, a worker encodes the next large results straigh
             },
             i);
         CHECK(filled_with(r.payload, 300'000, static_cast<char>('k' + i)));
-        encoded_in_place += (last_read_at.load() - area) % ResultAreas::kBytesPerHalf == kValuesOffset ? 1 : 0;
+        const std::uintptr_t at = last_read_at.load();
+        encoded_in_place += at >= area && (at - area) % ResultAreas::kBytesPerHalf == kValuesOffset ? 1 : 0;
     }
     CHECK(encoded_in_place >= 1);
 
@@ -342,6 +344,32 @@ TEST_CASE("after a large result, a worker encodes the next large results straigh
     CHECK(index == 100);
     // And the area is used again afterwards.
     CHECK(filled_with(pool.apply([] { return std::string(1 << 20, 'z'); }), 1 << 20, 'z'));
+}
+
+namespace {
+/// Bytes of [address, address + bytes) in memory (mincore: shared pages count wherever they were touched).
+std::size_t resident_in(std::uintptr_t address, std::size_t bytes) {
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    std::vector<unsigned char> pages(bytes / page);
+    REQUIRE(::mincore(reinterpret_cast<void*>(address), bytes, pages.data()) == 0);
+    std::size_t n = 0;
+    for (unsigned char p : pages) n += p & 1u;
+    return n * page;
+}
+}  // namespace
+
+TEST_CASE("values that outgrow a half of the result area leave no more than its warm pages behind") {
+    if (!result_areas_here()) return;
+    using procpool::detail::ResultAreas;
+    procpool::Pool pool(1);
+    const std::uintptr_t area = result_area_of(pool);  // a large result: the next values go into a half
+    REQUIRE(area != 0);
+    // 200 MiB of values: past a half (128 MiB), so they move to the worker's own memory and stream through the
+    // ring; the half they started in is never read, so the worker gives back what it wrote there past 64 MiB.
+    const auto big = pool.apply([] { return std::vector<std::string>(200, std::string(std::size_t{1} << 20, 'q')); });
+    REQUIRE(big.size() == 200);
+    CHECK(filled_with(big[199], std::size_t{1} << 20, 'q'));
+    CHECK(resident_in(area, ResultAreas::kBytesPerSlot) <= ResultAreas::kWarmBytes + (std::size_t{1} << 20));
 }
 
 TEST_CASE(

@@ -134,8 +134,9 @@ private:
 };
 
 /// Memory a Buffer may write without owning it (Buffer::over()): `window` bytes at `data` to begin with, and up to
-/// `limit` as `widen(context, needed)` allows: it returns the new window (at least `needed`), or 0 to refuse (the
-/// buffer then moves to memory of its own). widen() runs before any byte past the old window is written.
+/// `limit` as `widen(context, wanted)` allows: it returns the new window (at least `wanted`, the capacity the
+/// buffer grows to, never past `limit`), or 0 to refuse (the buffer then moves to memory of its own). widen() runs
+/// before any byte past the old window is written.
 struct ExternalStorage {
     std::byte* data = nullptr;
     std::size_t window = 0;
@@ -171,6 +172,7 @@ public:
     /// it outgrows it, its bytes copied along.
     [[nodiscard]] static Buffer over(const ExternalStorage& storage) noexcept {
         Buffer buffer;
+        if (storage.data == nullptr) return buffer;
         buffer.data_ = storage.data;
         buffer.capacity_ = storage.window;
         buffer.external_ = storage;
@@ -254,7 +256,12 @@ public:
     std::byte* extend(std::size_t n) {
         if (capacity_ - size_ < n) {
             if (n > kMaxCapacity - size_) throw std::bad_alloc();
-            reserve(grown_capacity(size_ + n));
+            std::size_t grown = grown_capacity(size_ + n);
+            // Over external storage, what fits its limit stays there even if growing by half would not.
+            if (in_external_storage() && grown > external_.limit && size_ + n <= external_.limit) {
+                grown = external_.limit;
+            }
+            reserve(grown);
         }
         std::byte* at = data_ + size_;
         size_ += n;

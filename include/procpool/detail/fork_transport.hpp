@@ -213,9 +213,12 @@ public:
             return;
         }
         std::memcpy(&message, bytes.data(), sizeof message);
-        // The half it is in (the message must lie within it); a bad offset still frees the half it names.
-        const std::size_t half = std::min<std::uint64_t>(message.offset / ResultAreas::kBytesPerHalf,
-                                                         ResultAreas::kHalves - 1);
+        if (message.offset >= ResultAreas::kBytesPerSlot) {  // names no half: a protocol error, the worker is killed
+            handler(kResultMessage, std::span<const std::byte>());
+            return;
+        }
+        // The half it is in, freed after it was read (the message must lie within it).
+        const std::size_t half = message.offset / ResultAreas::kBytesPerHalf;
         struct Release {  // also if the handler throws
             const ResultAreas& areas;
             ResultAreaState& state;

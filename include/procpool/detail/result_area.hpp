@@ -92,13 +92,16 @@ public:
     /// `extent`). Only while no worker writes the half: it is busy, or the slot's worker is dead.
     void trim(std::size_t slot, std::size_t half, ResultAreaState& state,
               std::size_t keep = kWarmBytes) const noexcept {
-        ResultAreaState::Half& h = state.halves[half];
-        const std::uint64_t extent = h.extent.load(std::memory_order_relaxed);
-        if (base_ == nullptr || extent <= keep) return;
+        if (base_ != nullptr) give_back(area(slot) + half * kBytesPerHalf, state.halves[half], keep);
+    }
+    /// trim() on a half given by its start: for the worker, on a half it wrote but did not send a message in.
+    static void give_back(std::byte* half_start, ResultAreaState::Half& half, std::size_t keep) noexcept {
+        const std::uint64_t extent = half.extent.load(std::memory_order_relaxed);
+        if (extent <= keep) return;
         const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
         const std::size_t end = std::min<std::uint64_t>(extent, kBytesPerHalf);
-        ::madvise(area(slot) + half * kBytesPerHalf + keep, (end - keep + page - 1) / page * page, MADV_REMOVE);
-        h.extent.store(keep, std::memory_order_relaxed);
+        ::madvise(half_start + keep, (end - keep + page - 1) / page * page, MADV_REMOVE);
+        half.extent.store(keep, std::memory_order_relaxed);
     }
     /// trim() for both halves: only while the slot's worker is dead (or every worker is).
     void trim_all(std::size_t slot, ResultAreaState& state, std::size_t keep = kWarmBytes) const noexcept {

@@ -17,6 +17,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#include <utility>
 
 #include "procpool/detail/buffer.hpp"
 #include "procpool/detail/exceptions.hpp"
@@ -176,13 +177,19 @@ private:
     void send_result(std::span<const Piece> pieces, std::size_t total) override {
         const bool large = total > outbox_.max_fragment();
         large_messages_ = large;
-        if (!pieces.empty() && pieces.back().size != 0 && area_values_.in_external_storage() &&
-            pieces.back().data == area_values_.data()) {
-            if (large && send_around_values(pieces, total)) return;
-        } else if (large && send_in_area(pieces, total)) {
-            return;
+        // The half values_buffer() gave this message's values, if it did: ours until a message is sent in it.
+        const int picked = std::exchange(picked_half_, -1);
+        const bool values_in_half = picked >= 0 && !pieces.empty() && pieces.back().size != 0 &&
+                                    area_values_.in_external_storage() && pieces.back().data == area_values_.data();
+        if (values_in_half && large && send_around_values(pieces, total)) return;
+        if (!(large && send_in_area(pieces, total, picked))) send(kResultMessage, pieces, total);
+        // Sent elsewhere (small, its errors too large to go in front, or values that outgrew the half): what was
+        // written there past the warm part goes back now, or it would stay until a message in that half is read.
+        if (picked >= 0) {
+            ResultAreas::give_back(half_start(static_cast<std::size_t>(picked)),
+                                   slot_->result_area.halves[static_cast<std::size_t>(picked)],
+                                   ResultAreas::kWarmBytes);
         }
-        send(kResultMessage, pieces, total);
     }
 
     /// The values of the next message go straight into a free half of the result area when the last message was
@@ -190,8 +197,9 @@ private:
     /// message is copied into the ring either way).
     Buffer& values_buffer(Buffer& own) noexcept override {
         if (!large_messages_) return own;
-        const int half = free_half();
+        const int half = picked_half_ >= 0 ? picked_half_ : free_half();  // (asked again if values were rolled back)
         if (half < 0) return own;
+        picked_half_ = half;
         area_values_half_ = static_cast<std::size_t>(half);
         raise_extent(area_values_half_, ResultAreas::kWarmBytes);  // before a byte is written
         area_values_ = Buffer::over({half_start(area_values_half_) + ResultAreas::kValuesOffset,
@@ -208,14 +216,16 @@ private:
         return ResultAreas::kBytesPerHalf - ResultAreas::kValuesOffset;
     }
 
-    /// A half of the result area the parent is not reading (the other one than last time if both are), or -1.
-    int free_half() noexcept {
+    /// A half of the result area the parent is not reading, other than `avoid`, or -1. The first one if both are
+    /// free: the second is written only while the parent reads the first (and only then keeps pages).
+    int free_half(int avoid = -1) noexcept {
         if (env_.result_area == nullptr) return -1;
-        for (std::size_t i = 1; i <= ResultAreas::kHalves; ++i) {
-            const std::size_t half = (last_half_ + i) % ResultAreas::kHalves;
+        for (std::size_t half = 0; half < ResultAreas::kHalves; ++half) {
             // acquire: the parent's reads of the message that was there are done
-            if (slot_->result_area.halves[half].busy.load(std::memory_order_acquire) == 0)
+            if (static_cast<int>(half) != avoid &&
+                slot_->result_area.halves[half].busy.load(std::memory_order_acquire) == 0) {
                 return static_cast<int>(half);
+            }
         }
         return -1;
     }
@@ -246,10 +256,11 @@ private:
     }
 
     /// Puts a result message that would stream through the ring in fragments into a free half of the slot's result
-    /// area instead; the ring carries a ResultInArea. False if it did not (no half free, or too large).
-    bool send_in_area(std::span<const Piece> pieces, std::size_t total) noexcept {
+    /// area other than `avoid` (where its values may lie) instead; the ring carries a ResultInArea. False if it did
+    /// not (no half free, or too large).
+    bool send_in_area(std::span<const Piece> pieces, std::size_t total, int avoid) noexcept {
         if (total > ResultAreas::kBytesPerHalf) return false;
-        const int free = free_half();
+        const int free = free_half(avoid);
         if (free < 0) return false;
         const auto half = static_cast<std::size_t>(free);
         raise_extent(half, total);
@@ -265,7 +276,6 @@ private:
     /// Hands the parent the message of `total` bytes at `offset` in `half` of the result area.
     void publish_in_area(std::size_t total, std::size_t half, std::size_t offset) noexcept {
         slot_->result_area.halves[half].busy.store(1, std::memory_order_relaxed);  // published with the message
-        last_half_ = half;
         const ResultInArea message{total, half * ResultAreas::kBytesPerHalf + offset};
         const Piece piece{&message, sizeof message};
         send(kResultInAreaMessage, {&piece, 1}, sizeof message);
@@ -288,7 +298,7 @@ private:
     Buffer errors_;
     Buffer area_values_;                // the same, encoded into a half of the result area (values_buffer())
     std::size_t area_values_half_ = 0;  // which half
-    std::size_t last_half_ = 0;         // the half of the last message sent through the area
+    int picked_half_ = -1;              // the half area_values_ is over until its message is sent, or -1
     bool large_messages_ = false;       // the last result message was larger than a ring fragment
 };
 
