@@ -181,7 +181,7 @@ private:
         const int picked = std::exchange(picked_half_, -1);
         const bool values_in_half = picked >= 0 && !pieces.empty() && pieces.back().size != 0 &&
                                     area_values_.in_external_storage() && pieces.back().data == area_values_.data();
-        if (values_in_half && large && send_around_values(pieces, total)) return;
+        if (values_in_half && large && send_around_values(pieces, total, static_cast<std::size_t>(picked))) return;
         if (!(large && send_in_area(pieces, total, picked))) send(kResultMessage, pieces, total);
         // Sent elsewhere (small, its errors too large to go in front, or values that outgrew the half): what was
         // written there past the warm part goes back now, or it would stay until a message in that half is read.
@@ -200,9 +200,8 @@ private:
         const int half = picked_half_ >= 0 ? picked_half_ : free_half();  // (asked again if values were rolled back)
         if (half < 0) return own;
         picked_half_ = half;
-        area_values_half_ = static_cast<std::size_t>(half);
-        raise_extent(area_values_half_, ResultAreas::kWarmBytes);  // before a byte is written
-        area_values_ = Buffer::over({half_start(area_values_half_) + ResultAreas::kValuesOffset,
+        raise_extent(static_cast<std::size_t>(half), ResultAreas::kWarmBytes);  // before a byte is written
+        area_values_ = Buffer::over({half_start(static_cast<std::size_t>(half)) + ResultAreas::kValuesOffset,
                                      ResultAreas::kWarmBytes - ResultAreas::kValuesOffset,
                                      ResultAreas::kBytesPerHalf - ResultAreas::kValuesOffset, &widen_area_values,
                                      this});
@@ -212,7 +211,8 @@ private:
     /// area_values_ outgrew the pages a half keeps warm: the whole half may hold pages from now on.
     static std::size_t widen_area_values(void* worker, std::size_t) noexcept {
         auto* self = static_cast<Worker*>(worker);
-        self->raise_extent(self->area_values_half_, ResultAreas::kBytesPerHalf);
+        if (self->picked_half_ < 0) return 0;  // (not reached: values_buffer() picks a half before any write)
+        self->raise_extent(static_cast<std::size_t>(self->picked_half_), ResultAreas::kBytesPerHalf);
         return ResultAreas::kBytesPerHalf - ResultAreas::kValuesOffset;
     }
 
@@ -240,18 +240,18 @@ private:
         if (extent.load(std::memory_order_relaxed) < end) extent.store(end, std::memory_order_relaxed);
     }
 
-    /// Sends a message whose values were encoded into the result area (values_buffer()): writes the pieces before
-    /// them just in front, so the message lies in the half whole. False if they do not fit there.
-    bool send_around_values(std::span<const Piece> pieces, std::size_t total) noexcept {
+    /// Sends a message whose values were encoded into `half` of the result area (values_buffer()): writes the
+    /// pieces before them just in front, so the message lies in the half whole. False if they do not fit there.
+    bool send_around_values(std::span<const Piece> pieces, std::size_t total, std::size_t half) noexcept {
         const std::size_t front = total - pieces.back().size;
         if (front > ResultAreas::kValuesOffset) return false;
         const std::size_t offset = ResultAreas::kValuesOffset - front;
-        std::byte* at = half_start(area_values_half_) + offset;
+        std::byte* at = half_start(half) + offset;
         for (const Piece& piece : pieces.first(pieces.size() - 1)) {
             if (piece.size != 0) std::memcpy(at, piece.data, piece.size);
             at += piece.size;
         }
-        publish_in_area(total, area_values_half_, offset);
+        publish_in_area(total, half, offset);
         return true;
     }
 
@@ -296,10 +296,9 @@ private:
     Buffer message_;  // reassembly of tasks that arrived in several fragments
     Buffer values_;   // results of the items run since the last send
     Buffer errors_;
-    Buffer area_values_;                // the same, encoded into a half of the result area (values_buffer())
-    std::size_t area_values_half_ = 0;  // which half
-    int picked_half_ = -1;              // the half area_values_ is over until its message is sent, or -1
-    bool large_messages_ = false;       // the last result message was larger than a ring fragment
+    Buffer area_values_;           // the same, encoded into a half of the result area (values_buffer())
+    int picked_half_ = -1;         // the half area_values_ is over until its message is sent, or -1
+    bool large_messages_ = false;  // the last result message was larger than a ring fragment
 };
 
 }  // namespace procpool::detail
