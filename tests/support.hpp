@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <sys/mman.h>
 #include <sys/types.h>
 #include <thread>
 #include <unistd.h>
@@ -111,6 +112,17 @@ inline std::string smaps_line(std::uintptr_t address, const std::string& field) 
         }
     }
     return "";
+}
+
+/// Bytes of the pages of [data, data + bytes) that are in memory (mincore: mapped into this process, or for
+/// shared memory in the page cache, wherever they were touched), or -1 if mincore fails.
+inline long long resident_bytes_in(const void* data, std::size_t bytes) {
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    std::vector<unsigned char> pages((bytes + page - 1) / page);
+    if (::mincore(const_cast<void*>(data), bytes, pages.data()) != 0) return -1;
+    long long resident = 0;
+    for (unsigned char p : pages) resident += (p & 1u) != 0 ? static_cast<long long>(page) : 0;
+    return resident;
 }
 
 /// Entries of /dev/shm.

@@ -40,11 +40,9 @@ BulkArena& arena() {
 
 /// Fraction of the pages of [data, data + bytes) that are resident (mapped into this process or in the page cache).
 double resident_fraction(const std::byte* data, std::size_t bytes) {
-    const std::size_t page = 4096;
-    std::vector<unsigned char> flags(bytes / page);
-    REQUIRE(::mincore(const_cast<std::byte*>(data), bytes, flags.data()) == 0);
-    return static_cast<double>(std::count_if(flags.begin(), flags.end(), [](unsigned char f) { return f & 1; })) /
-           static_cast<double>(flags.size());
+    const long long resident = test_support::resident_bytes_in(data, bytes);
+    REQUIRE(resident >= 0);
+    return static_cast<double>(resident) / static_cast<double>(bytes);
 }
 
 /// A large value that remembers where the worker decoded it from (not part of the encoding).
