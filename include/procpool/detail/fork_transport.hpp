@@ -229,8 +229,8 @@ public:
                 state.halves[half].busy.store(0, std::memory_order_release);
             }
         } release{memory_.areas(), layout_.slot(base_, slot)->result_area, slot, half};
-        const std::uint64_t half_end = (half + 1) * ResultAreas::kBytesPerHalf;
-        if (message.offset >= half_end || message.size > half_end - message.offset) {
+        const std::uint64_t half_end = (half + 1) * ResultAreas::kBytesPerHalf;  // (offset < half_end)
+        if (message.size > half_end - message.offset) {
             handler(kResultMessage, std::span<const std::byte>());
             return;
         }

@@ -178,17 +178,15 @@ private:
         const bool large = total > outbox_.max_fragment();
         large_messages_ = large;
         // The half values_buffer() gave this message's values, if it did: ours until a message is sent in it.
-        const int picked = std::exchange(picked_half_, -1);
-        const bool values_in_half = picked >= 0 && !pieces.empty() && pieces.back().size != 0 &&
+        const std::size_t picked = std::exchange(picked_half_, kNoHalf);
+        const bool values_in_half = picked != kNoHalf && !pieces.empty() && pieces.back().size != 0 &&
                                     area_values_.in_external_storage() && pieces.back().data == area_values_.data();
-        if (values_in_half && large && send_around_values(pieces, total, static_cast<std::size_t>(picked))) return;
+        if (values_in_half && large && send_around_values(pieces, total, picked)) return;
         if (!(large && send_in_area(pieces, total, picked))) send(kResultMessage, pieces, total);
         // Sent elsewhere (small, its errors too large to go in front, or values that outgrew the half): what was
         // written there past the warm part goes back now, or it would stay until a message in that half is read.
-        if (picked >= 0) {
-            ResultAreas::give_back(half_start(static_cast<std::size_t>(picked)),
-                                   slot_->result_area.halves[static_cast<std::size_t>(picked)],
-                                   ResultAreas::kWarmBytes);
+        if (picked != kNoHalf) {
+            ResultAreas::give_back(half_start(picked), slot_->result_area.halves[picked], ResultAreas::kWarmBytes);
         }
     }
 
@@ -197,37 +195,36 @@ private:
     /// message is copied into the ring either way).
     Buffer& values_buffer(Buffer& own) noexcept override {
         if (!large_messages_) return own;
-        const int half = picked_half_ >= 0 ? picked_half_ : free_half();  // (asked again if values were rolled back)
-        if (half < 0) return own;
+        const std::size_t half = picked_half_ != kNoHalf ? picked_half_
+                                                         : free_half();  // (asked again after a rollback)
+        if (half == kNoHalf) return own;
         picked_half_ = half;
-        raise_extent(static_cast<std::size_t>(half), ResultAreas::kWarmBytes);  // before a byte is written
-        area_values_ = Buffer::over({half_start(static_cast<std::size_t>(half)) + ResultAreas::kValuesOffset,
-                                     ResultAreas::kWarmBytes - ResultAreas::kValuesOffset,
-                                     ResultAreas::kBytesPerHalf - ResultAreas::kValuesOffset, &widen_area_values,
-                                     this});
+        raise_extent(half, ResultAreas::kWarmBytes);  // before a byte is written
+        area_values_ = Buffer::over(
+            {half_start(half) + ResultAreas::kValuesOffset, ResultAreas::kWarmBytes - ResultAreas::kValuesOffset,
+             ResultAreas::kBytesPerHalf - ResultAreas::kValuesOffset, &widen_area_values, this});
         return area_values_;
     }
 
     /// area_values_ outgrew the pages a half keeps warm: the whole half may hold pages from now on.
     static std::size_t widen_area_values(void* worker, std::size_t) noexcept {
         auto* self = static_cast<Worker*>(worker);
-        if (self->picked_half_ < 0) return 0;  // (not reached: values_buffer() picks a half before any write)
-        self->raise_extent(static_cast<std::size_t>(self->picked_half_), ResultAreas::kBytesPerHalf);
+        if (self->picked_half_ == kNoHalf) return 0;  // (not reached: values_buffer() picks a half before any write)
+        self->raise_extent(self->picked_half_, ResultAreas::kBytesPerHalf);
         return ResultAreas::kBytesPerHalf - ResultAreas::kValuesOffset;
     }
 
-    /// A half of the result area the parent is not reading, other than `avoid`, or -1. The first one if both are
-    /// free: the second is written only while the parent reads the first (and only then keeps pages).
-    int free_half(int avoid = -1) noexcept {
-        if (env_.result_area == nullptr) return -1;
+    /// A half of the result area the parent is not reading, other than `avoid`, or kNoHalf. The first one if both
+    /// are free: the second is written only while the parent reads the first (and only then keeps pages).
+    std::size_t free_half(std::size_t avoid = kNoHalf) noexcept {
+        if (env_.result_area == nullptr) return kNoHalf;
         for (std::size_t half = 0; half < ResultAreas::kHalves; ++half) {
             // acquire: the parent's reads of the message that was there are done
-            if (static_cast<int>(half) != avoid &&
-                slot_->result_area.halves[half].busy.load(std::memory_order_acquire) == 0) {
-                return static_cast<int>(half);
+            if (half != avoid && slot_->result_area.halves[half].busy.load(std::memory_order_acquire) == 0) {
+                return half;
             }
         }
-        return -1;
+        return kNoHalf;
     }
     [[nodiscard]] std::byte* half_start(std::size_t half) const noexcept {
         return env_.result_area + half * ResultAreas::kBytesPerHalf;
@@ -246,11 +243,7 @@ private:
         const std::size_t front = total - pieces.back().size;
         if (front > ResultAreas::kValuesOffset) return false;
         const std::size_t offset = ResultAreas::kValuesOffset - front;
-        std::byte* at = half_start(half) + offset;
-        for (const Piece& piece : pieces.first(pieces.size() - 1)) {
-            if (piece.size != 0) std::memcpy(at, piece.data, piece.size);
-            at += piece.size;
-        }
+        copy_pieces(half_start(half) + offset, pieces.first(pieces.size() - 1));
         publish_in_area(total, half, offset);
         return true;
     }
@@ -258,19 +251,22 @@ private:
     /// Puts a result message that would stream through the ring in fragments into a free half of the slot's result
     /// area other than `avoid` (where its values may lie) instead; the ring carries a ResultInArea. False if it did
     /// not (no half free, or too large).
-    bool send_in_area(std::span<const Piece> pieces, std::size_t total, int avoid) noexcept {
+    bool send_in_area(std::span<const Piece> pieces, std::size_t total, std::size_t avoid) noexcept {
         if (total > ResultAreas::kBytesPerHalf) return false;
-        const int free = free_half(avoid);
-        if (free < 0) return false;
-        const auto half = static_cast<std::size_t>(free);
+        const std::size_t half = free_half(avoid);
+        if (half == kNoHalf) return false;
         raise_extent(half, total);
-        std::byte* at = half_start(half);
+        copy_pieces(half_start(half), pieces);
+        publish_in_area(total, half, 0);
+        return true;
+    }
+
+    /// Writes the pieces back to back from `at`.
+    static void copy_pieces(std::byte* at, std::span<const Piece> pieces) noexcept {
         for (const Piece& piece : pieces) {
             if (piece.size != 0) std::memcpy(at, piece.data, piece.size);
             at += piece.size;
         }
-        publish_in_area(total, half, 0);
-        return true;
     }
 
     /// Hands the parent the message of `total` bytes at `offset` in `half` of the result area.
@@ -296,9 +292,10 @@ private:
     Buffer message_;  // reassembly of tasks that arrived in several fragments
     Buffer values_;   // results of the items run since the last send
     Buffer errors_;
-    Buffer area_values_;           // the same, encoded into a half of the result area (values_buffer())
-    int picked_half_ = -1;         // the half area_values_ is over until its message is sent, or -1
-    bool large_messages_ = false;  // the last result message was larger than a ring fragment
+    Buffer area_values_;  // the same, encoded into a half of the result area (values_buffer())
+    static constexpr std::size_t kNoHalf = ResultAreas::kHalves;
+    std::size_t picked_half_ = kNoHalf;  // the half area_values_ is over until its message is sent
+    bool large_messages_ = false;        // the last result message was larger than a ring fragment
 };
 
 }  // namespace procpool::detail
