@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "procpool/detail/buffer.hpp"
+#include "procpool/detail/stream_copy.hpp"
 #include "procpool/errors.hpp"
 
 namespace procpool {
@@ -373,7 +374,11 @@ public:
         return *this;
     }
 
-    void write_bytes(const void* bytes, std::size_t n) { out_->append(bytes, n); }
+    /// Appends `n` raw bytes. Runs of detail::kStreamingCopyBytes and more bypass the cache: an encoding is read
+    /// next by another process.
+    void write_bytes(const void* bytes, std::size_t n) {
+        if (n != 0) detail::stream_copy(out_->extend(n), bytes, n);
+    }
     void write_size(std::size_t n) {
         const auto wire = static_cast<std::uint64_t>(n);
         out_->append(&wire, sizeof wire);

@@ -25,6 +25,7 @@
 #include "procpool/detail/result_area.hpp"
 #include "procpool/detail/ring.hpp"
 #include "procpool/detail/shared_layout.hpp"
+#include "procpool/detail/stream_copy.hpp"
 #include "procpool/detail/task.hpp"
 
 namespace procpool::detail {
@@ -264,7 +265,7 @@ private:
     /// Writes the pieces back to back from `at`.
     static void copy_pieces(std::byte* at, std::span<const Piece> pieces) noexcept {
         for (const Piece& piece : pieces) {
-            if (piece.size != 0) std::memcpy(at, piece.data, piece.size);
+            stream_copy(at, piece.data, piece.size);
             at += piece.size;
         }
     }
