@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Merges procpool's Google Benchmark JSON with python_pool.py's JSON lines into a Markdown report.
 
-    report.py RESULTS.cpp.json RESULTS.python.jsonl [RESULTS.mpi.jsonl] [--plot-data FILE.tsv] > RESULTS.md
+    report.py RESULTS.cpp.json RESULTS.python.jsonl [RESULTS.mpi.jsonl] [--kept-memory RESULTS.cpp-kept.json]
+              [--plot-data FILE.tsv] > RESULTS.md
 
-With --plot-data it also writes the CPU-scaling speedups as a table for benchmarks/speedup.gp.
+With --plot-data it also writes the CPU-scaling speedups as a table for benchmarks/speedup.gp. --kept-memory adds
+the workloads of a second bench_pool run made with glibc told to keep freed memory (run.sh's GLIBC_TUNABLES), as
+rows named "<workload>_kept_memory".
 """
 import json
 import os
@@ -28,7 +31,18 @@ def machine():
     return f"{model}, {len(os.sched_getaffinity(0))} usable cores, Linux {platform.release()}"
 
 
-def load_cpp(path):
+KEPT_SUFFIX = "_kept_memory"
+
+
+def kept_name(workload):
+    """The name of a workload measured with glibc keeping freed memory; a baseline's suffix stays last."""
+    for kind in BASELINES:
+        if workload.endswith("_" + kind):
+            return workload.removesuffix("_" + kind) + KEPT_SUFFIX + "_" + kind
+    return workload + KEPT_SUFFIX
+
+
+def load_cpp(path, rename=lambda workload: workload):
     with open(path) as f:
         data = json.load(f)
     figures = {}
@@ -37,6 +51,7 @@ def load_cpp(path):
         if bench.get("run_type") == "aggregate" or "label" not in bench:
             continue
         workload, unit = bench["label"].split("|")
+        workload = rename(workload)
         figures.setdefault(workload, (unit, []))[1].append(bench["figure"])
         extra = {k: v for k, v in bench.items() if k in ("serial_ms", "threads_ms", "speedup", "vs_threads",
                                                           "private_kib_per_worker", "std_mutex_ns")}
@@ -111,15 +126,24 @@ def write_plot_data(path, rows):
             f.write("\n\n")
 
 
+def take_option(args, name):
+    """Removes `name VALUE` from args and returns VALUE (None if absent)."""
+    if name not in args:
+        return None
+    at = args.index(name)
+    value = args[at + 1]
+    del args[at:at + 2]
+    return value
+
+
 def main():
     args = sys.argv[1:]
-    plot_data = None
-    if "--plot-data" in args:
-        at = args.index("--plot-data")
-        plot_data = args[at + 1]
-        del args[at:at + 2]
+    plot_data = take_option(args, "--plot-data")
+    kept_memory = take_option(args, "--kept-memory")
     sys.argv[1:] = args
     cpp, extras, context = load_cpp(sys.argv[1])
+    if kept_memory and os.path.exists(kept_memory):
+        cpp.update(load_cpp(kept_memory, kept_name)[0])
     ours, baselines = split_baselines(cpp)
     python = load_python(sys.argv[2])
     rows = scaling_rows(cpp, extras, python)
@@ -143,6 +167,9 @@ def main():
         print(f"| {workload} | {unit} | {value:,.3g} | {figure(theirs, 'n/a')} | {ratio(unit, value, theirs)} | "
               f"{figure(baseline.get('threads'))} | {figure(baseline.get('serial'))} | "
               f"{ratio(unit, value, baseline.get('threads'))} |")
+    if any(KEPT_SUFFIX in workload for workload in ours):
+        print(f"\nRows with `{KEPT_SUFFIX}`: the same benchmarks run once more by run.sh with glibc told to keep freed "
+              "memory (its GLIBC_TUNABLES: one arena, blocks under 32 MiB from the heap, no trimming).")
     scaling = [(w, v) for w, v in ours.items() if w.startswith("cpu_scaling")]
     ten_ms = [r for r in rows if r[0] == "10.0ms"]
     if ten_ms:
