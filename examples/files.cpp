@@ -119,6 +119,7 @@ int main(int argc, char** argv) {
 
         // The same, one file after another in this process.
         std::vector<FileStats> serial;
+        serial.reserve(paths.size());
         for (const std::string& path : paths) serial.push_back(file_stats(path));
         const bool all_read = std::all_of(stats.begin(), stats.end(), [](const FileStats& s) { return s.ok; });
         if (stats != serial || !all_read) {

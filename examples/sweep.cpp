@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
 
     start = clock::now();
     std::vector<double> serial;
+    serial.reserve(grid.size());
     for (const auto& [zeta, omega] : grid) serial.push_back(simulate(zeta, omega));
     const double serial_s = std::chrono::duration<double>(clock::now() - start).count();
 

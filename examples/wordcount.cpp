@@ -103,6 +103,7 @@ int main(int argc, char** argv) {
         cumulative.push_back((cumulative.empty() ? 0.0 : cumulative.back()) + 1.0 / (k + 1));
     }
     std::vector<std::string> corpus;
+    corpus.reserve(static_cast<std::size_t>(chunks));
     for (int c = 0; c < chunks; ++c) corpus.push_back(make_chunk(c, words_per_chunk, vocabulary, cumulative));
 
     // Map in the workers, reduce here.

@@ -256,9 +256,9 @@ struct Widening {
 }  // namespace
 
 TEST_CASE("a buffer over external storage writes there, widens first, and moves out with its bytes when refused") {
-    std::vector<std::byte> storage(64 * 1024, std::byte{0});
+    std::vector<std::byte> storage(std::size_t{64} * 1024, std::byte{0});
     Widening widening;
-    widening.allow = 32 * 1024;
+    widening.allow = std::size_t{32} * 1024;
     Buffer b = Buffer::over({storage.data(), 1024, storage.size(), &Widening::widen, &widening});
     CHECK(b.in_external_storage());
     b.append(std::string(1000, 'a').data(), 1000);
@@ -270,7 +270,7 @@ TEST_CASE("a buffer over external storage writes there, widens first, and moves 
     REQUIRE(widening.asked.size() == 1);
     CHECK(widening.asked[0] >= 4000);
     CHECK(b.in_external_storage());
-    CHECK(b.capacity() == 32 * 1024);
+    CHECK(b.capacity() == std::size_t{32} * 1024);
     CHECK(storage[3999] == std::byte{'b'});
     // Refused (past what widen() allows), and past the limit (not even asked): own memory, the bytes copied along,
     // the storage left as it was.
@@ -342,6 +342,7 @@ TEST_CASE("a worker that crashes on a large input fails only that task and the a
     const std::size_t in_use = a.stats().in_use;
     procpool::Pool pool(2);
     std::vector<procpool::AsyncResult<std::uint64_t>> results;
+    results.reserve(6);
     for (int i = 0; i < 6; ++i) {
         results.push_back(pool.apply_async(
             [](const std::string& s, int index) {
@@ -404,6 +405,7 @@ TEST_CASE("a large input queued behind a long task moves to an idle worker", "[a
         return 1;
     });
     std::vector<procpool::AsyncResult<std::uint64_t>> queued;
+    queued.reserve(8);
     for (int i = 0; i < 8; ++i) {
         queued.push_back(pool.apply_async([](const std::string& s) { return checksum(s); },
                                           std::string(3 * MiB, static_cast<char>('k' + i))));
