@@ -374,10 +374,16 @@ public:
         return *this;
     }
 
-    /// Appends `n` raw bytes. Runs of detail::kStreamingCopyBytes and more bypass the cache: an encoding is read
-    /// next by another process.
+    /// Appends `n` raw bytes. Into shared memory (the bulk arena, a worker's result area), where another process
+    /// reads them next, runs of detail::kStreamingCopyBytes and more bypass the cache.
     void write_bytes(const void* bytes, std::size_t n) {
-        if (n != 0) detail::stream_copy(out_->extend(n), bytes, n);
+        if (n == 0) return;
+        std::byte* to = out_->extend(n);  // may move the buffer into the arena: ask where it is afterwards
+        if (out_->in_arena() || out_->in_external_storage()) {
+            detail::stream_copy(to, bytes, n);
+        } else {
+            std::memcpy(to, bytes, n);
+        }
     }
     void write_size(std::size_t n) {
         const auto wire = static_cast<std::uint64_t>(n);

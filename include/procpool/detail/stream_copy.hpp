@@ -14,7 +14,18 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__)
+// GCC instruments neither ASan nor TSan checks around non-temporal store intrinsics: sanitizer builds copy with
+// memcpy, so that every byte a large encoding writes stays checked.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define PROCPOOL_DETAIL_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define PROCPOOL_DETAIL_SANITIZED 1
+#endif
+#endif
+
+#if defined(__x86_64__) && defined(__SSE2__) && !defined(PROCPOOL_DETAIL_SANITIZED)
+#define PROCPOOL_DETAIL_STREAMING_STORES 1
 #include <emmintrin.h>
 #endif
 
@@ -22,12 +33,14 @@ namespace procpool::detail {
 
 /// Copies from this size up bypass the cache (x86-64).
 inline constexpr std::size_t kStreamingCopyBytes = std::size_t{256} << 10;
+static_assert(kStreamingCopyBytes >= 64, "stream_copy's loop assumes a streamed copy spans a 16-byte head and more");
 
 /// memcpy(dst, src, n) for ranges that do not overlap. From kStreamingCopyBytes up on x86-64 the bulk is written
 /// with non-temporal stores, followed by a store fence: a release store after the call publishes the bytes like
-/// after memcpy. Never throws; any alignment.
+/// after memcpy. Use it only for a destination that another process reads next: the bytes end up in memory, not
+/// in this core's cache (reading them back here costs twice a memcpy). Never throws; any alignment.
 inline void stream_copy(void* dst, const void* src, std::size_t n) noexcept {
-#if defined(__x86_64__)
+#if defined(PROCPOOL_DETAIL_STREAMING_STORES)
     if (n >= kStreamingCopyBytes) {
         auto* to = static_cast<unsigned char*>(dst);
         const auto* from = static_cast<const unsigned char*>(src);
