@@ -225,15 +225,20 @@ TEST_CASE("bulk arena: core dumps leave the reservation out, and the shared heap
     CHECK(heap_flags.find(" dd") != std::string::npos);
 }
 
-TEST_CASE("only shareable buffers of 2 MiB and more live in the arena", "[arena]") {
+TEST_CASE("only shareable buffers larger than a ring fragment live in the arena", "[arena]") {
     arena();
+    constexpr std::size_t kThreshold = Buffer::kShareableThreshold;
     Buffer small = Buffer::shareable();
-    small.append(std::string(MiB, 's').data(), MiB);
-    CHECK_FALSE(small.in_arena());
-    small.append(std::string(2 * MiB, 's').data(), 2 * MiB);
+    small.append(std::string(kThreshold / 2, 's').data(), kThreshold / 2);
+    CHECK_FALSE(small.in_arena());  // fits a ring fragment: no arena allocation for it
+    small.append(std::string(kThreshold, 's').data(), kThreshold);
     CHECK(small.in_arena());
-    CHECK(small.size() == 3 * MiB);
-    CHECK(small.data()[MiB - 1] == std::byte{'s'});
+    CHECK(small.size() == kThreshold / 2 * 3);
+    CHECK(small.data()[kThreshold / 2 - 1] == std::byte{'s'});
+    small.append(std::string(3 * MiB, 'l').data(), 3 * MiB);  // grows on in the arena, bytes kept
+    CHECK(small.in_arena());
+    CHECK(small.data()[kThreshold - 1] == std::byte{'s'});
+    CHECK(small.data()[small.size() - 1] == std::byte{'l'});
     Buffer plain;
     plain.append(std::string(3 * MiB, 'x').data(), 3 * MiB);
     CHECK_FALSE(plain.in_arena());
@@ -330,6 +335,18 @@ TEST_CASE("large inputs reach the workers by reference and are decoded in place"
     // A small input still travels in the message (the ring): not in the arena.
     const auto small = pool.apply([](const Probe& p) { return p.decoded_from; }, make_probe(100, 'z'));
     CHECK_FALSE(a.contains(reinterpret_cast<const void*>(small), 100));
+    // One larger than a ring fragment goes by reference too, also under 2 MiB (it would stream through the ring).
+    for (std::size_t size : {Buffer::kShareableThreshold + 1, std::size_t{200} << 10, MiB}) {
+        INFO("apply argument of " << size << " bytes");
+        const auto probe = make_probe(size, 'm');
+        const auto [from, sum] = pool.apply(
+            [](const Probe& p) {
+                return std::pair<std::uintptr_t, std::uint64_t>(p.decoded_from, checksum(p.payload));
+            },
+            probe);
+        CHECK(a.contains(reinterpret_cast<const void*>(from), size));
+        CHECK(sum == checksum(probe.payload));
+    }
     // Tiny rings make no difference to inputs that do not pass through them.
     procpool::Pool tiny(procpool::PoolOptions{.processes = 1, .ring_bytes = 4096});
     const auto big = make_probe(5 * MiB, 'q');

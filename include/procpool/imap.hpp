@@ -293,7 +293,9 @@ private:
         while (!input_done_) {
             const std::uint64_t chunk = chunk_size();
             if (job_->unconsumed() + chunk > window_ * chunk) return;  // never more than window_ chunks ahead
-            detail::ItemEncoder<Item> encoder(chunk, Transport::kItemsByReference);
+            // Chunks are pipelined, so one that streams through the ring costs no waiting: only chunks of 2 MiB
+            // and more go to the bulk arena (100 KiB chunks of ints measured 6% faster through the ring).
+            detail::ItemEncoder<Item> encoder(chunk, Transport::kItemsByReference, detail::Buffer::kMappedThreshold);
             std::exception_ptr input_error;
             try {
                 auto& it = *input_->position;

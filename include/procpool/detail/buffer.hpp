@@ -149,12 +149,17 @@ struct ExternalStorage {
 /// large value touches each byte once. Capacities of 2 MiB and more are mapped directly and advised to use
 /// transparent huge pages (a first touch then faults once per 2 MiB rather than once per 4 KiB, which matters on
 /// virtual machines where a fault costs microseconds), and grow with mremap instead of a copy. A shareable buffer
-/// (Buffer::shareable()) puts such capacities in the bulk arena instead, where a pool's workers can read them in
-/// place, and grows there in place when it can. A buffer over external storage (Buffer::over()) writes there
-/// until it outgrows it. Not thread-safe.
+/// (Buffer::shareable()) puts capacities from a threshold up (kShareableThreshold unless told) in the bulk arena, where
+/// a pool's workers can read them in place, and grows there in place when it can. A buffer over external storage
+/// (Buffer::over()) writes there until it outgrows it. Not thread-safe.
 class Buffer {
 public:
     static constexpr std::size_t kMappedThreshold = std::size_t{2} << 20;
+    /// A shareable buffer moves to the bulk arena from this capacity up: a larger message would not fit one ring
+    /// fragment (64 KiB with the default rings) and would stream through the ring, a round trip between parent and
+    /// worker per ring-full (a 1 MiB `apply` argument took 1.4 ms that way, a 2 MiB one from the arena 0.3 ms).
+    static constexpr std::size_t kShareableThreshold = BulkArena::kGranule;
+    static constexpr std::size_t kNotShareable = std::numeric_limits<std::size_t>::max();
     /// Up to this many bytes live inside the Buffer itself: a small callable or argument costs no allocation.
     static constexpr std::size_t kInline = 48;
     /// No buffer grows beyond this (half the address space): larger requests throw std::bad_alloc.
@@ -162,10 +167,11 @@ public:
 
     Buffer() noexcept = default;
     explicit Buffer(std::size_t capacity) { reserve(capacity); }
-    /// An empty buffer whose large capacities live in the bulk arena when there is one (see bulk_arena.hpp).
-    [[nodiscard]] static Buffer shareable() noexcept {
+    /// An empty buffer whose capacities from `from` bytes up live in the bulk arena when there is one (see
+    /// bulk_arena.hpp).
+    [[nodiscard]] static Buffer shareable(std::size_t from = kShareableThreshold) noexcept {
         Buffer buffer;
-        buffer.shareable_ = true;
+        buffer.shareable_from_ = from;
         return buffer;
     }
     /// An empty buffer that writes into `storage` (which must outlive it) and moves to memory of its own only when
@@ -225,12 +231,12 @@ public:
             }
         }
         const std::size_t size = size_;
+        if (capacity >= shareable_from_ && reserve_in_arena(capacity)) return;
         if (capacity < kMappedThreshold) {
             auto* bigger = static_cast<std::byte*>(::operator new(capacity));
             adopt(bigger, capacity, size);
             return;
         }
-        if (shareable_ && reserve_in_arena(capacity)) return;
         capacity = (capacity + kMappedThreshold - 1) & ~(kMappedThreshold - 1);
         // A recently released mapping: its pages are already faulted in and need no zeroing.
         if (const auto [cached, cached_capacity] = MappedCache::take(capacity); cached != nullptr) {
@@ -322,7 +328,7 @@ private:
         size_ = other.size_;
         capacity_ = other.capacity_;
         in_arena_ = other.in_arena_;
-        shareable_ = other.shareable_;
+        shareable_from_ = other.shareable_from_;
         external_ = other.external_;
         other.data_ = other.inline_;
         other.size_ = 0;
@@ -362,8 +368,8 @@ private:
     std::byte* data_ = inline_;
     std::size_t size_ = 0;
     std::size_t capacity_ = kInline;
-    bool in_arena_ = false;     // data_ is an allocation in the bulk arena
-    bool shareable_ = false;    // large capacities go to the bulk arena
+    bool in_arena_ = false;                       // data_ is an allocation in the bulk arena
+    std::size_t shareable_from_ = kNotShareable;  // capacities from here up go to the bulk arena
     ExternalStorage external_;  // data_ is external_.data (Buffer::over()), or external_.data is nullptr
 };
 

@@ -2,10 +2,11 @@
 //
 // A map over large items (or over millions of small ones) would otherwise copy its encoded input twice more on
 // the way to the workers: into the inbox ring, and out of it again to reassemble a message that came in
-// fragments. Encoded input blocks from 2 MiB to 256 MiB are written here instead, once, and a task message
-// carries only the address of its items: the worker decodes them in place. The arena is one MAP_SHARED |
-// MAP_ANONYMOUS | MAP_NORESERVE reservation made before a pool forks its first process (like the shared heap), so
-// every worker of every pool sees it at the same address; pages exist only where they were written.
+// fragments. Encoded input blocks from 64 KiB (one ring fragment) to 256 MiB are written here instead, once, and
+// a task message carries only the address of its items: the worker decodes them in place. The arena is one
+// MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE reservation made before a pool forks its first process (like the
+// shared heap), so every worker of every pool sees it at the same address; pages exist only where they were
+// written.
 //
 // Only the process that made the arena allocates from it (its allocator state is private to that process): in a
 // forked child, a worker or any other, allocate() declines, release() does nothing and contains() is false, so an

@@ -48,14 +48,17 @@ struct ItemBlock {
 template <class Item>
 class ItemEncoder {
 public:
-    /// Encodes into a new block (finish() returns it). A `shareable` block puts 2 MiB and more in the bulk
-    /// arena, where a pool's workers read the items in place (for transports whose workers share our memory).
-    explicit ItemEncoder(std::size_t expected = 0, bool shareable = false)
-        : ItemEncoder(std::make_shared<ItemBlock>(), expected, shareable) {}
+    /// Encodes into a new block (finish() returns it). A `shareable` block puts capacities from `shareable_from`
+    /// bytes up in the bulk arena, where a pool's workers read the items in place (for transports whose workers
+    /// share our memory).
+    explicit ItemEncoder(std::size_t expected = 0, bool shareable = false,
+                         std::size_t shareable_from = Buffer::kShareableThreshold)
+        : ItemEncoder(std::make_shared<ItemBlock>(), expected, shareable, shareable_from) {}
     /// Encodes into `block`, a fresh one someone else owns (finish() returns it too).
-    ItemEncoder(std::shared_ptr<ItemBlock> block, std::size_t expected, bool shareable = false)
+    ItemEncoder(std::shared_ptr<ItemBlock> block, std::size_t expected, bool shareable = false,
+                std::size_t shareable_from = Buffer::kShareableThreshold)
         : block_(std::move(block)) {
-        if (shareable) block_->bytes = Buffer::shareable();
+        if (shareable) block_->bytes = Buffer::shareable(shareable_from);
         if constexpr (bitwise<Item>()) {
             block_->stride = sizeof(Item);
             block_->bytes.reserve(expected * sizeof(Item));
