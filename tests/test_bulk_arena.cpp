@@ -206,6 +206,27 @@ TEST_CASE("bulk arena: a forked process can neither take nor give back the paren
                       [](std::byte b) { return b == std::byte{'p'}; }));
 }
 
+TEST_CASE("a forked child that drops an inherited large private buffer does not reuse its unmapped address") {
+    // Large private buffers are MADV_DONTFORK: in a child the inherited object points at memory that is not there.
+    Buffer parent_buffer;
+    parent_buffer.append(std::string(3 * MiB, 'p').data(), 3 * MiB);
+    REQUIRE_FALSE(parent_buffer.in_arena());
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        parent_buffer = Buffer();  // releases the inherited one without touching its bytes
+        Buffer next;               // must get memory of its own, not the inherited address from a cache
+        next.append(std::string(3 * MiB, 'c').data(), 3 * MiB);
+        ::_exit(next.data()[3 * MiB - 1] == std::byte{'c'} ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    INFO("child status " << status);
+    CHECK(WIFEXITED(status));  // not killed by SIGSEGV
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(parent_buffer.data()[MiB] == std::byte{'p'});
+}
+
 TEST_CASE("bulk arena: core dumps leave the reservation out, and the shared heap's", "[arena]") {
     // A core dump reads every page of a shared mapping, which fills in all of it: both reservations are
     // MADV_DONTDUMP ("dd" in their VmFlags).

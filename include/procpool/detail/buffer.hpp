@@ -241,6 +241,7 @@ public:
         // A recently released mapping: its pages are already faulted in and need no zeroing.
         if (const auto [cached, cached_capacity] = MappedCache::take(capacity); cached != nullptr) {
             adopt(cached, cached_capacity, size);
+            mapped_by_ = ::getpid();
             return;
         }
         // Our own mapping grows in place: mremap moves the pages without copying them.
@@ -256,6 +257,7 @@ public:
         if (mapped == MAP_FAILED) throw std::bad_alloc();
         advise_private_buffer(mapped, capacity);
         adopt(static_cast<std::byte*>(mapped), capacity, size);
+        mapped_by_ = ::getpid();
     }
 
     /// Appends `n` uninitialised bytes and returns where they start.
@@ -329,6 +331,7 @@ private:
         capacity_ = other.capacity_;
         in_arena_ = other.in_arena_;
         shareable_from_ = other.shareable_from_;
+        mapped_by_ = other.mapped_by_;
         external_ = other.external_;
         other.data_ = other.inline_;
         other.size_ = 0;
@@ -354,7 +357,9 @@ private:
             in_arena_ = false;
         } else if (!is_inline()) {
             if (capacity_ >= kMappedThreshold) {
-                MappedCache::give(data_, capacity_);
+                // A buffer inherited across fork() has no memory in the child (MADV_DONTFORK): nothing to give back,
+                // and caching its address there would hand unmapped memory to the child's next large buffer.
+                if (mapped_by_ == ::getpid()) MappedCache::give(data_, capacity_);
             } else {
                 ::operator delete(data_);
             }
@@ -370,6 +375,7 @@ private:
     std::size_t capacity_ = kInline;
     bool in_arena_ = false;                       // data_ is an allocation in the bulk arena
     std::size_t shareable_from_ = kNotShareable;  // capacities from here up go to the bulk arena
+    pid_t mapped_by_ = 0;                         // the process whose mmap() data_ is (capacities >= kMappedThreshold)
     ExternalStorage external_;  // data_ is external_.data (Buffer::over()), or external_.data is nullptr
 };
 
