@@ -213,6 +213,15 @@ TEST_CASE("waiting in a forked process for a result of the parent's pool throws 
     CHECK(WEXITSTATUS(status) == 0);
     CHECK(slow.get() == 7);  // the child did not take it
     CHECK(*it == 0);
+    // The child's reading ahead sent nothing to the workers (it once wrote tasks into their rings, which lost
+    // the parent's own tasks now and then): the parent's imap goes on in order, and no worker was replaced.
+    const auto workers = pool.worker_pids();
+    for (int i = 1; i <= 2000; ++i) {
+        ++it;
+        REQUIRE(*it == i);
+    }
+    CHECK(pool.apply([] { return 3; }) == 3);
+    CHECK(pool.worker_pids() == workers);
 }
 
 TEST_CASE("output a task printed is not lost when its worker exits, nor duplicated by forks") {

@@ -108,6 +108,7 @@ public:
     /// Queues a job with its first items (none for an imap that reads its input later) and starts sending it.
     /// Throws PoolStateError after close()/terminate().
     void submit(const std::shared_ptr<JobBase>& job, Segment items) {
+        check_owner();  // before the lock: in a forked child another thread may have held it at the fork
         std::lock_guard lock(mutex_);
         check_open_locked();
         add_segment_locked(*job, std::move(items));
@@ -116,8 +117,10 @@ public:
     }
 
     /// Adds items to a job submitted earlier (imap reading more input). Allowed after close() until join() has
-    /// begun; throws PoolStateError after that or after terminate().
+    /// begun; throws PoolStateError after that, after terminate(), and in a process forked after the pool was
+    /// built (its dispatch would write tasks into the rings the original process's workers read).
     void extend(const std::shared_ptr<JobBase>& job, Segment segment) {
+        check_owner();
         std::lock_guard lock(mutex_);
         if (state_ != State::running && state_ != State::closed) throw_state_error_locked();
         add_segment_locked(*job, std::move(segment));
