@@ -36,7 +36,6 @@
 #include <vector>
 
 #include "procpool/detail/buffer.hpp"
-#include "procpool/detail/stream_copy.hpp"
 #include "procpool/errors.hpp"
 
 namespace procpool {
@@ -374,17 +373,9 @@ public:
         return *this;
     }
 
-    /// Appends `n` raw bytes. Into shared memory (the bulk arena, a worker's result area), where another process
-    /// reads them next, runs of detail::kStreamingCopyBytes and more bypass the cache.
-    void write_bytes(const void* bytes, std::size_t n) {
-        if (n == 0) return;
-        std::byte* to = out_->extend(n);  // may move the buffer into the arena: ask where it is afterwards
-        if (out_->in_arena() || out_->in_external_storage()) {
-            detail::stream_copy(to, bytes, n);
-        } else {
-            std::memcpy(to, bytes, n);
-        }
-    }
+    /// Appends `n` raw bytes. An encoding is read next by another process: large runs into shared memory bypass
+    /// the cache (Buffer::append_for_reader).
+    void write_bytes(const void* bytes, std::size_t n) { out_->append_for_reader(bytes, n); }
     void write_size(std::size_t n) {
         const auto wire = static_cast<std::uint64_t>(n);
         out_->append(&wire, sizeof wire);

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "procpool/detail/bulk_arena.hpp"
+#include "procpool/detail/stream_copy.hpp"
 
 namespace procpool::detail {
 
@@ -279,6 +280,18 @@ public:
     void append(const void* bytes, std::size_t n) {
         if (n == 0) return;
         std::memcpy(extend(n), bytes, n);
+    }
+
+    /// append() for bytes another process reads next: where the buffer lies in shared memory (the bulk arena, a
+    /// worker's result area), runs of kStreamingCopyBytes and more bypass the cache (stream_copy).
+    void append_for_reader(const void* bytes, std::size_t n) {
+        if (n == 0) return;
+        std::byte* to = extend(n);  // may move the buffer into the arena: ask where it is afterwards
+        if (in_arena_ || in_external_storage()) {
+            stream_copy(to, bytes, n);
+        } else {
+            std::memcpy(to, bytes, n);
+        }
     }
 
     /// Appends zero bytes until size() is a multiple of `alignment` (a power of two).

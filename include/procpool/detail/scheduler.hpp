@@ -234,8 +234,7 @@ private:
     };
 
     // ---- submission helpers (mutex_ held) ----------------------------------------------------------------------
-    void check_open_locked() const {
-        check_owner();
+    void check_open_locked() const {  // (submit() checked the owner before taking the lock)
         if (state_ != State::running) throw_state_error_locked();
     }
     [[noreturn]] void throw_state_error_locked() const {
