@@ -30,8 +30,7 @@ int main() {
     procpool::SharedValue<long> visits(0);
     pool.map(
         [visits](int) {
-            procpool::Lock lock = visits.get_lock();
-            std::lock_guard guard(lock);
+            std::lock_guard guard(visits.get_lock());  // Python: with visits.get_lock():
             ++visits.value();
         },
         std::views::iota(0, 100));

@@ -132,6 +132,121 @@ TEST_CASE("Lock: timed acquire, owner checks, Lockable") {
     CHECK_FALSE(a.held());
 }
 
+TEST_CASE("get_lock() fits std::lock_guard, std::scoped_lock and std::unique_lock, in the parent and in tasks") {
+    procpool::Pool pool(2);
+    procpool::SharedValue<long> v(0);
+    procpool::SharedArray<int> a(4);
+    {
+        std::lock_guard guard(v.get_lock());  // Python: with v.get_lock():
+        CHECK(v.get_lock().held());
+        CHECK_FALSE(pool.apply([v] { return v.get_lock().try_lock(); }));  // the same lock, in a worker
+    }
+    CHECK_FALSE(v.get_lock().held());
+    {
+        std::scoped_lock both(a.get_lock(), v.get_lock());
+        CHECK(a.get_lock().held());
+        CHECK(v.get_lock().held());
+    }
+    CHECK_FALSE(a.get_lock().held());
+    {
+        std::lock_guard<procpool::Lock> spelled_out(a.get_lock());
+        std::unique_lock<procpool::Lock> deferred(v.get_lock(), std::defer_lock);
+        CHECK(deferred.try_lock());
+        CHECK(a.get_lock().held());
+    }
+    CHECK_FALSE(v.get_lock().held());
+    // Copies of the handle return the same lock; in tasks, a lambda without `mutable` locks through it.
+    const procpool::SharedValue<long> copy = v;
+    {
+        std::lock_guard guard(copy.get_lock());
+        CHECK(v.get_lock().held());
+    }
+    pool.map(
+        [v](int) {
+            for (int i = 0; i < 5000; ++i) {
+                std::lock_guard guard(v.get_lock());
+                ++v.value();
+            }
+        },
+        std::views::iota(0, 4), {.chunksize = 1});
+    CHECK(v.value() == 20000);
+}
+
+TEST_CASE("shared objects are handles: a lambda capturing them by value needs no mutable") {
+    procpool::Pool pool(2);
+    procpool::Lock lock;
+    procpool::RLock rlock;
+    procpool::Semaphore semaphore(2);
+    procpool::BoundedSemaphore bounded(1);
+    procpool::Event event;
+    procpool::Condition condition;
+    procpool::Barrier barrier(1);
+    procpool::Queue<int> queue;
+    procpool::SharedValue<long> total(0);
+    // Every member used here is const: the lambda's call operator is const, as for any lambda without `mutable`.
+    const auto task = [lock, rlock, semaphore, bounded, event, condition, barrier, queue, total](int x) {
+        {
+            std::lock_guard guard(lock);
+            total.value() += x;
+        }
+        {
+            std::lock_guard outer(rlock);
+            std::lock_guard inner(rlock);
+        }
+        semaphore.acquire();
+        semaphore.release();
+        bounded.acquire();
+        bounded.release();
+        {
+            std::lock_guard guard(condition);
+            condition.notify_all();
+        }
+        (void)barrier.wait();
+        queue.put(x);
+        event.set();
+        return x;
+    };
+    const std::vector<int> out = pool.map(task, std::views::iota(1, 101));
+    CHECK(out.size() == 100);
+    CHECK(total.value() == 5050);
+    CHECK(queue.size() == 100);
+    CHECK(event.is_set());
+    long drained = 0;
+    while (std::optional<int> x = queue.try_get()) drained += *x;
+    CHECK(drained == 5050);
+}
+
+TEST_CASE("try_lock and a timed acquire of a Lock this thread holds return false, as lock.acquire(False)") {
+    procpool::Pool pool(1);
+    procpool::Lock lock;
+    lock.acquire();
+    CHECK_FALSE(lock.try_lock());
+    CHECK_FALSE(lock.acquire(20ms));
+    CHECK_FALSE(lock.try_lock_for(1ms));
+    CHECK_THROWS_AS(lock.acquire(), procpool::PoolStateError);  // blocking: a deadlock in Python, an error here
+    CHECK(lock.held());                                         // still held once, by this thread
+    lock.release();
+    CHECK_FALSE(lock.held());
+    CHECK(lock.try_lock());
+    lock.unlock();
+    // The same in a worker, on the worker's own hold.
+    CHECK(pool.apply([lock] {
+        lock.acquire();
+        const bool again = lock.try_lock() || lock.acquire(10ms);
+        lock.release();
+        return !again && !lock.held();
+    }));
+    // An RLock's holder gets it again.
+    procpool::RLock rlock;
+    rlock.acquire();
+    CHECK(rlock.try_lock());
+    CHECK(rlock.acquire(1ms));
+    rlock.release();
+    rlock.release();
+    rlock.release();
+    CHECK_FALSE(rlock.held());
+}
+
 TEST_CASE("RLock can be taken again by its holder") {
     procpool::Pool pool(1);
     procpool::RLock lock;

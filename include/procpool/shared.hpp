@@ -62,8 +62,8 @@ public:
     using const_iterator = const T*;
 
     /// `size` zero-filled elements. Throws std::bad_alloc when the shared heap is exhausted.
-    explicit SharedArray(std::size_t size) : ref_(create(size)) {}
-    SharedArray(std::initializer_list<T> values) : ref_(create(values.size())) {
+    explicit SharedArray(std::size_t size) : SharedArray(create(size)) {}
+    SharedArray(std::initializer_list<T> values) : SharedArray(create(values.size())) {
         std::copy(values.begin(), values.end(), data());
     }
     /// An array holding a copy of `range`.
@@ -90,8 +90,10 @@ public:
     [[nodiscard]] T* begin() const noexcept { return data(); }
     [[nodiscard]] T* end() const noexcept { return data() + size(); }
     [[nodiscard]] std::span<T> span() const noexcept { return {data(), size()}; }
-    /// The lock that comes with the array (like multiprocessing.Array's get_lock()).
-    [[nodiscard]] Lock get_lock() const { return Lock(ref_.inner(offsetof(detail::ArrayHeader, lock))); }
+    /// The lock that comes with the array (like multiprocessing.Array's get_lock()), for the standard helpers:
+    ///     std::lock_guard guard(array.get_lock());   // Python: with array.get_lock():
+    /// The reference is valid as long as this handle; copies of the Lock share the same lock. Never blocks.
+    [[nodiscard]] Lock& get_lock() const noexcept { return lock_; }
 
     using procpool_handle_tag = void;
     void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
@@ -111,12 +113,16 @@ private:
         header->size = size;
         return ref;
     }
-    explicit SharedArray(detail::SharedRef ref) : ref_(std::move(ref)) {}
+    explicit SharedArray(detail::SharedRef ref)
+        : ref_(std::move(ref)), lock_(ref_.inner(offsetof(detail::ArrayHeader, lock))) {}
     [[nodiscard]] detail::ArrayHeader& header() const noexcept {
         return *std::launder(reinterpret_cast<detail::ArrayHeader*>(ref_.address()));
     }
 
     detail::SharedRef ref_;
+    // A handle to the lock in the array's block, so get_lock() can return an lvalue (std::lock_guard takes one).
+    // mutable: it is part of the handle, and locking through it changes nothing the handle owns.
+    mutable Lock lock_;
 };
 
 /// One value in shared memory (like multiprocessing.Value).
@@ -131,7 +137,8 @@ public:
 
     /// The shared value itself. Not synchronised: guard it with get_lock(), or use std::atomic_ref.
     [[nodiscard]] T& value() const noexcept { return array_[0]; }
-    [[nodiscard]] Lock get_lock() const { return array_.get_lock(); }
+    /// The lock that comes with the value: `std::lock_guard guard(v.get_lock());`. Never blocks.
+    [[nodiscard]] Lock& get_lock() const noexcept { return array_.get_lock(); }
 
     using procpool_handle_tag = void;
     void procpool_encode(OutputArchive& ar) const { array_.procpool_encode(ar); }
@@ -152,24 +159,24 @@ public:
     explicit Queue(std::size_t maxsize = 0) : ref_(create(maxsize)) {}
 
     /// Appends `value`, waiting while the queue is full. Throws what encoding `value` throws.
-    void put(const T& value) { (void)put_until(value, std::nullopt); }
+    void put(const T& value) const { (void)put_until(value, std::nullopt); }
     /// Like put(), waiting at most `timeout`; false when the queue stayed full.
     template <class Rep, class Period>
-    bool put(const T& value, std::chrono::duration<Rep, Period> timeout) {
+    bool put(const T& value, std::chrono::duration<Rep, Period> timeout) const {
         return put_until(value, detail::deadline_after(timeout));
     }
     /// Appends without waiting; false when the queue is full.
-    bool try_put(const T& value) { return put_until(value, detail::MonotonicClock::now()); }
+    bool try_put(const T& value) const { return put_until(value, detail::MonotonicClock::now()); }
 
     /// Takes the oldest item, waiting while the queue is empty.
-    T get() { return *get_until(std::nullopt); }
+    T get() const { return *get_until(std::nullopt); }
     /// Like get(), waiting at most `timeout`; nothing when the queue stayed empty.
     template <class Rep, class Period>
-    std::optional<T> get(std::chrono::duration<Rep, Period> timeout) {
+    std::optional<T> get(std::chrono::duration<Rep, Period> timeout) const {
         return get_until(detail::deadline_after(timeout));
     }
     /// Takes the oldest item without waiting; nothing when the queue is empty.
-    std::optional<T> try_get() { return get_until(detail::MonotonicClock::now()); }
+    std::optional<T> try_get() const { return get_until(detail::MonotonicClock::now()); }
 
     /// Items queued now (it may change at once). Takes the queue's lock for a moment: after a process died inside
     /// put() or get(), the next locker recounts the items, and the count read without it could be one off.
@@ -246,7 +253,7 @@ private:
         s.mutex.recovered.store(0);
     }
 
-    bool put_until(const T& value, detail::Deadline deadline) {
+    bool put_until(const T& value, detail::Deadline deadline) const {
         detail::Buffer encoded;
         OutputArchive ar(encoded);
         encode(ar, value);
@@ -286,7 +293,7 @@ private:
         return true;
     }
 
-    std::optional<T> get_until(detail::Deadline deadline) {
+    std::optional<T> get_until(detail::Deadline deadline) const {
         State& s = state();
         lock(s);
         while (s.count.load() == 0) {

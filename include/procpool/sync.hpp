@@ -68,26 +68,29 @@ inline std::uint64_t process_start_time(pid_t pid) {
 template <class Self, ObjectKind Kind>
 class LockBase {
 public:
-    /// Blocks until acquired. A lock whose holder died is taken over (see owner_died()).
-    void acquire() { mutex().lock(); }
-    /// Waits at most `timeout`; true when acquired.
+    /// Blocks until acquired. A lock whose holder died is taken over (see owner_died()). A Lock (not an RLock)
+    /// that the calling thread holds already throws PoolStateError instead of deadlocking (Python would hang).
+    void acquire() const { mutex().lock(); }
+    /// Waits at most `timeout`; true when acquired. A Lock the calling thread holds already is not acquired: false
+    /// once `timeout` has passed (as Python's `lock.acquire(timeout=t)`).
     template <class Rep, class Period>
-    bool acquire(std::chrono::duration<Rep, Period> timeout) {
+    bool acquire(std::chrono::duration<Rep, Period> timeout) const {
         return mutex().lock(deadline_after(timeout));
     }
     /// Releases; throws PoolStateError if the calling thread does not hold it.
-    void release() { mutex().unlock(); }
+    void release() const { mutex().unlock(); }
 
-    // Lockable / TimedLockable, for std::lock_guard, std::unique_lock and std::scoped_lock.
-    void lock() { acquire(); }
-    bool try_lock() { return mutex().try_lock(); }
-    void unlock() { release(); }
+    // Lockable / TimedLockable, for std::lock_guard, std::unique_lock and std::scoped_lock. Never blocks in
+    // try_lock(): false when another thread (or this one, for a Lock) holds it, as `lock.acquire(False)`.
+    void lock() const { acquire(); }
+    bool try_lock() const { return mutex().try_lock(); }
+    void unlock() const { release(); }
     template <class Rep, class Period>
-    bool try_lock_for(std::chrono::duration<Rep, Period> timeout) {
+    bool try_lock_for(std::chrono::duration<Rep, Period> timeout) const {
         return acquire(timeout);
     }
     template <class Clock, class Duration>
-    bool try_lock_until(std::chrono::time_point<Clock, Duration> when) {
+    bool try_lock_until(std::chrono::time_point<Clock, Duration> when) const {
         return acquire(when - Clock::now());
     }
 
@@ -154,14 +157,14 @@ template <class Self, bool Bounded>
 class SemaphoreBase {
 public:
     /// Takes one unit, blocking while there is none.
-    void acquire() { (void)acquire_until(std::nullopt); }
+    void acquire() const { (void)acquire_until(std::nullopt); }
     /// Waits at most `timeout`; true when a unit was taken.
     template <class Rep, class Period>
-    bool acquire(std::chrono::duration<Rep, Period> timeout) {
+    bool acquire(std::chrono::duration<Rep, Period> timeout) const {
         return acquire_until(deadline_after(timeout));
     }
     /// Gives one unit back and wakes one waiter. A BoundedSemaphore throws PoolStateError past its start value.
-    void release() {
+    void release() const {
         SemaphoreState& s = state();
         if constexpr (Bounded) {
             std::uint32_t v = s.value.load(std::memory_order_relaxed);
@@ -196,7 +199,7 @@ private:
     [[nodiscard]] SemaphoreState& state() const noexcept {
         return *std::launder(reinterpret_cast<SemaphoreState*>(ref_.address()));
     }
-    bool acquire_until(Deadline deadline) {
+    bool acquire_until(Deadline deadline) const {
         SemaphoreState& s = state();
         for (;;) {
             std::uint32_t v = s.value.load(std::memory_order_relaxed);
@@ -249,19 +252,19 @@ public:
     Event() : ref_(detail::SharedRef::create(sizeof(State), detail::kEventObject)) { new (ref_.address()) State(); }
 
     /// Sets the flag and wakes every waiter.
-    void set() {
+    void set() const {
         State& s = state();
         s.flag.store(1, std::memory_order_release);
         std::atomic_thread_fence(std::memory_order_seq_cst);
         if (s.sleepers.load(std::memory_order_relaxed) != 0) detail::futex_wake(s.flag, INT_MAX, true);
     }
-    void clear() { state().flag.store(0, std::memory_order_release); }
+    void clear() const { state().flag.store(0, std::memory_order_release); }
     [[nodiscard]] bool is_set() const { return state().flag.load(std::memory_order_acquire) != 0; }
     /// Blocks until the flag is set.
-    void wait() { (void)wait_until(std::nullopt); }
+    void wait() const { (void)wait_until(std::nullopt); }
     /// Waits at most `timeout`; returns the flag.
     template <class Rep, class Period>
-    bool wait(std::chrono::duration<Rep, Period> timeout) {
+    bool wait(std::chrono::duration<Rep, Period> timeout) const {
         return wait_until(detail::deadline_after(timeout));
     }
 
@@ -279,7 +282,7 @@ private:
     explicit Event(detail::SharedRef ref) : ref_(std::move(ref)) {}
     [[nodiscard]] State& state() const noexcept { return *std::launder(reinterpret_cast<State*>(ref_.address())); }
 
-    bool wait_until(detail::Deadline deadline) {
+    bool wait_until(detail::Deadline deadline) const {
         State& s = state();
         while (s.flag.load(std::memory_order_acquire) == 0) {
             s.sleepers.fetch_add(1, std::memory_order_relaxed);
@@ -305,30 +308,33 @@ public:
         s->mutex.init(true);
     }
 
-    void acquire() { state().mutex.lock(); }
+    /// Blocks until the condition's lock is acquired (recursive: the holder may acquire it again).
+    void acquire() const { state().mutex.lock(); }
+    /// Waits at most `timeout`; true when acquired.
     template <class Rep, class Period>
-    bool acquire(std::chrono::duration<Rep, Period> timeout) {
+    bool acquire(std::chrono::duration<Rep, Period> timeout) const {
         return state().mutex.lock(detail::deadline_after(timeout));
     }
-    void release() { state().mutex.unlock(); }
-    void lock() { acquire(); }
-    bool try_lock() { return state().mutex.try_lock(); }
-    void unlock() { release(); }
+    /// Releases one level; throws PoolStateError if the calling thread does not hold it.
+    void release() const { state().mutex.unlock(); }
+    void lock() const { acquire(); }
+    bool try_lock() const { return state().mutex.try_lock(); }
+    void unlock() const { release(); }
     /// True while the calling thread holds the lock and took it over from a process that died holding it.
     [[nodiscard]] bool owner_died() const noexcept {
         return state().mutex.recovered.load() != 0 && state().mutex.held();
     }
 
     /// Releases the lock, waits for a notification, takes the lock back. Throws PoolStateError without the lock.
-    void wait() { (void)wait_until(std::nullopt); }
+    void wait() const { (void)wait_until(std::nullopt); }
     /// Like wait(), at most `timeout`; false when it timed out.
     template <class Rep, class Period>
-    bool wait(std::chrono::duration<Rep, Period> timeout) {
+    bool wait(std::chrono::duration<Rep, Period> timeout) const {
         return wait_until(detail::deadline_after(timeout));
     }
     /// Waits until `predicate()` is true (checked with the lock held); false if `timeout` passed first.
     template <class Predicate, class Rep, class Period>
-    bool wait_for(Predicate predicate, std::chrono::duration<Rep, Period> timeout) {
+    bool wait_for(Predicate predicate, std::chrono::duration<Rep, Period> timeout) const {
         const detail::Deadline deadline = detail::deadline_after(timeout);
         while (!predicate()) {
             if (!wait_until(deadline)) return predicate();
@@ -336,8 +342,8 @@ public:
         return true;
     }
     /// Wakes up to `n` waiters. Call with the lock held.
-    void notify(std::uint32_t n = 1) { wake(static_cast<int>(std::min<std::uint32_t>(n, INT_MAX))); }
-    void notify_all() { wake(INT_MAX); }
+    void notify(std::uint32_t n = 1) const { wake(static_cast<int>(std::min<std::uint32_t>(n, INT_MAX))); }
+    void notify_all() const { wake(INT_MAX); }
 
     using procpool_handle_tag = void;
     void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
@@ -354,13 +360,13 @@ private:
     explicit Condition(detail::SharedRef ref) : ref_(std::move(ref)) {}
     [[nodiscard]] State& state() const noexcept { return *std::launder(reinterpret_cast<State*>(ref_.address())); }
 
-    void wake(int n) {
+    void wake(int n) const {
         State& s = state();
         s.sequence.fetch_add(1, std::memory_order_release);
         if (s.sleepers.load(std::memory_order_relaxed) != 0) detail::futex_wake(s.sequence, n, true);
     }
 
-    bool wait_until(detail::Deadline deadline) {
+    bool wait_until(detail::Deadline deadline) const {
         State& s = state();
         if (!s.mutex.held()) throw PoolStateError("procpool: Condition::wait() without holding its lock");
         const std::uint32_t seen = s.sequence.load(std::memory_order_acquire);
@@ -385,21 +391,22 @@ public:
     /// `parties` >= 1, else std::invalid_argument.
     explicit Barrier(std::uint32_t parties) : ref_(create(parties)) {}
 
-    std::size_t wait() { return wait_until(std::nullopt); }
+    /// Blocks until `parties` parties wait; throws BrokenBarrierError if the barrier is or becomes broken.
+    std::size_t wait() const { return wait_until(std::nullopt); }
     /// Like wait(); a timeout breaks the barrier (as in Python) and throws BrokenBarrierError.
     template <class Rep, class Period>
-    std::size_t wait(std::chrono::duration<Rep, Period> timeout) {
+    std::size_t wait(std::chrono::duration<Rep, Period> timeout) const {
         return wait_until(detail::deadline_after(timeout));
     }
     /// Breaks the barrier: current and later waiters throw BrokenBarrierError.
-    void abort() {
+    void abort() const {
         State& s = state();
         s.mutex.lock();
         break_locked(s);
         s.mutex.unlock();
     }
     /// Makes a broken barrier usable again (waiters of the current round are released as broken).
-    void reset() {
+    void reset() const {
         State& s = state();
         s.mutex.lock();
         s.resets.fetch_add(1, std::memory_order_release);
@@ -448,7 +455,7 @@ private:
     [[nodiscard]] State& state() const noexcept { return *std::launder(reinterpret_cast<State*>(ref_.address())); }
 
     /// Locks; a lock taken over from a party that died inside breaks the barrier (its count may be half-done).
-    void lock(State& s) {
+    static void lock(State& s) {
         s.mutex.lock();
         if (s.mutex.recovered.load() != 0) {
             break_locked(s);
@@ -462,7 +469,7 @@ private:
     }
     [[noreturn]] static void throw_broken() { throw BrokenBarrierError("procpool: the barrier is broken"); }
 
-    std::size_t wait_until(detail::Deadline deadline) {
+    std::size_t wait_until(detail::Deadline deadline) const {
         State& s = state();
         lock(s);
         if (s.broken.load() != 0) {

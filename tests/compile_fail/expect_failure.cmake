@@ -1,5 +1,7 @@
-# Compiles SOURCE and passes only if compilation fails with the message named on the file's `// expect:` line.
+# Compiles SOURCE and passes only if compilation fails with every message named on the file's `// expect:` lines,
+# and with none of those on its `// reject:` lines (a misleading follow-on message).
 file(STRINGS ${SOURCE} expect_lines REGEX "^// expect: ")
+file(STRINGS ${SOURCE} reject_lines REGEX "^// reject: ")
 if(NOT expect_lines)
   message(FATAL_ERROR "${SOURCE} has no `// expect:` line")
 endif()
@@ -17,6 +19,13 @@ foreach(line ${expect_lines})
   string(FIND "${output}" "${expected}" found)
   if(found EQUAL -1)
     message(FATAL_ERROR "${SOURCE} failed to compile, but without the message:\n  ${expected}\nCompiler output:\n${output}")
+  endif()
+endforeach()
+foreach(line ${reject_lines})
+  string(REGEX REPLACE "^// reject: " "" unwanted "${line}")
+  string(FIND "${output}" "${unwanted}" found)
+  if(NOT found EQUAL -1)
+    message(FATAL_ERROR "${SOURCE} failed to compile, but also with the misleading message:\n  ${unwanted}\nCompiler output:\n${output}")
   endif()
 endforeach()
 message(STATUS "rejected as expected")

@@ -32,16 +32,21 @@ struct lazy_result {
 
 /// Checks that F can be sent, Item can be sent, F can be called with Item, and its result can come back.
 /// Fails to compile with a specific message otherwise; returns true when everything is fine.
+/// The parameter messages appear only when the callable and the arguments passed their own checks: a callable
+/// rejected for what it captures (or whose body did not compile) is not also told to check its parameters.
 template <class F, class Item, bool Unpack>
 consteval bool check_task() {
-    const bool callable_ok = check_callable<F>();
-    const bool item_ok = check_serializable<Item>();
+    constexpr bool callable_ok = transferable_callable_v<F>;
+    constexpr bool item_ok = serializable<std::remove_cvref_t<Item>>();
+    (void)check_callable<F>();
+    (void)check_serializable<Item>();
     constexpr bool invocable = Invocation<F, Item, Unpack>::invocable;
-    static_assert(invocable || !Unpack,
+    constexpr bool explain_parameters = callable_ok && item_ok && !invocable;
+    static_assert(!explain_parameters || !Unpack,
                   "procpool: the callable cannot be called with these arguments (for starmap: with the elements "
                   "of each tuple). Check the parameter types; parameters taken by non-const reference cannot "
                   "receive the values procpool decodes.");
-    static_assert(invocable || Unpack,
+    static_assert(!explain_parameters || Unpack,
                   "procpool: the callable cannot be called with an element of this range. Check its parameter "
                   "type; a parameter taken by non-const reference cannot receive the values procpool decodes.");
     if constexpr (invocable) {

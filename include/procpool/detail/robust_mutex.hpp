@@ -50,17 +50,29 @@ struct RobustMutex {
 
     /// Locks, waiting until `deadline` (forever when empty). Returns false on timeout. A lock taken over from a
     /// holder that died is made consistent and counts as acquired (recovered() tells).
+    ///
+    /// A non-recursive mutex the calling thread holds already: without a deadline, PoolStateError (it would never
+    /// be acquired); with one, false once the deadline has passed, as any other lock that stays taken.
     bool lock(Deadline deadline = std::nullopt) {
         int rc = 0;
         if (deadline) {
             const timespec abs = to_timespec(*deadline);
             rc = pthread_mutex_clocklock(&mutex, CLOCK_MONOTONIC, &abs);
+            if (rc == EDEADLK) {
+                sleep_until(*deadline);
+                return false;
+            }
         } else {
             rc = pthread_mutex_lock(&mutex);
         }
         return after_lock(rc);
     }
-    bool try_lock() { return after_lock(pthread_mutex_trylock(&mutex)); }
+    /// Locks if it is free now; false otherwise (a non-recursive mutex the calling thread holds included: glibc
+    /// answers EDEADLK there, where a plain mutex answers EBUSY).
+    bool try_lock() {
+        const int rc = pthread_mutex_trylock(&mutex);
+        return rc == EDEADLK ? false : after_lock(rc);
+    }
 
     /// Unlocks. Throws PoolStateError when the calling thread does not hold the mutex.
     void unlock() {
@@ -73,6 +85,12 @@ struct RobustMutex {
     }
 
 private:
+    static void sleep_until(MonotonicClock::time_point deadline) noexcept {
+        const timespec abs = to_timespec(deadline);
+        while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &abs, nullptr) == EINTR) {
+        }
+    }
+
     bool after_lock(int rc) {
         if (rc == EOWNERDEAD) {
             // The holder died holding it: take it over. Its depth died with it.
