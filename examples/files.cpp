@@ -4,9 +4,9 @@
 //         stats = pool.map(file_stats, glob.glob("data/*.txt"))
 //
 // Here the files are generated first, in a fresh temporary directory (mkdtemp), then the pool maps over their
-// paths: each worker opens its file and returns its line count, word count and a checksum (FNV-1a). Paths travel
-// as std::string (std::filesystem::path is not one of the types procpool sends). The results are printed as a
-// table and compared with a serial pass; the directory is removed in any case.
+// paths (std::filesystem::path travels as it is): each worker opens its file and returns its line count, word count
+// and a checksum (FNV-1a). The results are printed as a table and compared with a serial pass; the directory is
+// removed in any case.
 //
 //     ./files            200 files
 //     ./files --quick    40 files (the smoke test)
@@ -35,7 +35,7 @@ struct FileStats {
 };
 
 // The task: runs in a worker, reads one file.
-FileStats file_stats(const std::string& path) {
+FileStats file_stats(const fs::path& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) return {};
     FileStats stats{.ok = true};
@@ -54,9 +54,9 @@ FileStats file_stats(const std::string& path) {
 }
 
 // Writes `count` text files of varying length into `dir`; returns their paths.
-std::vector<std::string> make_files(const fs::path& dir, int count) {
+std::vector<fs::path> make_files(const fs::path& dir, int count) {
     static const char* const kWords[] = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"};
-    std::vector<std::string> paths;
+    std::vector<fs::path> paths;
     std::uint64_t state = 42;
     auto next = [&state] { return (state = state * 6364136223846793005ULL + 1442695040888963407ULL) >> 33; };
     for (int f = 0; f < count; ++f) {
@@ -68,7 +68,7 @@ std::vector<std::string> make_files(const fs::path& dir, int count) {
             for (std::uint64_t w = 0; w < words; ++w) out << (w ? " " : "") << kWords[next() % 8];
             out << '\n';
         }
-        paths.push_back(path.string());
+        paths.push_back(path);
     }
     return paths;
 }
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
     {
         TempDir dir;
         removed = dir.path;
-        const std::vector<std::string> paths = make_files(dir.path, quick ? 40 : 200);
+        const std::vector<fs::path> paths = make_files(dir.path, quick ? 40 : 200);
         std::printf("%zu files in %s, %zu workers\n\n", paths.size(), dir.path.c_str(), pool.size());
 
         const std::vector<FileStats> stats = pool.map(file_stats, paths);
@@ -107,7 +107,7 @@ int main(int argc, char** argv) {
         long lines = 0, words = 0;
         for (std::size_t i = 0; i < paths.size(); ++i) {
             if (i < 5 || i + 2 >= paths.size()) {
-                std::printf("%-14s %8ld %8ld  %016llx\n", fs::path(paths[i]).filename().c_str(), stats[i].lines,
+                std::printf("%-14s %8ld %8ld  %016llx\n", paths[i].filename().c_str(), stats[i].lines,
                             stats[i].words, static_cast<unsigned long long>(stats[i].checksum));
             } else if (i == 5) {
                 std::printf("%-14s\n", "...");
@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
         // The same, one file after another in this process.
         std::vector<FileStats> serial;
         serial.reserve(paths.size());
-        for (const std::string& path : paths) serial.push_back(file_stats(path));
+        for (const fs::path& path : paths) serial.push_back(file_stats(path));
         const bool all_read = std::all_of(stats.begin(), stats.end(), [](const FileStats& s) { return s.ok; });
         if (stats != serial || !all_read) {
             std::fprintf(stderr, "FAILED: the pool's results differ from the serial pass\n");

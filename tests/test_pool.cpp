@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <numeric>
 #include <ranges>
@@ -94,6 +96,28 @@ TEST_CASE("C strings are sent as std::string") {
     CHECK(pool.apply([](const std::string& s) { return s.size(); }, "hello") == 5);
     const char* text = "abc";
     CHECK(pool.apply([](std::string s) { return s + s; }, text) == "abcabc");
+}
+
+TEST_CASE("a map over files: std::filesystem::path arguments and results") {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / ("procpool-paths-" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    std::vector<fs::path> files;
+    for (int i = 0; i < 20; ++i) {
+        files.push_back(dir / ("file " + std::to_string(i) + ".txt"));
+        std::ofstream(files.back()) << std::string(static_cast<std::size_t>(i), 'x');
+    }
+    procpool::Pool pool(2);
+    const std::vector<std::uintmax_t> sizes = pool.map([](const fs::path& p) { return fs::file_size(p); }, files);
+    const std::vector<fs::path> renamed =
+        pool.map([](fs::path p) { return p.replace_extension(".csv"); }, files, {.chunksize = 3});
+    std::error_code ignored;
+    fs::remove_all(dir, ignored);
+    for (std::size_t i = 0; i < files.size(); ++i) {
+        CHECK(sizes[i] == i);
+        CHECK(renamed[i] == fs::path(files[i]).replace_extension(".csv"));
+    }
+    CHECK(pool.apply([](const fs::path& p) { return p.filename(); }, dir / "name.txt") == fs::path("name.txt"));
 }
 
 TEST_CASE("void tasks") {

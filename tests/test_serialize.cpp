@@ -4,10 +4,16 @@
 
 #include <algorithm>
 #include <array>
+#include <bitset>
 #include <chrono>
+#include <complex>
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
 #include <limits>
 #include <list>
 #include <map>
@@ -128,6 +134,33 @@ TEST_CASE("standard containers and their nesting") {
     CHECK(round_trip(nested) == nested);
 }
 
+TEST_CASE("std::filesystem::path, chrono time points, complex numbers and bitsets travel as themselves") {
+    namespace fs = std::filesystem;
+    const fs::path path = "/data/run 7/résultat.csv";
+    CHECK(round_trip(path) == path);
+    CHECK(round_trip(path).native() == path.native());
+    CHECK(round_trip(fs::path()).empty());
+    const std::vector<fs::path> paths{"a.txt", "dir/b.txt", "/abs/c"};
+    CHECK(round_trip(paths) == paths);
+    const std::map<fs::path, std::optional<fs::path>> renames{{"old", "new"}, {"gone", std::nullopt}};
+    CHECK(round_trip(renames) == renames);
+    const auto steady = std::chrono::steady_clock::now();
+    CHECK(round_trip(steady) == steady);
+    const auto wall = std::chrono::system_clock::now();
+    CHECK(round_trip(wall) == wall);
+    const std::chrono::sys_days day = std::chrono::year(2026) / 12 / 6;
+    CHECK(round_trip(day) == day);
+    CHECK(round_trip(std::complex<double>(1.5, -2.25)) == std::complex<double>(1.5, -2.25));
+    CHECK(round_trip(std::vector<std::complex<float>>{{1, 2}, {3, 4}}) ==
+          std::vector<std::complex<float>>{{1, 2}, {3, 4}});
+    const std::bitset<100> bits = std::bitset<100>().set(0).set(63).set(99);
+    CHECK(round_trip(bits) == bits);
+    const std::unordered_map<std::string, std::unordered_set<int>> index{{"odd", {1, 3}}, {"even", {2}}};
+    CHECK(round_trip(index) == index);
+    STATIC_REQUIRE(procpool::Serializable<fs::path>);
+    STATIC_REQUIRE(procpool::Serializable<std::chrono::system_clock::time_point>);
+}
+
 TEST_CASE("trivially copyable structs and user types") {
     CHECK(round_trip(Point{1.5, -2.0, 7}) == Point{1.5, -2.0, 7});
     CHECK(round_trip(std::vector<Point>{{1, 2, 3}, {4, 5, 6}}) == std::vector<Point>{{1, 2, 3}, {4, 5, 6}});
@@ -149,6 +182,10 @@ TEST_CASE("the Serializable concept rejects what cannot travel") {
     STATIC_REQUIRE_FALSE(procpool::Serializable<std::map<int, std::string_view>>);
     STATIC_REQUIRE_FALSE(procpool::Serializable<std::array<const char*, 2>>);
     STATIC_REQUIRE_FALSE(procpool::Serializable<std::optional<std::reference_wrapper<int>>>);
+    STATIC_REQUIRE_FALSE(procpool::Serializable<std::unique_ptr<int>>);
+    STATIC_REQUIRE_FALSE(procpool::Serializable<std::vector<std::shared_ptr<int>>>);
+    STATIC_REQUIRE_FALSE(procpool::Serializable<std::function<int(int)>>);
+    STATIC_REQUIRE_FALSE(procpool::Serializable<std::ifstream>);
 }
 
 TEST_CASE("truncated and corrupt data throw SerializationError instead of reading past the end") {

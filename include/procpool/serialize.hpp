@@ -2,11 +2,13 @@
 //
 // Built in: arithmetic types, enums, std::string (any char type), std::vector, std::deque, std::list, std::array,
 // std::pair, std::tuple, std::optional, std::variant, std::map, std::multimap, std::unordered_map, std::set,
-// std::multiset, std::unordered_set, std::chrono::duration, trivially copyable structs (copied byte for byte),
-// any nesting of these, and user types with a cereal-style member
+// std::multiset, std::unordered_set, std::chrono::duration and time_point, std::filesystem::path, std::complex,
+// std::bitset, trivially copyable structs (copied byte for byte), any nesting of these, and user types with a
+// cereal-style member
 //     template <class Archive> void serialize(Archive& ar) { ar(a, b, c); }
 // or a free function `template <class Archive> void serialize(Archive& ar, T& value)` found by ADL.
-// Raw pointers, std::string_view, std::span and other types fail to compile with a message saying what to use.
+// Raw pointers, std::string_view, std::span, smart pointers, std::function, streams, mutexes and other types fail
+// to compile with a message naming the type and saying what to send instead.
 //
 // The encoding is the machine's native byte order and layout: both ends run the same program.
 #pragma once
@@ -36,6 +38,7 @@
 #include <vector>
 
 #include "procpool/detail/buffer.hpp"
+#include "procpool/detail/unsendable.hpp"
 #include "procpool/errors.hpp"
 
 namespace procpool {
@@ -194,6 +197,16 @@ struct is_view_like<std::initializer_list<T>> : std::true_type {};
 template <class T>
 inline constexpr bool is_object_pointer_v = std::is_pointer_v<T> && !std::is_function_v<std::remove_pointer_t<T>>;
 
+// ---- paths: std::filesystem::path (and path types shaped like it), sent as their native string -----------------
+template <class T>
+concept path_like = requires(const T& path, typename T::string_type native) {
+    { path.native() } -> std::same_as<const typename T::string_type&>;
+    T(std::move(native));
+    path.filename();
+    path.parent_path();
+}
+&&is_basic_string<typename T::string_type>::value;
+
 // ---- user hooks --------------------------------------------------------------------------------------------------
 template <class T>
 concept has_member_serialize = requires(T& value, OutputArchive& out, InputArchive& in) {
@@ -233,7 +246,7 @@ consteval bool bitwise() {
     } else if constexpr (is_std_array<T>::value || is_duration<T>::value) {
         return all_bitwise(typename children<T>::type{});
     } else if constexpr (children<T>::composite || is_basic_string<T>::value || is_view_like<T>::value ||
-                         is_object_pointer_v<T> || user_serializable_v<T>) {
+                         is_object_pointer_v<T> || user_serializable_v<T> || path_like<T>) {
         return false;
     } else {
         return std::is_trivially_copyable_v<T>;
@@ -260,7 +273,7 @@ consteval bool serializable() {
         return false;
     } else if constexpr (is_view_like<T>::value || is_object_pointer_v<T>) {
         return false;
-    } else if constexpr (is_basic_string<T>::value || user_serializable_v<T>) {
+    } else if constexpr (is_basic_string<T>::value || user_serializable_v<T> || path_like<T>) {
         return true;
     } else if constexpr (children<T>::composite) {
         return all_serializable(typename children<T>::type{});
@@ -292,6 +305,53 @@ consteval bool any_leaf() {
 template <class T>
 struct is_object_pointer : std::bool_constant<is_object_pointer_v<T>> {};
 
+/// A leaf of type family `Family` (detail/unsendable.hpp) that procpool cannot serialize.
+template <template <class> class Family>
+struct unsendable {
+    template <class T>
+    struct leaf : std::bool_constant<!serializable<T>() && Family<T>::value> {};
+};
+template <template <class> class Family, class T>
+consteval bool has_unsendable() {
+    return any_leaf<unsendable<Family>::template leaf, T>();
+}
+
+/// A standard type that cannot travel, with a message naming it and saying what to send instead (nobody can add a
+/// serialize() member to a std type). True when T has none.
+template <class U>
+consteval bool check_standard_types() {
+    static_assert(!has_unsendable<is_smart_pointer, U>(),
+                  "procpool: std::unique_ptr, std::shared_ptr and std::weak_ptr cannot be sent to another process: "
+                  "the address they hold means nothing there. Send the value they point to (std::optional<T> for "
+                  "one that may be empty), or keep shared data in a procpool::SharedArray or procpool::Queue.");
+    static_assert(!has_unsendable<is_std_function, U>(),
+                  "procpool: a std::function cannot be sent to another process: what it wraps is unknown. Send a "
+                  "function pointer or a captureless lambda as the task, and the data it needs as arguments.");
+    static_assert(!has_unsendable<is_atomic_like, U>(),
+                  "procpool: a std::atomic cannot be copied, so it cannot be sent. Send its value (x.load()), or "
+                  "share one counter between processes with procpool::SharedValue<T> and std::atomic_ref.");
+    static_assert(!has_unsendable<is_stream, U>(),
+                  "procpool: a stream (std::fstream, std::stringstream, std::cout...) cannot be sent to another "
+                  "process. Send the file's path (std::filesystem::path) or its contents (std::string) instead.");
+    static_assert(!has_unsendable<is_thread_sync, U>(),
+                  "procpool: a std::mutex, a lock or a std::condition_variable works within one process only. Use "
+                  "procpool::Lock, procpool::RLock or procpool::Condition, which are shared between processes and "
+                  "are passed as handles.");
+    static_assert(!has_unsendable<is_thread_like, U>(),
+                  "procpool: a std::thread cannot be sent to another process. Start threads inside the task, or "
+                  "let the pool's workers do the work.");
+    static_assert(!has_unsendable<is_future_like, U>(),
+                  "procpool: a std::future or std::promise connects threads of one process. Return the value from "
+                  "the task: the pool's AsyncResult is the future of a task.");
+    static_assert(!has_unsendable<is_any_like, U>(),
+                  "procpool: a std::any cannot be sent: its type is only known at run time. Send a std::variant of "
+                  "the types it may hold.");
+    return !(has_unsendable<is_smart_pointer, U>() || has_unsendable<is_std_function, U>() ||
+             has_unsendable<is_atomic_like, U>() || has_unsendable<is_stream, U>() ||
+             has_unsendable<is_thread_sync, U>() || has_unsendable<is_thread_like, U>() ||
+             has_unsendable<is_future_like, U>() || has_unsendable<is_any_like, U>());
+}
+
 /// Fails to compile, with a message saying what to do instead, unless T can be sent to a worker.
 template <class T>
 consteval bool check_serializable() {
@@ -302,7 +362,8 @@ consteval bool check_serializable() {
     static_assert(!any_leaf<is_view_like, U>(),
                   "procpool: std::string_view, std::span, std::initializer_list and std::reference_wrapper refer "
                   "to memory of the sending process. Send a std::string or a std::vector instead.");
-    static_assert(serializable<U>() || any_leaf<is_object_pointer, U>() || any_leaf<is_view_like, U>(),
+    constexpr bool standard_ok = serializable<U>() || check_standard_types<U>();
+    static_assert(serializable<U>() || any_leaf<is_object_pointer, U>() || any_leaf<is_view_like, U>() || !standard_ok,
                   "procpool: this type cannot be sent to a worker process. Use arithmetic types, enums, "
                   "std::string, standard containers, std::optional/std::variant/std::tuple/std::pair, trivially "
                   "copyable structs, or give the type a member "
@@ -315,7 +376,7 @@ template <class T>
 consteval std::size_t min_encoded_size() {
     if constexpr (bitwise<T>()) {
         return sizeof(T);
-    } else if constexpr (is_basic_string<T>::value || sequence_like<T> || map_like<T> || set_like<T>) {
+    } else if constexpr (is_basic_string<T>::value || path_like<T> || sequence_like<T> || map_like<T> || set_like<T>) {
         return sizeof(std::uint64_t);
     } else if constexpr (is_optional<T>::value) {
         return 1;
@@ -504,6 +565,8 @@ void encode(OutputArchive& ar, const T& value) {
     } else if constexpr (detail::is_basic_string<U>::value) {
         ar.write_size(value.size());
         ar.write_bytes(value.data(), value.size() * sizeof(typename U::value_type));
+    } else if constexpr (detail::path_like<U>) {
+        encode(ar, value.native());
     } else if constexpr (detail::is_bitwise_vector<U>::value) {
         ar.write_size(value.size());
         ar.write_bytes(value.data(), value.size() * sizeof(typename U::value_type));
@@ -556,6 +619,10 @@ void decode(InputArchive& ar, T& value) {
         using Char = typename U::value_type;
         const std::size_t n = ar.read_size(sizeof(Char));
         detail::assign_string_bytes(value, ar.take(n * sizeof(Char)), n);
+    } else if constexpr (detail::path_like<U>) {
+        typename U::string_type native;
+        decode(ar, native);
+        value = U(std::move(native));
     } else if constexpr (detail::is_bitwise_vector<U>::value) {
         using E = typename U::value_type;
         const std::size_t n = ar.read_size(sizeof(E));
