@@ -1,11 +1,16 @@
-// Exceptions thrown by tasks come back with their type: each standard type, RemoteError for the rest.
+// Exceptions thrown by tasks come back with their type: each standard type, registered types of yours, RemoteError
+// for the rest; values that cannot be encoded or decoded fail with SerializationError.
 #include <catch2/catch.hpp>
 #include <procpool/procpool.hpp>
 
+#include <csignal>
 #include <new>
+#include <optional>
 #include <ranges>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <typeinfo>
 #include <vector>
 
 namespace {
@@ -29,6 +34,52 @@ int throw_kind(Kind kind) {
 
 struct CustomError : std::runtime_error {
     using std::runtime_error::runtime_error;
+};
+
+/// A family of registered exceptions, as an application would have: a base with state, and derived types.
+struct AppError : std::exception {
+    std::string message;
+    int code = 0;
+    AppError() = default;
+    AppError(std::string text, int c) : message(std::move(text)), code(c) {}
+    const char* what() const noexcept override { return message.c_str(); }
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(message, code);
+    }
+};
+struct ParseError : AppError {  // registered before the pool is built
+    int line = 0;
+    std::vector<std::string> context;
+    ParseError() = default;
+    ParseError(std::string text, int at, std::vector<std::string> near)
+        : AppError(std::move(text), 2), line(at), context(std::move(near)) {}
+    template <class Archive>
+    void serialize(Archive& ar) {
+        AppError::serialize(ar);
+        ar(line, context);
+    }
+};
+struct LateError : AppError {  // registered after the pool's workers were forked
+    std::optional<double> value;
+    LateError() = default;
+    LateError(std::string text, double v) : AppError(std::move(text), 3), value(v) {}
+    template <class Archive>
+    void serialize(Archive& ar) {
+        AppError::serialize(ar);
+        ar(value);
+    }
+};
+struct NotRegistered : AppError {  // derived from a registered type, not registered itself
+    using AppError::AppError;
+};
+struct UnencodableError : std::runtime_error {  // registered, but its serialize() fails on the worker's side
+    UnencodableError() : std::runtime_error("") {}
+    explicit UnencodableError(const std::string& what) : std::runtime_error(what) {}
+    template <class Archive>
+    void serialize(Archive&) {
+        throw std::runtime_error("cannot encode me");
+    }
 };
 
 }  // namespace
@@ -89,6 +140,19 @@ TEST_CASE("other exceptions become RemoteError with the type's readable name") {
         FAIL("no exception");
     } catch (const procpool::RemoteError& e) {
         CHECK(e.type_name() == "int");
+        CHECK(std::string(e.what()) == "procpool: the task threw int 42");  // what was thrown, not an empty what()
+    }
+    try {
+        pool.apply([](double x) -> int { throw x; }, 2.5);
+        FAIL("no exception");
+    } catch (const procpool::RemoteError& e) {
+        CHECK(std::string(e.what()).find("double 2.5") != std::string::npos);
+    }
+    try {
+        pool.apply([](int) -> int { throw app::NotAnException{7}; }, 0);
+        FAIL("no exception");
+    } catch (const procpool::RemoteError& e) {
+        CHECK(std::string(e.what()).find("app::NotAnException, which is not a std::exception") != std::string::npos);
     }
     try {
         pool.apply([](int) -> int { throw "a C string"; }, 0);
@@ -100,6 +164,58 @@ TEST_CASE("other exceptions become RemoteError with the type's readable name") {
     // RemoteError is a procpool::Error, itself a std::runtime_error.
     CHECK_THROWS_AS(pool.apply([](int) -> int { throw CustomError("x"); }, 0), procpool::Error);
     CHECK_THROWS_AS(pool.apply([](int) -> int { throw CustomError("x"); }, 0), std::runtime_error);
+}
+
+TEST_CASE("registered exception types come back as themselves, with their state, registered before or after the pool") {
+    procpool::register_exception<ParseError>();
+    procpool::register_exception<ParseError>();  // twice: nothing happens
+    procpool::Pool pool(2);
+    procpool::register_exception<LateError>();  // the workers were forked before this
+    procpool::register_exception<UnencodableError>();
+    try {
+        pool.apply([](int at) -> int { throw ParseError("unexpected token", at, {"let x =", "}"}); }, 12);
+        FAIL("no exception");
+    } catch (const ParseError& e) {
+        CHECK(typeid(e) == typeid(ParseError));
+        CHECK(std::string(e.what()) == "unexpected token");
+        CHECK(e.code == 2);
+        CHECK(e.line == 12);
+        CHECK(e.context == std::vector<std::string>{"let x =", "}"});
+    }
+    // Catchable as its bases, and from a map.
+    CHECK_THROWS_AS(pool.map([](int i) -> int { if (i == 50) throw LateError("late", 0.5); return i; },
+                             std::views::iota(0, 100)),
+                    AppError);
+    try {
+        pool.apply([](double v) -> int { throw LateError("late", v); }, 0.25);
+        FAIL("no exception");
+    } catch (const std::exception& e) {
+        const auto* late = dynamic_cast<const LateError*>(&e);
+        REQUIRE(late != nullptr);
+        CHECK(late->value == 0.25);
+        CHECK(late->code == 3);
+    }
+    // A replacement worker, forked after the registration from the fork server, which never saw it, knows it too.
+    CHECK_THROWS_AS(pool.apply([](int) -> int { std::raise(SIGKILL); return 0; }, 0), procpool::WorkerCrashed);
+    for (int i = 0; i < 20; ++i) {
+        CHECK_THROWS_AS(pool.apply([](int) -> int { throw LateError("again", 1.0); }, 0), LateError);
+    }
+    // Exactly the registered type: a derived type that is not registered is a RemoteError with its own name.
+    try {
+        pool.apply([](int) -> int { throw NotRegistered("derived", 9); }, 0);
+        FAIL("no exception");
+    } catch (const procpool::RemoteError& e) {
+        CHECK(e.type_name() == "(anonymous namespace)::NotRegistered");
+        CHECK(std::string(e.what()) == "derived");
+    }
+    // A registered type whose serialize() throws still reaches the caller, as RemoteError with its name and what().
+    try {
+        pool.apply([](int) -> int { throw UnencodableError("original message"); }, 0);
+        FAIL("no exception");
+    } catch (const procpool::RemoteError& e) {
+        CHECK(e.type_name() == "(anonymous namespace)::UnencodableError");
+        CHECK(std::string(e.what()) == "original message");
+    }
 }
 
 TEST_CASE("std::bad_alloc comes back as std::bad_alloc") {
@@ -157,6 +273,42 @@ struct ThrowsOnEncode {
         ar(value);
     }
 };
+
+struct ThrowsStdError {  // a serialize() that throws a std exception of its own, in one direction only
+    int value = 0;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(value);
+        if (value == -1 && std::is_same_v<Archive, procpool::OutputArchive>) throw std::invalid_argument("-1 on the way out");
+        if (value == -2 && std::is_same_v<Archive, procpool::InputArchive>) throw std::domain_error("-2 on the way in");
+    }
+};
+
+TEST_CASE("a serialize() that throws gives SerializationError naming the type and the original exception") {
+    procpool::Pool pool(1);
+    const auto check = [](const auto& call, const char* direction, const char* original) {
+        try {
+            call();
+            FAIL("no exception");
+        } catch (const procpool::SerializationError& e) {
+            const std::string what = e.what();
+            CHECK(what.find(direction) != std::string::npos);
+            CHECK(what.find("ThrowsStdError") != std::string::npos);
+            CHECK(what.find(original) != std::string::npos);
+        }
+    };
+    // Encoding an argument (in this process), a result (in the worker), decoding an argument (in the worker) and
+    // a result (here): never the std::invalid_argument or std::domain_error itself, which would look like the task's.
+    check([&] { (void)pool.apply([](ThrowsStdError v) { return v.value; }, ThrowsStdError{-1}); }, "encoding",
+          "-1 on the way out");
+    check([&] { (void)pool.apply([](int v) { return ThrowsStdError{v}; }, -1); }, "encoding", "-1 on the way out");
+    check([&] { (void)pool.apply([](ThrowsStdError v) { return v.value; }, ThrowsStdError{-2}); }, "decoding",
+          "-2 on the way in");
+    check([&] { (void)pool.apply([](int v) { return ThrowsStdError{v}; }, -2); }, "decoding", "-2 on the way in");
+    check([&] { (void)pool.map([](int v) { return ThrowsStdError{v}; }, std::vector<int>{1, -1, 3}); }, "encoding",
+          "-1 on the way out");
+    CHECK(pool.apply([](ThrowsStdError v) { return v.value; }, ThrowsStdError{5}) == 5);
+}
 
 TEST_CASE("a value that cannot be encoded fails with SerializationError") {
     procpool::Pool pool(1);

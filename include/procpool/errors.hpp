@@ -17,8 +17,9 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-/// A task threw something other than the standard exceptions that travel as themselves.
-/// `type_name()` is the thrown type's demangled name, `what()` its message.
+/// A task threw something other than the standard exceptions that travel as themselves and the types registered
+/// with procpool::register_exception<E>(). `type_name()` is the thrown type's demangled name, `what()` its message
+/// (for a thrown value that is not a std::exception, what was thrown: "procpool: the task threw int 42").
 class RemoteError : public Error {
 public:
     RemoteError(std::string type_name, const std::string& message) : Error(message), type_name_(std::move(type_name)) {}
@@ -85,7 +86,9 @@ public:
     using Error::Error;
 };
 
-/// A value could not be encoded or decoded at run time (truncated or corrupt data, a throwing serialize()).
+/// A value could not be encoded or decoded at run time: truncated or corrupt data, or a serialize() that threw (its
+/// what() names the type and the exception serialize() threw, which is not rethrown as itself: a task's own failure
+/// stays distinguishable from a value that cannot travel, as with Python's MaybeEncodingError).
 class SerializationError : public Error {
 public:
     using Error::Error;

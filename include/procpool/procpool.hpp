@@ -12,6 +12,7 @@
 #include "procpool/options.hpp"
 #include "procpool/pool.hpp"
 #include "procpool/progress.hpp"
+#include "procpool/register_exception.hpp"
 #include "procpool/serialize.hpp"
 #include "procpool/shared.hpp"
 #include "procpool/sync.hpp"

@@ -31,6 +31,7 @@
 #include <string_view>
 #include <tuple>
 #include <type_traits>
+#include <typeinfo>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -38,6 +39,7 @@
 #include <vector>
 
 #include "procpool/detail/buffer.hpp"
+#include "procpool/detail/demangle.hpp"
 #include "procpool/detail/unsendable.hpp"
 #include "procpool/errors.hpp"
 
@@ -538,6 +540,26 @@ void decode_tuple(InputArchive& ar, Tuple& t, std::index_sequence<I...>) {
     (decode(ar, std::get<I>(t)), ...);
 }
 
+/// Runs a user serialize() for a T. What it throws becomes SerializationError naming T and the original exception
+/// (a SerializationError, from a nested value or thrown on purpose, passes as it is; so does std::bad_alloc), so a
+/// value that cannot travel is told apart from a task's own failure, as Python's MaybeEncodingError does.
+template <class T, class Call>
+void run_user_serialize(const char* direction, Call&& call) {
+    try {
+        call();
+    } catch (const SerializationError&) {
+        throw;
+    } catch (const std::bad_alloc&) {
+        throw;
+    } catch (const std::exception& e) {
+        throw SerializationError(std::string("procpool: ") + direction + " a " + demangle(typeid(T).name()) +
+                                 " failed: its serialize() threw " + demangle(typeid(e).name()) + ": " + e.what());
+    } catch (...) {
+        throw SerializationError(std::string("procpool: ") + direction + " a " + demangle(typeid(T).name()) +
+                                 " failed: its serialize() threw something that is not a std::exception");
+    }
+}
+
 template <class Variant, std::size_t... I>
 void decode_variant(InputArchive& ar, Variant& v, std::size_t index, std::index_sequence<I...>) {
     const bool found =
@@ -557,9 +579,10 @@ void encode(OutputArchive& ar, const T& value) {
     } else if constexpr (detail::has_handle_codec<U>) {
         value.procpool_encode(ar);
     } else if constexpr (detail::has_member_serialize<U>) {
-        const_cast<U&>(value).serialize(ar);  // cereal-style: one member for both directions
+        // cereal-style: one member for both directions
+        detail::run_user_serialize<U>("encoding", [&] { const_cast<U&>(value).serialize(ar); });
     } else if constexpr (detail::has_free_serialize<U>) {
-        serialize(ar, const_cast<U&>(value));
+        detail::run_user_serialize<U>("encoding", [&] { serialize(ar, const_cast<U&>(value)); });
     } else if constexpr (detail::bitwise<U>()) {
         ar.write_bytes(&value, sizeof(U));
     } else if constexpr (detail::is_basic_string<U>::value) {
@@ -610,9 +633,9 @@ void decode(InputArchive& ar, T& value) {
     } else if constexpr (detail::has_handle_codec<U>) {
         value = U::procpool_decode(ar);
     } else if constexpr (detail::has_member_serialize<U>) {
-        value.serialize(ar);
+        detail::run_user_serialize<U>("decoding", [&] { value.serialize(ar); });
     } else if constexpr (detail::has_free_serialize<U>) {
-        serialize(ar, value);
+        detail::run_user_serialize<U>("decoding", [&] { serialize(ar, value); });
     } else if constexpr (detail::bitwise<U>()) {
         ar.read_bytes(&value, sizeof(U));
     } else if constexpr (detail::is_basic_string<U>::value) {

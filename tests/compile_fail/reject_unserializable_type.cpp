@@ -1,8 +1,13 @@
-// A type that is neither standard, trivially copyable nor serializable.
+// A type of yours that is neither trivially copyable nor serializable: the message says how to make it one.
 // expect: procpool: this type cannot be sent to a worker process
-#include <memory>
+// expect: give the type a member
 #include <procpool/procpool.hpp>
+#include <string>
+struct Record {
+    std::string name;
+    int id = 0;
+};
 int main() {
     procpool::Pool pool(1);
-    return pool.apply([](std::unique_ptr<int> p) { return *p; }, std::make_unique<int>(1));
+    return pool.apply([](const Record& r) { return r.id; }, Record{"x", 1});
 }

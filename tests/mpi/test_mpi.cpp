@@ -33,6 +33,19 @@ struct Named {
     bool operator==(const Named&) const = default;
 };
 
+/// A registered exception type: registered on every rank in main(), before the pool is used.
+struct RankError : std::exception {
+    std::string message;
+    int rank_seen = 0;
+    RankError() = default;
+    RankError(std::string text, int r) : message(std::move(text)), rank_seen(r) {}
+    const char* what() const noexcept override { return message.c_str(); }
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(message, rank_seen);
+    }
+};
+
 /// Written once against any pool: runs on the fork pool and on the MPI pool.
 long sum_of_squares(procpool::ProcessPool auto& pool, long n) {
     const auto squares = pool.map(square, std::views::iota(0L, n));
@@ -99,6 +112,14 @@ TEST_CASE("task exceptions come back with their type over MPI") {
                         std::views::iota(0, 100)),
                     std::range_error);
     CHECK(pool.apply(square, 3L) == 9);  // the pool goes on
+    // A type registered on every rank comes back as itself, with its state (the rank that threw it).
+    try {
+        pool.apply([](int) -> int { throw RankError("from a rank", procpool::detail::MpiWorld::instance().rank); }, 0);
+        FAIL("no exception");
+    } catch (const RankError& e) {
+        CHECK(std::string(e.what()) == "from a rank");
+        CHECK(e.rank_seen >= 1);
+    }
 }
 
 TEST_CASE("AsyncResult works over MPI") {
@@ -119,6 +140,7 @@ TEST_CASE("options MPI cannot honour are refused") {
 
 int main(int argc, char** argv) {
     procpool::mpi::Session session(argc, argv);
+    procpool::register_exception<RankError>();  // on every rank
     procpool::mpi::Pool& pool = session.pool();  // ranks 1 and 2 serve from here and exit
     g_pool = &pool;
     return Catch::Session().run(argc, argv);

@@ -1,8 +1,10 @@
 // procpool internals: carrying a task's exception from a worker back to the caller.
 //
-// The standard exceptions of the API table (and std::bad_alloc) come back as themselves with the same what();
-// procpool's own RemoteError and SerializationError keep their type; anything else becomes RemoteError carrying
-// the thrown type's demangled name.
+// Types registered with procpool::register_exception<E>() come back as themselves, with the state their serialize()
+// carries (detail/exception_registry.hpp). The standard exceptions of the API table (and std::bad_alloc) come back
+// as themselves with the same what(); procpool's own RemoteError and SerializationError keep their type; anything
+// else becomes RemoteError carrying the thrown type's demangled name, and for a value that is not a std::exception
+// (`throw 42;`) a what() that says what was thrown.
 #pragma once
 
 #include <cstdint>
@@ -10,10 +12,13 @@
 #include <exception>
 #include <memory>
 #include <new>
+#include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <typeinfo>
 
+#include "procpool/detail/exception_registry.hpp"
 #include "procpool/errors.hpp"
 #include "procpool/serialize.hpp"
 
@@ -33,33 +38,97 @@ enum class ErrorKind : std::uint8_t {
     remote,
     serialization,
     pool_state,
+    registered,  // a type registered with register_exception(): type_name is its mangled name, payload its state
 };
-
-inline std::string demangle(const char* mangled) {
-    int status = 0;
-    std::unique_ptr<char, void (*)(void*)> readable(abi::__cxa_demangle(mangled, nullptr, nullptr, &status), std::free);
-    return status == 0 && readable ? std::string(readable.get()) : std::string(mangled);
-}
 
 struct ErrorRecord {
     ErrorKind kind = ErrorKind::remote;
     std::string type_name;
     std::string message;
+    std::string payload;  // ErrorKind::registered: the exception's encoded state
 };
+
+/// What a thrown value that is not a std::exception was, for RemoteError::what(): "the task threw int 42". Call only
+/// inside a catch block.
+inline std::string describe_thrown_value(const std::string& type_name) {
+    const std::string prefix = "procpool: the task threw " + type_name;
+    try {
+        throw;
+    } catch (bool v) {
+        return prefix + (v ? " true" : " false");
+    } catch (char v) {
+        return prefix + " '" + std::string(1, v) + "'";
+    } catch (signed char v) {
+        return prefix + " " + std::to_string(v);
+    } catch (unsigned char v) {
+        return prefix + " " + std::to_string(v);
+    } catch (short v) {
+        return prefix + " " + std::to_string(v);
+    } catch (unsigned short v) {
+        return prefix + " " + std::to_string(v);
+    } catch (int v) {
+        return prefix + " " + std::to_string(v);
+    } catch (unsigned v) {
+        return prefix + " " + std::to_string(v);
+    } catch (long v) {
+        return prefix + " " + std::to_string(v);
+    } catch (unsigned long v) {
+        return prefix + " " + std::to_string(v);
+    } catch (long long v) {
+        return prefix + " " + std::to_string(v);
+    } catch (unsigned long long v) {
+        return prefix + " " + std::to_string(v);
+    } catch (float v) {
+        return prefix + " " + std::to_string(v);
+    } catch (double v) {
+        return prefix + " " + std::to_string(v);
+    } catch (long double v) {
+        return prefix + " " + std::to_string(v);
+    } catch (...) {
+        return prefix + ", which is not a std::exception (register it with procpool::register_exception<E>() to "
+                        "get it back as itself; E must derive from std::exception)";
+    }
+}
+
+/// Encodes the exception being handled with its registered codec, if its exact type has one. Call only inside a
+/// catch block. Nothing if its serialize() threw: the caller then describes it as an unregistered type.
+inline std::optional<ErrorRecord> describe_registered_exception() {
+    const std::type_info* type = abi::__cxa_current_exception_type();
+    if (type == nullptr) return std::nullopt;
+    const std::optional<ExceptionCodec> codec = ExceptionRegistry::instance().find(*type);
+    if (!codec) return std::nullopt;
+    ErrorRecord record{ErrorKind::registered, type->name(), {}, {}};
+    try {
+        Buffer state;
+        OutputArchive ar(state);
+        codec->encode(ar);
+        record.payload.assign(reinterpret_cast<const char*>(state.data()), state.size());
+    } catch (...) {
+        return std::nullopt;
+    }
+    try {
+        throw;
+    } catch (const std::exception& e) {  // (register_exception() admits only types derived from std::exception)
+        record.message = e.what();
+    } catch (...) {
+    }
+    return record;
+}
 
 /// Describes the exception being handled. Call only inside a catch block.
 inline ErrorRecord describe_current_exception() {
+    if (std::optional<ErrorRecord> registered = describe_registered_exception()) return *std::move(registered);
     ErrorRecord record;
     try {
         throw;
     } catch (const RemoteError& e) {
-        record = {ErrorKind::remote, e.type_name(), e.what()};
+        record = {ErrorKind::remote, e.type_name(), e.what(), {}};
     } catch (const SerializationError& e) {
-        record = {ErrorKind::serialization, "procpool::SerializationError", e.what()};
+        record = {ErrorKind::serialization, "procpool::SerializationError", e.what(), {}};
     } catch (const PoolStateError& e) {
-        record = {ErrorKind::pool_state, "procpool::PoolStateError", e.what()};
+        record = {ErrorKind::pool_state, "procpool::PoolStateError", e.what(), {}};
     } catch (const std::bad_alloc& e) {
-        record = {ErrorKind::bad_alloc, "std::bad_alloc", e.what()};
+        record = {ErrorKind::bad_alloc, "std::bad_alloc", e.what(), {}};
     } catch (const std::exception& e) {
         const std::type_info& type = typeid(e);
         record.message = e.what();
@@ -75,12 +144,13 @@ inline ErrorRecord describe_current_exception() {
         else if (type == typeid(std::underflow_error)) record.kind = ErrorKind::underflow_error;
         else record.kind = ErrorKind::remote;
     } catch (const char* text) {
-        record = {ErrorKind::remote, "const char*", text != nullptr ? text : ""};
+        record = {ErrorKind::remote, "const char*", text != nullptr ? text : "", {}};
     } catch (const std::string& text) {
-        record = {ErrorKind::remote, "std::string", text};
+        record = {ErrorKind::remote, "std::string", text, {}};
     } catch (...) {
         const std::type_info* type = abi::__cxa_current_exception_type();
-        record = {ErrorKind::remote, type != nullptr ? demangle(type->name()) : "unknown", ""};
+        record.type_name = type != nullptr ? demangle(type->name()) : "unknown";
+        record.message = describe_thrown_value(record.type_name);
     }
     return record;
 }
@@ -89,10 +159,30 @@ inline void encode_error(OutputArchive& ar, const ErrorRecord& record) {
     const auto kind = static_cast<std::uint8_t>(record.kind);
     ar.write_bytes(&kind, 1);
     ar(record.type_name, record.message);
+    if (record.kind == ErrorKind::registered) ar(record.payload);
 }
 
 /// Encodes the exception being handled. Call only inside a catch block.
 inline void encode_current_exception(OutputArchive& ar) { encode_error(ar, describe_current_exception()); }
+
+/// The registered exception a record carries, decoded with the codec registered here for its type; a RemoteError
+/// with its type's readable name and its what() if this process has none (it was registered in the worker only) or
+/// the state cannot be decoded.
+inline std::exception_ptr make_registered_exception(const ErrorRecord& r) {
+    const std::string readable = demangle(r.type_name.c_str());
+    if (const std::optional<ExceptionCodec> codec = ExceptionRegistry::instance().find(r.type_name)) {
+        try {
+            InputArchive ar(std::as_bytes(std::span(r.payload.data(), r.payload.size())));
+            std::exception_ptr error = codec->decode(ar);
+            if (ar.remaining() != 0) throw SerializationError("procpool: trailing bytes after the exception's state");
+            return error;
+        } catch (const std::exception& e) {
+            return std::make_exception_ptr(
+                RemoteError(readable, r.message + " (procpool: its state could not be decoded: " + e.what() + ")"));
+        }
+    }
+    return std::make_exception_ptr(RemoteError(readable, r.message));
+}
 
 inline std::exception_ptr make_exception(const ErrorRecord& r) {
     switch (r.kind) {
@@ -108,6 +198,7 @@ inline std::exception_ptr make_exception(const ErrorRecord& r) {
         case ErrorKind::bad_alloc: return std::make_exception_ptr(std::bad_alloc());
         case ErrorKind::serialization: return std::make_exception_ptr(SerializationError(r.message));
         case ErrorKind::pool_state: return std::make_exception_ptr(PoolStateError(r.message));
+        case ErrorKind::registered: return make_registered_exception(r);
         case ErrorKind::remote: break;
     }
     return std::make_exception_ptr(RemoteError(r.type_name, r.message));
@@ -119,10 +210,11 @@ inline std::exception_ptr decode_error(InputArchive& ar) {
     ErrorRecord record;
     ar(record.type_name, record.message);
     if (kind < static_cast<std::uint8_t>(ErrorKind::logic_error) ||
-        kind > static_cast<std::uint8_t>(ErrorKind::pool_state)) {
+        kind > static_cast<std::uint8_t>(ErrorKind::registered)) {
         throw SerializationError("procpool: corrupt data: unknown error kind");
     }
     record.kind = static_cast<ErrorKind>(kind);
+    if (record.kind == ErrorKind::registered) ar(record.payload);
     return make_exception(record);
 }
 

@@ -26,6 +26,7 @@
 
 #include "procpool/detail/buffer.hpp"
 #include "procpool/detail/bulk_arena.hpp"
+#include "procpool/detail/exception_registry.hpp"
 #include "procpool/detail/fork_server.hpp"
 #include "procpool/detail/pool_memory.hpp"
 #include "procpool/detail/process.hpp"
@@ -85,6 +86,7 @@ public:
         // The shared heap must exist before the first fork, so that shared objects made at any time (before or
         // after this pool) are visible in every worker.
         SharedHeap::instance();
+        ExceptionRegistry::instance().share();  // exception types registered later reach the workers through it
         BulkArena::instance();  // likewise the bulk arena, where large inputs are passed by reference
         bind_child_functions_early();
         start_server();

@@ -21,6 +21,7 @@ enum ObjectKind : std::uint32_t {
     kArrayObject,
     kQueueObject,
     kQueueMessage,
+    kExceptionTable,  // the exception registry's table (detail/exception_registry.hpp)
 };
 
 /// A handle's reference to an object in the shared heap: the block, its generation (a stale handle is caught when
