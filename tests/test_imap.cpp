@@ -9,6 +9,7 @@
 #include <numeric>
 #include <ranges>
 #include <set>
+#include <utility>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -123,9 +124,9 @@ TEST_CASE("imap reads an infinite input only as results are consumed, and a brea
     }
     const long read_at_break = state.read.load();
     CHECK(read_at_break >= 1000);
-    // Bounded read-ahead (a window of chunks), not the whole infinite input.
+    // Bounded read-ahead (MapOptions::buffersize's default), not the whole infinite input.
     using Range = decltype(pool.imap([](long x) { return x; }, CountingInput(&state)));
-    const auto bound = static_cast<long>(Range::window_chunks(pool.size()) * Range::kMaxAutoChunk);
+    const auto bound = static_cast<long>(Range::default_buffersize(pool.size()));
     CHECK(read_at_break <= 1000 + bound);
     std::this_thread::sleep_for(50ms);
     CHECK(state.read.load() == read_at_break);  // nothing reads after the range is gone
@@ -160,7 +161,7 @@ TEST_CASE("breaking out of a slow imap returns at once without waiting for runni
     CHECK(std::chrono::steady_clock::now() - start < 1s);
 }
 
-TEST_CASE("an exception from the input range reaches the reader as it is") {
+TEST_CASE("an exception from the input range reaches the reader as it is, after every result read before it") {
     procpool::Pool pool(2);
     CountingInput::State state;
     state.throw_at = 50;
@@ -175,8 +176,134 @@ TEST_CASE("an exception from the input range reaches the reader as it is") {
         CHECK(std::string(e.what()) == "input broke at 50");
     }
     CHECK(thrown);
-    CHECK(got.size() <= 50);
+    REQUIRE(got.size() == 50);  // nothing computed is thrown away
     for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] == static_cast<long>(i));
+}
+
+// Ports of CPython's test_imap_handle_iterable_exception and test_imap_unordered_handle_iterable_exception
+// (Lib/test/_test_multiprocessing.py), with the rule this library states: every result of an element read before
+// the failing one is yielded first (CPython drops the failing element's chunk), then the input's exception.
+namespace {
+
+/// Python's exception_throwing_generator(total, when): yields 0..total-1, raises SayWhenError at `when`.
+struct SayWhenError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+auto exception_throwing_generator(int total, int when) {
+    return std::views::iota(0, total) | std::views::transform([when](int i) {
+               if (i == when) throw SayWhenError("Somebody said when");
+               return i;
+           });
+}
+int sqr(int x) { return x * x; }
+
+}  // namespace
+
+TEST_CASE("imap: an input that throws, with chunksizes 1, 2 and 4 (CPython's handle_iterable_exception)") {
+    procpool::Pool pool(2);
+    for (const std::size_t chunksize : {std::size_t{1}, std::size_t{2}, std::size_t{4}}) {
+        CAPTURE(chunksize);
+        // Raised at the very first element: begin() throws, twice over (re-entrant).
+        for (int round = 0; round < 2; ++round) {
+            auto it = pool.imap(sqr, exception_throwing_generator(1, 0), {.chunksize = chunksize});
+            CHECK_THROWS_AS(it.begin(), SayWhenError);
+        }
+        for (const auto& [total, when] : {std::pair{10, 3}, std::pair{20, 7}}) {
+            CAPTURE(total, when);
+            auto results = pool.imap(sqr, exception_throwing_generator(total, when), {.chunksize = chunksize});
+            auto it = results.begin();
+            for (int i = 0; i < when; ++i) {
+                REQUIRE(it != results.end());
+                CHECK(*it == i * i);
+                if (i + 1 < when) ++it;
+            }
+            CHECK_THROWS_AS(++it, SayWhenError);  // in the failing element's place
+            CHECK(it == results.end());           // and the range is over
+        }
+    }
+}
+
+TEST_CASE("imap_unordered: an input that throws, with chunksizes 1, 2 and 4 (CPython's handle_iterable_exception)") {
+    procpool::Pool pool(2);
+    for (const std::size_t chunksize : {std::size_t{1}, std::size_t{2}, std::size_t{4}}) {
+        CAPTURE(chunksize);
+        CHECK_THROWS_AS(pool.imap_unordered(sqr, exception_throwing_generator(1, 0), {.chunksize = chunksize}).begin(),
+                        SayWhenError);
+        for (const auto& [total, when] : {std::pair{10, 3}, std::pair{20, 7}}) {
+            CAPTURE(total, when);
+            std::multiset<int> expected;
+            for (int i = 0; i < when; ++i) expected.insert(i * i);
+            std::multiset<int> got;
+            bool thrown = false;
+            try {
+                for (int v : pool.imap_unordered(sqr, exception_throwing_generator(total, when),
+                                                 {.chunksize = chunksize})) {
+                    got.insert(v);
+                }
+            } catch (const SayWhenError&) {
+                thrown = true;
+            }
+            CHECK(thrown);
+            CHECK(got == expected);  // every element read before the failure, in completion order
+        }
+    }
+}
+
+TEST_CASE("MapOptions::buffersize bounds what imap reads ahead; the default is a few thousand items") {
+    procpool::Pool pool(2);
+    using Range = decltype(pool.imap([](long x) { return x; }, std::views::iota(0L)));
+    CHECK(Range::default_buffersize(2) == 4096);
+    {  // An infinite input left after 10 results: at most the default read.
+        CountingInput::State state;
+        long taken = 0;
+        for (long v : pool.imap([](long x) { return x; }, CountingInput(&state))) {
+            CHECK(v == taken);
+            if (++taken == 10) break;
+        }
+        CHECK(state.read.load() <= 10 + 4096);
+    }
+    for (const auto& [chunksize, buffersize] : {std::pair{std::size_t{0}, std::size_t{100}},
+                                                std::pair{std::size_t{1}, std::size_t{5}},
+                                                std::pair{std::size_t{4}, std::size_t{10}},
+                                                std::pair{std::size_t{7}, std::size_t{7}}}) {
+        CAPTURE(chunksize, buffersize);
+        CountingInput::State state;
+        long consumed = 0;
+        long worst = 0;
+        for (long v : pool.imap([](long x) { return x; }, CountingInput(&state),
+                                {.chunksize = chunksize, .buffersize = buffersize})) {
+            ++consumed;  // this one is the caller's now
+            CHECK(v == consumed - 1);
+            if (consumed % 50 == 0) std::this_thread::sleep_for(2ms);  // a slow reader now and then: workers run ahead
+            worst = std::max(worst, state.read.load() - consumed);
+            if (consumed == 2000) break;
+        }
+        CHECK(worst <= static_cast<long>(buffersize));
+        CHECK(worst >= 1);  // it did read ahead
+    }
+    // Unordered too.
+    CountingInput::State state;
+    long consumed = 0;
+    long worst = 0;
+    for (long v : pool.imap_unordered([](long x) { return x; }, CountingInput(&state), {.buffersize = 32})) {
+        (void)v;
+        ++consumed;
+        worst = std::max(worst, state.read.load() - consumed);
+        if (consumed == 1000) break;
+    }
+    CHECK(worst <= 32);
+}
+
+TEST_CASE("a buffersize below the chunksize, or given to map, is refused") {
+    procpool::Pool pool(1);
+    CHECK_THROWS_AS(pool.imap(sqr, std::views::iota(0, 10), {.chunksize = 8, .buffersize = 4}), std::invalid_argument);
+    CHECK_THROWS_AS(pool.imap_unordered(sqr, std::views::iota(0, 10), {.chunksize = 2, .buffersize = 1}),
+                    std::invalid_argument);
+    CHECK_THROWS_AS(pool.map(sqr, std::views::iota(0, 10), {.buffersize = 4}), std::invalid_argument);
+    CHECK_THROWS_AS(pool.starmap_async([](int a, int b) { return a + b; }, std::vector<std::pair<int, int>>{{1, 2}},
+                                       {.buffersize = 4}),
+                    std::invalid_argument);
+    CHECK(pool.map(sqr, std::views::iota(0, 3)) == std::vector<int>{0, 1, 4});
 }
 
 TEST_CASE("a failing item throws when dereferenced and iteration goes on past it", "[threads]") {

@@ -1,9 +1,12 @@
 // procpool: ImapRange, what imap and imap_unordered return: a lazy input range of results.
 //
-// The input is read in the thread that iterates, only as results are consumed: at most a window of chunks is
-// in flight, so infinite inputs work and memory stays bounded. Dereferencing an iterator whose item failed throws
-// that item's exception; incrementing it moves on to the next item (like Python's imap). Destroying the range
-// early (a `break`) drops the unsent input and ignores the results still in flight: it never waits for them.
+// The input is read in the thread that iterates, only as results are consumed: at most a window of chunks, and
+// never more than MapOptions::buffersize items (a few thousand by default), are read and not yet consumed, so
+// infinite inputs work and memory stays bounded. Dereferencing an iterator whose item failed throws that item's
+// exception; incrementing it moves on to the next item (like Python's imap). An exception thrown while reading the
+// input is thrown at the failing element's position: every result of the elements read before it comes first.
+// Destroying the range early (a `break`) drops the unsent input and ignores the results still in flight: it never
+// waits for them.
 #pragma once
 
 #include <algorithm>
@@ -17,6 +20,8 @@
 #include <optional>
 #include <ranges>
 #include <span>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -197,11 +202,19 @@ public:
     static std::uint64_t window_chunks(std::size_t workers) noexcept { return 4 * workers + 8; }
     /// Largest automatic chunk (automatic chunks aim at about 2 ms of work each).
     static constexpr std::uint64_t kMaxAutoChunk = 16384;
+    /// Items read and not yet consumed at most when MapOptions::buffersize is 0 and the chunks are automatic: 1024
+    /// per worker, at least 4096. (With a chunksize of yours, a window of chunks.)
+    static std::uint64_t default_buffersize(std::size_t workers) noexcept {
+        return std::max<std::uint64_t>(4096, std::uint64_t{1024} * workers);
+    }
 
+    /// Throws std::invalid_argument for a buffersize below the chunksize (a chunk could never be read).
     ImapRange(std::shared_ptr<detail::PoolCore<Transport>> core, std::shared_ptr<Job> job, View input,
-              std::size_t chunksize)
+              std::size_t chunksize, std::size_t buffersize)
         : core_(std::move(core)), job_(std::move(job)), input_(std::make_unique<Input>(std::move(input))),
-          chunksize_(chunksize), window_(window_chunks(core_->scheduler.size())) {}
+          chunksize_(chunksize), window_(window_chunks(core_->scheduler.size())),
+          buffer_(read_ahead_limit(core_->scheduler.size(), chunksize, buffersize)),
+          max_auto_chunk_(std::clamp<std::uint64_t>(buffer_ / (core_->scheduler.size() + 1), 1, kMaxAutoChunk)) {}
 
     /// Moves keep the reading position: the input lives on the heap, so its iterators stay valid. A moved-from
     /// range must not be iterated. (Movable, so an imap result can be the input of another imap or piped into a view.)
@@ -234,7 +247,8 @@ public:
         /// The current result; throws the item's exception if it failed (the iterator can still be incremented).
         value_type& operator*() const { return range_->current(); }
         value_type* operator->() const { return &range_->current(); }
-        /// Moves to the next result, reading more input as needed. Throws what reading the input throws.
+        /// Moves to the next result, reading more input as needed. Once the results of every element read before
+        /// a failure of the input were yielded, throws what reading the input threw, and the range ends.
         iterator& operator++() {
             range_->advance();
             return *this;
@@ -249,7 +263,8 @@ public:
         ImapRange* range_ = nullptr;
     };
 
-    /// Starts reading input and waits for the first result. Call once.
+    /// Starts reading input and waits for the first result. Call once. Throws what reading the input throws if
+    /// its first element fails.
     iterator begin() {
         if (!job_) throw PoolStateError("procpool: this imap range was moved from");
         if (started_) throw PoolStateError("procpool: an imap range can be iterated only once");
@@ -279,6 +294,8 @@ private:
                 if (input_done_) {
                     done_ = true;
                     job_->progress.finish();
+                    // Every element read before the input failed has been yielded: now its exception, in its place.
+                    if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
                     return;
                 }
                 refill();
@@ -288,15 +305,16 @@ private:
         }
     }
 
-    /// Reads input and submits chunks while fewer than `window_` chunks' worth of items are unconsumed.
+    /// Reads input and submits chunks while fewer than `window_` chunks' worth of items, and at most `buffer_`
+    /// items, are unconsumed. An exception from the input ends the reading; it is kept for advance() to throw in its
+    /// place, after the results of what was read before it.
     void refill() {
         while (!input_done_) {
             const std::uint64_t chunk = chunk_size();
-            if (job_->unconsumed() + chunk > window_ * chunk) return;  // never more than window_ chunks ahead
+            if (job_->unconsumed() + chunk > std::min(window_ * chunk, buffer_)) return;
             // Chunks are pipelined, so one that streams through the ring costs no waiting: only chunks of 2 MiB
             // and more go to the bulk arena (100 KiB chunks of ints measured 6% faster through the ring).
             detail::ItemEncoder<Item> encoder(chunk, Transport::kItemsByReference, detail::Buffer::kMappedThreshold);
-            std::exception_ptr input_error;
             try {
                 auto& it = *input_->position;
                 const auto end = std::ranges::end(input_->view);
@@ -307,7 +325,7 @@ private:
                 if (it == end) input_done_ = true;
             } catch (...) {
                 input_done_ = true;
-                input_error = std::current_exception();
+                input_error_ = std::current_exception();
             }
             const std::uint64_t count = encoder.count();
             if (count != 0) {
@@ -324,17 +342,34 @@ private:
                 }
                 ++chunks_formed_;
             }
-            if (input_error) std::rethrow_exception(input_error);
         }
     }
 
+    static std::uint64_t read_ahead_limit(std::size_t workers, std::size_t chunksize, std::size_t buffersize) {
+        if (buffersize != 0) {
+            if (chunksize > buffersize) {
+                throw std::invalid_argument("procpool: MapOptions::buffersize (" + std::to_string(buffersize) +
+                                            ") must be at least the chunksize (" + std::to_string(chunksize) + ")");
+            }
+            return buffersize;
+        }
+        if (chunksize != 0) return window_chunks(workers) * chunksize;
+        return default_buffersize(workers);
+    }
+
+    /// Items in the next chunk: the caller's chunksize, or automatic: doubling until items were timed, then about
+    /// 2 ms of work, small enough that a few chunks per worker fit in the read-ahead limit.
     std::uint64_t chunk_size() const noexcept {
         if (chunksize_ != 0) return chunksize_;
         const double item_ns = job_->item_ns.load(std::memory_order_relaxed);
-        if (item_ns <= 0)
-            return std::min<std::uint64_t>(std::uint64_t{1} << std::min<std::uint64_t>(chunks_formed_, 4), 16);
-        const auto target = static_cast<double>(std::chrono::nanoseconds(std::chrono::milliseconds(2)).count());
-        return std::clamp<std::uint64_t>(static_cast<std::uint64_t>(target / item_ns), 1, kMaxAutoChunk);
+        std::uint64_t items = 0;
+        if (item_ns <= 0) {
+            items = std::min<std::uint64_t>(std::uint64_t{1} << std::min<std::uint64_t>(chunks_formed_, 4), 16);
+        } else {
+            const auto target = static_cast<double>(std::chrono::nanoseconds(std::chrono::milliseconds(2)).count());
+            items = static_cast<std::uint64_t>(std::max(1.0, target / item_ns));
+        }
+        return std::clamp<std::uint64_t>(items, 1, max_auto_chunk_);
     }
 
     std::shared_ptr<detail::PoolCore<Transport>> core_;
@@ -346,6 +381,9 @@ private:
     std::unique_ptr<Input> input_;
     std::size_t chunksize_;  // MapOptions::chunksize: 0 = automatic (the progress callback lives in the job)
     std::uint64_t window_;
+    std::uint64_t buffer_;          // items read and not yet consumed at most (MapOptions::buffersize, or a default)
+    std::uint64_t max_auto_chunk_;  // automatic chunks: at most this many items
+    std::exception_ptr input_error_;  // what reading the input threw, until advance() throws it in its place
     std::optional<typename Job::Entry> current_;
     std::uint64_t next_index_ = 0;
     std::uint64_t chunks_formed_ = 0;

@@ -261,6 +261,10 @@ private:
                       "elements are the function's arguments");
         using R = detail::checked_result_t<Fn, Item, Unpack>;
         using Output = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
+        if (options.buffersize != 0) {
+            throw std::invalid_argument("procpool: MapOptions::buffersize bounds what imap reads ahead; map and "
+                                        "starmap read their whole input (use imap for a bounded read-ahead)");
+        }
         auto state = std::make_shared<detail::ResultState<Output>>();
         state->set_helper(helper());
         if constexpr (detail::check_task<Fn, Item, Unpack>() &&
@@ -308,7 +312,7 @@ private:
         // Like any submission, imap on a closed pool throws now rather than on first use.
         if (core().scheduler.closed()) core().scheduler.submit(job, detail::Segment{});
         return ImapRange<Transport, R, View>(shared_core(), std::move(job), std::views::all(std::forward<Range>(range)),
-                                             options.chunksize);
+                                             options.chunksize, options.buffersize);
     }
 
     /// The scheduler as a WaitHelper, without keeping the pool alive.
