@@ -12,6 +12,8 @@
 #include <ranges>
 #include <set>
 #include <string>
+#include <utility>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -146,6 +148,74 @@ TEST_CASE("with max_tasks_per_child, queued tasks run and close() then join() do
     pool.join();
     for (int i = 0; i < 30; ++i) CHECK(results[i].get() == i + 1);
     CHECK(test_support::child_pids().empty());
+}
+
+// ---- worker_pids() after a fault ----------------------------------------------------------------------------------
+
+TEST_CASE("worker_pids() returns size() pids once a crash, a timeout or a recycling was reported") {
+    procpool::Pool crashing(procpool::PoolOptions{.processes = 2, .task_timeout = 100ms});
+    std::set<pid_t> seen;
+    for (int round = 0; round < 10; ++round) {
+        CHECK_THROWS_AS(crashing.apply([](int) -> int { std::raise(SIGKILL); return 0; }, 0), procpool::WorkerCrashed);
+        const std::vector<pid_t> pids = crashing.worker_pids();  // at once: the replacement is waited for
+        CHECK(pids.size() == crashing.size());
+        for (pid_t pid : pids) CHECK(test_support::process_exists(pid));
+        seen.insert(pids.begin(), pids.end());
+    }
+    CHECK(seen.size() >= 11);  // each crash was replaced by a new process
+    CHECK_THROWS_AS(crashing.apply(sleep_ms, 5000), procpool::TaskTimeout);
+    CHECK(crashing.worker_pids().size() == crashing.size());
+    procpool::Pool recycling(procpool::PoolOptions{.processes = 2, .max_tasks_per_child = 1});
+    for (int round = 0; round < 20; ++round) {
+        CHECK(recycling.apply([](int x) { return x; }, round) == round);
+        CHECK(recycling.worker_pids().size() == recycling.size());
+    }
+}
+
+// ---- signals the pool sends ---------------------------------------------------------------------------------------
+
+namespace {
+volatile std::sig_atomic_t* g_term_marker = nullptr;  // in shared memory: set by the program's handler, anywhere
+void program_term_handler(int) { *g_term_marker = 1; }  // a shutdown handler that only records and returns
+}  // namespace
+
+TEST_CASE("workers run with the default action for SIGTERM, whatever handler or mask the program set") {
+    void* shared = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(shared != MAP_FAILED);
+    g_term_marker = static_cast<volatile std::sig_atomic_t*>(shared);
+    *g_term_marker = 0;
+    struct sigaction handler {};
+    handler.sa_handler = program_term_handler;
+    ::sigemptyset(&handler.sa_mask);
+    struct sigaction previous {};
+    ::sigaction(SIGTERM, &handler, &previous);
+    sigset_t term;
+    ::sigemptyset(&term);
+    ::sigaddset(&term, SIGTERM);
+    sigset_t previous_mask;
+    ::pthread_sigmask(SIG_BLOCK, &term, &previous_mask);  // as a program that handles SIGTERM in a thread of its own
+    {
+        procpool::Pool pool(procpool::PoolOptions{.processes = 1, .task_timeout = 200ms});
+        // What a worker has: SIGTERM's default action, not blocked.
+        const auto [default_action, blocked] = pool.apply([](int) {
+            struct sigaction now {};
+            ::sigaction(SIGTERM, nullptr, &now);
+            sigset_t mask;
+            ::pthread_sigmask(SIG_BLOCK, nullptr, &mask);
+            return std::pair<bool, bool>{now.sa_handler == SIG_DFL, ::sigismember(&mask, SIGTERM) == 1};
+        }, 0);
+        CHECK(default_action);
+        CHECK_FALSE(blocked);
+        // A task past its timeout: SIGTERM ends its worker without running the program's handler there.
+        CHECK_THROWS_AS(pool.apply(sleep_ms, 10000), procpool::TaskTimeout);
+        CHECK(*g_term_marker == 0);
+        CHECK(pool.apply([](int x) { return x; }, 3) == 3);
+    }
+    ::pthread_sigmask(SIG_SETMASK, &previous_mask, nullptr);
+    ::sigaction(SIGTERM, &previous, nullptr);
+    CHECK(*g_term_marker == 0);  // (nothing sent SIGTERM to this process either)
+    ::munmap(shared, 4096);
+    g_term_marker = nullptr;
 }
 
 // ---- parent death -------------------------------------------------------------------------------------------------

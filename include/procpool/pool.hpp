@@ -89,8 +89,9 @@ public:
 
     /// Number of workers. Never blocks.
     [[nodiscard]] std::size_t size() const noexcept { return core().scheduler.size(); }
-    /// Pids of the live workers. A worker that died is left out until its replacement has started (a few ms), so
-    /// the list may briefly be shorter than size(). Thread-safe.
+    /// Pids of the live workers: size() of them while the pool runs. Once a crash, a timeout or a recycling was
+    /// reported, it waits for the replacement's fork (under a millisecond; a fork that fails is retried, and after
+    /// a second it returns what there is). Does not wait when called from a callback. Thread-safe.
     [[nodiscard]] std::vector<pid_t> worker_pids() const { return core().scheduler.worker_pids(); }
 
     // ---- single calls ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 
 #include <cerrno>
 #include <csignal>
+#include <pthread.h>
 #include <cstdint>
 #include <poll.h>
 #include <sys/prctl.h>
@@ -54,7 +55,7 @@ public:
         set_signal_disposition(SIGINT, SIG_IGN);
         // A SIG_IGN inherited from the program would make children unreapable.
         set_signal_disposition(SIGCHLD, SIG_DFL);
-        reset_crash_handlers();
+        reset_inherited_signal_handling();
         self_ = ::getpid();
         spawn_first_workers();
         parent_fd_ = pidfd_open(config_.parent);
@@ -87,13 +88,19 @@ private:
         int pidfd = -1;
     };
 
-    /// Handlers the program installed for itself (a crash reporter, a test framework, a sanitizer) must not turn
-    /// a worker's crash into something else: the worker dies from the signal, and WorkerCrashed names it. Set
-    /// here once, the workers inherit it; an initializer may install its own.
-    static void reset_crash_handlers() noexcept {
-        for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS}) {
+    /// Handlers the program installed for itself (a crash reporter, a test framework, a shutdown handler, a
+    /// sanitizer) must not run in a worker: a crash kills the worker with its signal (WorkerCrashed names it), and
+    /// the SIGTERM the pool sends a worker past its task_timeout ends it at once instead of running the program's
+    /// handler or being held back by a blocked mask. Set here once, the workers inherit it; an initializer may
+    /// install its own.
+    static void reset_inherited_signal_handling() noexcept {
+        sigset_t ours;
+        ::sigemptyset(&ours);
+        for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS, SIGTERM}) {
             set_signal_disposition(signal, SIG_DFL);
+            ::sigaddset(&ours, signal);
         }
+        ::pthread_sigmask(SIG_UNBLOCK, &ours, nullptr);
     }
 
     void serve_request() noexcept {

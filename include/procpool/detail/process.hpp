@@ -98,6 +98,8 @@ inline void bind_child_functions_early() noexcept {
         struct sigaction current {};
         (void)::sigaction(SIGINT, nullptr, &current);
         (void)::sigemptyset(&current.sa_mask);
+        (void)::sigaddset(&current.sa_mask, SIGTERM);
+        (void)::pthread_sigmask(SIG_BLOCK, nullptr, &current.sa_mask);  // only asks
         (void)::syscall(SYS_getpid);
         char bytes[2] = {};
         volatile std::size_t one = 1;  // a size the compiler cannot see, and a result it must keep: calls stay calls

@@ -95,8 +95,16 @@ public:
 
     [[nodiscard]] std::size_t size() const noexcept { return workers_.size(); }
 
+    /// Pids of the live workers. While the pool runs, a worker being replaced (its death, timeout or recycling may
+    /// already have been reported to a caller) is waited for, briefly: the caller sees size() pids, unless a
+    /// replacement cannot be forked within kReplacementWait. From a callback it does not wait.
     std::vector<pid_t> worker_pids() const {
-        std::lock_guard lock(mutex_);
+        std::unique_lock lock(mutex_);
+        if (!in_callback_thread()) {
+            idle_cv_.wait_for(lock, kReplacementWait, [&] {
+                return (state_ != State::running && state_ != State::closed) || every_worker_started_locked();
+            });
+        }
         std::vector<pid_t> pids;
         for (const WorkerSlot& w : workers_) {
             if (w.pid > 0 && w.phase != Phase::dead) pids.push_back(w.pid);
@@ -194,6 +202,9 @@ public:
 
 private:
     static constexpr std::size_t kUnlimited = ~std::size_t{0};
+    /// How long worker_pids() waits for replacements at most (a fork takes well under a millisecond; a failed one is
+    /// retried after 100 ms).
+    static constexpr std::chrono::milliseconds kReplacementWait{1000};
 
     enum class State { running, closed, joining, terminated, broken };
     enum class Phase { starting, running, exiting, dead };
@@ -682,6 +693,14 @@ private:
         return next;
     }
 
+    /// True when every slot holds a forked worker (none dead or waiting for its replacement's fork).
+    [[nodiscard]] bool every_worker_started_locked() const noexcept {
+        for (const WorkerSlot& w : workers_) {
+            if (w.pid <= 0 || w.phase == Phase::dead || w.phase == Phase::starting) return false;
+        }
+        return true;
+    }
+
     [[nodiscard]] bool workers_gone_locked() const noexcept {
         for (const WorkerSlot& w : workers_) {
             if (w.phase != Phase::dead) return false;
@@ -837,6 +856,7 @@ private:
             case kWorkerSpawned:
                 w.pid = report.pid;
                 if (w.phase == Phase::starting) w.phase = Phase::running;
+                idle_cv_.notify_all();  // worker_pids() may wait for it
                 break;
             case kSpawnFailed:
                 // No worker ever read this inbox: everything in it goes back to the queue before the retry resets it.
@@ -1036,7 +1056,7 @@ private:
     Transport& transport_;
     const SchedulerSettings settings_;
     mutable SpinMutex mutex_;
-    std::condition_variable_any idle_cv_;
+    mutable std::condition_variable_any idle_cv_;  // work done, a state change, a worker started
     std::mutex lifecycle_mutex_;
     State state_ = State::running;
     std::string broken_reason_;
