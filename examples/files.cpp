@@ -107,8 +107,8 @@ int main(int argc, char** argv) {
         long lines = 0, words = 0;
         for (std::size_t i = 0; i < paths.size(); ++i) {
             if (i < 5 || i + 2 >= paths.size()) {
-                std::printf("%-14s %8ld %8ld  %016llx\n", paths[i].filename().c_str(), stats[i].lines,
-                            stats[i].words, static_cast<unsigned long long>(stats[i].checksum));
+                std::printf("%-14s %8ld %8ld  %016llx\n", paths[i].filename().c_str(), stats[i].lines, stats[i].words,
+                            static_cast<unsigned long long>(stats[i].checksum));
             } else if (i == 5) {
                 std::printf("%-14s\n", "...");
             }

@@ -183,8 +183,12 @@ TEST_CASE("registered exception types come back as themselves, with their state,
         CHECK(e.context == std::vector<std::string>{"let x =", "}"});
     }
     // Catchable as its bases, and from a map.
-    CHECK_THROWS_AS(pool.map([](int i) -> int { if (i == 50) throw LateError("late", 0.5); return i; },
-                             std::views::iota(0, 100)),
+    CHECK_THROWS_AS(pool.map(
+                        [](int i) -> int {
+                            if (i == 50) throw LateError("late", 0.5);
+                            return i;
+                        },
+                        std::views::iota(0, 100)),
                     AppError);
     try {
         pool.apply([](double v) -> int { throw LateError("late", v); }, 0.25);
@@ -196,7 +200,13 @@ TEST_CASE("registered exception types come back as themselves, with their state,
         CHECK(late->code == 3);
     }
     // A replacement worker, forked after the registration from the fork server, which never saw it, knows it too.
-    CHECK_THROWS_AS(pool.apply([](int) -> int { std::raise(SIGKILL); return 0; }, 0), procpool::WorkerCrashed);
+    CHECK_THROWS_AS(pool.apply(
+                        [](int) -> int {
+                            std::raise(SIGKILL);
+                            return 0;
+                        },
+                        0),
+                    procpool::WorkerCrashed);
     for (int i = 0; i < 20; ++i) {
         CHECK_THROWS_AS(pool.apply([](int) -> int { throw LateError("again", 1.0); }, 0), LateError);
     }
@@ -279,7 +289,8 @@ struct ThrowsStdError {  // a serialize() that throws a std exception of its own
     template <class Archive>
     void serialize(Archive& ar) {
         ar(value);
-        if (value == -1 && std::is_same_v<Archive, procpool::OutputArchive>) throw std::invalid_argument("-1 on the way out");
+        if (value == -1 && std::is_same_v<Archive, procpool::OutputArchive>)
+            throw std::invalid_argument("-1 on the way out");
         if (value == -2 && std::is_same_v<Archive, procpool::InputArchive>) throw std::domain_error("-2 on the way in");
     }
 };
@@ -305,8 +316,11 @@ TEST_CASE("a serialize() that throws gives SerializationError naming the type an
     check([&] { (void)pool.apply([](ThrowsStdError v) { return v.value; }, ThrowsStdError{-2}); }, "decoding",
           "-2 on the way in");
     check([&] { (void)pool.apply([](int v) { return ThrowsStdError{v}; }, -2); }, "decoding", "-2 on the way in");
-    check([&] { (void)pool.map([](int v) { return ThrowsStdError{v}; }, std::vector<int>{1, -1, 3}); }, "encoding",
-          "-1 on the way out");
+    check(
+        [&] {
+            (void)pool.map([](int v) { return ThrowsStdError{v}; }, std::vector<int>{1, -1, 3});
+        },
+        "encoding", "-1 on the way out");
     CHECK(pool.apply([](ThrowsStdError v) { return v.value; }, ThrowsStdError{5}) == 5);
 }
 

@@ -12,7 +12,6 @@
 #include <ranges>
 #include <set>
 #include <string>
-#include <utility>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/time.h>
@@ -20,6 +19,7 @@
 #include <system_error>
 #include <thread>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 #include "support.hpp"
@@ -156,7 +156,13 @@ TEST_CASE("worker_pids() returns size() pids once a crash, a timeout or a recycl
     procpool::Pool crashing(procpool::PoolOptions{.processes = 2, .task_timeout = 100ms});
     std::set<pid_t> seen;
     for (int round = 0; round < 10; ++round) {
-        CHECK_THROWS_AS(crashing.apply([](int) -> int { std::raise(SIGKILL); return 0; }, 0), procpool::WorkerCrashed);
+        CHECK_THROWS_AS(crashing.apply(
+                            [](int) -> int {
+                                std::raise(SIGKILL);
+                                return 0;
+                            },
+                            0),
+                        procpool::WorkerCrashed);
         const std::vector<pid_t> pids = crashing.worker_pids();  // at once: the replacement is waited for
         CHECK(pids.size() == crashing.size());
         for (pid_t pid : pids) CHECK(test_support::process_exists(pid));
@@ -175,7 +181,7 @@ TEST_CASE("worker_pids() returns size() pids once a crash, a timeout or a recycl
 // ---- signals the pool sends ---------------------------------------------------------------------------------------
 
 namespace {
-volatile std::sig_atomic_t* g_term_marker = nullptr;  // in shared memory: set by the program's handler, anywhere
+volatile std::sig_atomic_t* g_term_marker = nullptr;    // in shared memory: set by the program's handler, anywhere
 void program_term_handler(int) { *g_term_marker = 1; }  // a shutdown handler that only records and returns
 }  // namespace
 
@@ -197,13 +203,15 @@ TEST_CASE("workers run with the default action for SIGTERM, whatever handler or 
     {
         procpool::Pool pool(procpool::PoolOptions{.processes = 1, .task_timeout = 200ms});
         // What a worker has: SIGTERM's default action, not blocked.
-        const auto [default_action, blocked] = pool.apply([](int) {
-            struct sigaction now {};
-            ::sigaction(SIGTERM, nullptr, &now);
-            sigset_t mask;
-            ::pthread_sigmask(SIG_BLOCK, nullptr, &mask);
-            return std::pair<bool, bool>{now.sa_handler == SIG_DFL, ::sigismember(&mask, SIGTERM) == 1};
-        }, 0);
+        const auto [default_action, blocked] = pool.apply(
+            [](int) {
+                struct sigaction now {};
+                ::sigaction(SIGTERM, nullptr, &now);
+                sigset_t mask;
+                ::pthread_sigmask(SIG_BLOCK, nullptr, &mask);
+                return std::pair<bool, bool>{now.sa_handler == SIG_DFL, ::sigismember(&mask, SIGTERM) == 1};
+            },
+            0);
         CHECK(default_action);
         CHECK_FALSE(blocked);
         // A task past its timeout: SIGTERM ends its worker without running the program's handler there.

@@ -9,10 +9,10 @@
 #include <numeric>
 #include <ranges>
 #include <set>
-#include <utility>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -236,8 +236,8 @@ TEST_CASE("imap_unordered: an input that throws, with chunksizes 1, 2 and 4 (CPy
             std::multiset<int> got;
             bool thrown = false;
             try {
-                for (int v : pool.imap_unordered(sqr, exception_throwing_generator(total, when),
-                                                 {.chunksize = chunksize})) {
+                for (int v :
+                     pool.imap_unordered(sqr, exception_throwing_generator(total, when), {.chunksize = chunksize})) {
                     got.insert(v);
                 }
             } catch (const SayWhenError&) {
@@ -249,7 +249,7 @@ TEST_CASE("imap_unordered: an input that throws, with chunksizes 1, 2 and 4 (CPy
     }
 }
 
-TEST_CASE("MapOptions::buffersize bounds what imap reads ahead; the default is a few thousand items") {
+TEST_CASE("MapOptions::buffersize bounds what imap reads ahead, and the default is a few thousand items") {
     procpool::Pool pool(2);
     using Range = decltype(pool.imap([](long x) { return x; }, std::views::iota(0L)));
     CHECK(Range::default_buffersize(2) == 4096);
@@ -262,10 +262,9 @@ TEST_CASE("MapOptions::buffersize bounds what imap reads ahead; the default is a
         }
         CHECK(state.read.load() <= 10 + 4096);
     }
-    for (const auto& [chunksize, buffersize] : {std::pair{std::size_t{0}, std::size_t{100}},
-                                                std::pair{std::size_t{1}, std::size_t{5}},
-                                                std::pair{std::size_t{4}, std::size_t{10}},
-                                                std::pair{std::size_t{7}, std::size_t{7}}}) {
+    for (const auto& [chunksize, buffersize] :
+         {std::pair{std::size_t{0}, std::size_t{100}}, std::pair{std::size_t{1}, std::size_t{5}},
+          std::pair{std::size_t{4}, std::size_t{10}}, std::pair{std::size_t{7}, std::size_t{7}}}) {
         CAPTURE(chunksize, buffersize);
         CountingInput::State state;
         long consumed = 0;

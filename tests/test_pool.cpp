@@ -109,8 +109,8 @@ TEST_CASE("a map over files: std::filesystem::path arguments and results") {
     }
     procpool::Pool pool(2);
     const std::vector<std::uintmax_t> sizes = pool.map([](const fs::path& p) { return fs::file_size(p); }, files);
-    const std::vector<fs::path> renamed =
-        pool.map([](fs::path p) { return p.replace_extension(".csv"); }, files, {.chunksize = 3});
+    const std::vector<fs::path> renamed = pool.map([](fs::path p) { return p.replace_extension(".csv"); }, files,
+                                                   {.chunksize = 3});
     std::error_code ignored;
     fs::remove_all(dir, ignored);
     for (std::size_t i = 0; i < files.size(); ++i) {
@@ -118,6 +118,61 @@ TEST_CASE("a map over files: std::filesystem::path arguments and results") {
         CHECK(renamed[i] == fs::path(files[i]).replace_extension(".csv"));
     }
     CHECK(pool.apply([](const fs::path& p) { return p.filename(); }, dir / "name.txt") == fs::path("name.txt"));
+}
+
+namespace {
+struct Window {  // a trivially copyable struct with a pointer: fine to a global, refused to a local
+    const int* data;
+    int count;
+};
+const int g_table[3] = {1, 2, 3};
+}  // namespace
+
+TEST_CASE("a callable or argument that points into the caller's stack is refused with std::invalid_argument") {
+    procpool::Pool pool(2);
+    int factor = 3;
+    const auto refused = [](auto&& submit) {
+        try {
+            submit();
+        } catch (const std::invalid_argument& e) {
+            const std::string what = e.what();
+            return what.find("stack") != std::string::npos && (what.find("Capture by value") != std::string::npos ||
+                                                               what.find("Send the value itself") != std::string::npos);
+        }
+        return false;
+    };
+    // Captures by reference, of a reference, of a pointer to a local: in every kind of submission.
+    CHECK(refused([&] { (void)pool.apply([&](int x) { return x * factor; }, 2); }));
+    CHECK(refused([&] { (void)pool.apply_async([&factor](int x) { return x * factor; }, 2); }));
+    CHECK(refused([&] { (void)pool.apply([p = &factor](int x) { return x * *p; }, 2); }));
+    CHECK(refused([&] { (void)pool.map([&](int x) { return x * factor; }, std::views::iota(0, 10)); }));
+    CHECK(refused([&] {
+        (void)pool.starmap_async([&](int a, int b) { return a * b * factor; },
+                                 std::vector<std::pair<int, int>>{{1, 2}});
+    }));
+    CHECK(refused([&] { (void)pool.imap([&](int x) { return x * factor; }, std::views::iota(0, 10)); }));
+    CHECK(refused([&] { (void)pool.imap_unordered([&](int x) { return x * factor; }, std::views::iota(0, 10)); }));
+    // Trivially copyable arguments holding a pointer to a local: alone, among apply's arguments, in a map's input.
+    const int local[3] = {4, 5, 6};
+    CHECK(refused([&] { (void)pool.apply([](Window w) { return w.count; }, Window{local, 3}); }));
+    CHECK(refused([&] { (void)pool.apply([](int, Window w) { return w.count; }, 1, Window{local, 3}); }));
+    const std::vector<Window> windows{{g_table, 3}, {local, 3}};
+    CHECK(refused([&] { (void)pool.map([](Window w) { return w.count; }, windows); }));
+    // The same from another thread (another stack).
+    bool refused_in_thread = false;
+    std::thread([&] {
+        int there = 7;
+        refused_in_thread = refused([&] { (void)pool.apply([&there](int x) { return x + there; }, 1); });
+    }).join();
+    CHECK(refused_in_thread);
+    // By value, pointers to globals, shared-object handles: accepted, and the pool is unharmed.
+    CHECK(pool.apply([factor](int x) { return x * factor; }, 2) == 6);
+    CHECK(pool.apply([=](int x) { return x * factor; }, 3) == 9);
+    CHECK(pool.apply([](Window w) { return w.data[w.count - 1]; }, Window{g_table, 3}) == 3);
+    CHECK(pool.map([](Window w) { return w.count; }, std::vector<Window>{{g_table, 1}, {g_table, 2}}) ==
+          std::vector<int>{1, 2});
+    procpool::SharedValue<int> shared(5);
+    CHECK(pool.apply([shared](int x) { return x + shared.value(); }, 1) == 6);
 }
 
 TEST_CASE("void tasks") {

@@ -381,8 +381,8 @@ private:
     std::unique_ptr<Input> input_;
     std::size_t chunksize_;  // MapOptions::chunksize: 0 = automatic (the progress callback lives in the job)
     std::uint64_t window_;
-    std::uint64_t buffer_;          // items read and not yet consumed at most (MapOptions::buffersize, or a default)
-    std::uint64_t max_auto_chunk_;  // automatic chunks: at most this many items
+    std::uint64_t buffer_;            // items read and not yet consumed at most (MapOptions::buffersize, or a default)
+    std::uint64_t max_auto_chunk_;    // automatic chunks: at most this many items
     std::exception_ptr input_error_;  // what reading the input threw, until advance() throws it in its place
     std::optional<typename Job::Entry> current_;
     std::uint64_t next_index_ = 0;

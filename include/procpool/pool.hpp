@@ -263,8 +263,9 @@ private:
         using R = detail::checked_result_t<Fn, Item, Unpack>;
         using Output = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
         if (options.buffersize != 0) {
-            throw std::invalid_argument("procpool: MapOptions::buffersize bounds what imap reads ahead; map and "
-                                        "starmap read their whole input (use imap for a bounded read-ahead)");
+            throw std::invalid_argument(
+                "procpool: MapOptions::buffersize bounds what imap reads ahead; map and "
+                "starmap read their whole input (use imap for a bounded read-ahead)");
         }
         auto state = std::make_shared<detail::ResultState<Output>>();
         state->set_helper(helper());

@@ -40,8 +40,8 @@ void register_exception() {
     static_assert(detail::has_member_serialize<E>,
                   "procpool::register_exception<E>: E needs a member `template <class Archive> void "
                   "serialize(Archive& ar)` that encodes its state, its message included");
-    detail::ExceptionRegistry::instance().add(detail::ExceptionCodec{&typeid(E), &detail::encode_registered_exception<E>,
-                                                                     &detail::decode_registered_exception<E>});
+    detail::ExceptionRegistry::instance().add(detail::ExceptionCodec{
+        &typeid(E), &detail::encode_registered_exception<E>, &detail::decode_registered_exception<E>});
 }
 
 }  // namespace procpool

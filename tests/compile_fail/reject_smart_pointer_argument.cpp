@@ -3,8 +3,8 @@
 // expect: procpool: std::unique_ptr, std::shared_ptr and std::weak_ptr cannot be sent to another process
 // expect: Send the value they point to
 // reject: give the type a member
-#include <procpool/procpool.hpp>
 #include <memory>
+#include <procpool/procpool.hpp>
 #include <vector>
 int main() {
     procpool::Pool pool(1);

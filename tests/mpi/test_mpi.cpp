@@ -140,7 +140,7 @@ TEST_CASE("options MPI cannot honour are refused") {
 
 int main(int argc, char** argv) {
     procpool::mpi::Session session(argc, argv);
-    procpool::register_exception<RankError>();  // on every rank
+    procpool::register_exception<RankError>();   // on every rank
     procpool::mpi::Pool& pool = session.pool();  // ranks 1 and 2 serve from here and exit
     g_pool = &pool;
     return Catch::Session().run(argc, argv);

@@ -16,8 +16,8 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
-#include <optional>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -147,8 +147,8 @@ private:
         return found;
     }
 
-    Table local_;                              // registered in this process, or inherited from the one that forked it
-    std::atomic<Table*> shared_{nullptr};      // in the shared heap, once share() ran
+    Table local_;                          // registered in this process, or inherited from the one that forked it
+    std::atomic<Table*> shared_{nullptr};  // in the shared heap, once share() ran
 };
 
 }  // namespace procpool::detail

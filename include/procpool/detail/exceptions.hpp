@@ -85,8 +85,9 @@ inline std::string describe_thrown_value(const std::string& type_name) {
     } catch (long double v) {
         return prefix + " " + std::to_string(v);
     } catch (...) {
-        return prefix + ", which is not a std::exception (register it with procpool::register_exception<E>() to "
-                        "get it back as itself; E must derive from std::exception)";
+        return prefix +
+               ", which is not a std::exception (register it with procpool::register_exception<E>() to "
+               "get it back as itself; E must derive from std::exception)";
     }
 }
 

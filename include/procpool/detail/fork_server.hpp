@@ -13,9 +13,9 @@
 
 #include <cerrno>
 #include <csignal>
-#include <pthread.h>
 #include <cstdint>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>

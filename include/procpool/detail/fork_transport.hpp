@@ -87,7 +87,7 @@ public:
         // after this pool) are visible in every worker.
         SharedHeap::instance();
         ExceptionRegistry::instance().share();  // exception types registered later reach the workers through it
-        BulkArena::instance();  // likewise the bulk arena, where large inputs are passed by reference
+        BulkArena::instance();                  // likewise the bulk arena, where large inputs are passed by reference
         bind_child_functions_early();
         start_server();
         memory_.areas().keep_out_of_later_forks();  // the fork server has them, and forks every worker

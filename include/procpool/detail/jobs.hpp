@@ -67,12 +67,16 @@ public:
         }
     }
 
+    /// Adds one item (converted to Item). Throws std::invalid_argument for a struct holding an address in this
+    /// thread's stack (detail/stack_check.hpp), and what encoding throws.
     template <class Value>
     void add(const Value& value) {
         if constexpr (bitwise<Item>()) {
             const Item item(value);
+            check_argument_bytes(item, stack_);
             block_->bytes.append(&item, sizeof item);
         } else {
+            check_argument_bytes(value, stack_);
             if (block_->count == 1) block_->offsets.push_back(0);  // a second item: offsets become explicit
             if (block_->count != 0) block_->offsets.push_back(block_->bytes.size());
             OutputArchive ar(block_->bytes, &block_->keep_alive);
@@ -88,6 +92,7 @@ public:
     /// Adds `n` bitwise items stored contiguously at `first` with one copy.
     void add_contiguous(const Item* first, std::size_t n) {
         static_assert(bitwise<Item>());
+        check_argument_run(first, n, stack_);
         block_->bytes.append(first, n * sizeof(Item));
         block_->count += n;
     }
@@ -104,6 +109,7 @@ public:
 
 private:
     std::shared_ptr<ItemBlock> block_;
+    StackRange stack_ = StackRange::of_this_thread();  // items must not point into it
 };
 
 /// A run of a job's items waiting to be sent: items [block_first, block_first + count) of `block`, which are the

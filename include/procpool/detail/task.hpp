@@ -27,6 +27,7 @@
 #include "procpool/detail/buffer.hpp"
 #include "procpool/detail/exceptions.hpp"
 #include "procpool/detail/ring.hpp"
+#include "procpool/detail/stack_check.hpp"
 #include "procpool/serialize.hpp"
 
 namespace procpool::detail {
@@ -333,12 +334,15 @@ inline constexpr bool byte_callable_v =
 template <class F>
 inline constexpr bool transferable_callable_v = serialized_callable_v<F> || byte_callable_v<F>;
 
+/// Encodes the callable of a submission. Throws std::invalid_argument for a callable copied byte for byte that
+/// refers to the calling thread's stack (a capture by reference: see detail/stack_check.hpp).
 template <class F>
 void encode_callable(Buffer& out, const F& f) {
     if constexpr (serialized_callable_v<F>) {
         OutputArchive ar(out);
         encode(ar, f);
     } else {
+        check_callable_captures(f);
         out.append(static_cast<const void*>(std::addressof(f)), sizeof f);
     }
 }

@@ -35,7 +35,12 @@ struct is_std_function<std::function<R(A...)>> : std::true_type {};
 template <class T>
 struct is_atomic_like
     : std::bool_constant<!std::is_copy_constructible_v<T> &&
-                         (requires(T & t) { t.load(); t.is_lock_free(); } || requires(T & t) { t.test_and_set(); })> {};
+                         (requires(T & t) {
+    t.load();
+    t.is_lock_free();
+} || requires(T& t) {
+    t.test_and_set();
+})> {};
 
 /// The standard streams (std::fstream, std::stringstream, std::cout...): derived from std::ios_base.
 template <class T>
@@ -46,34 +51,42 @@ template <class T>
 struct is_thread_sync
     : std::bool_constant<!std::is_trivially_copyable_v<T> &&
                          (requires(T & t) {
-                             t.lock();
-                             t.unlock();
-                         } || requires(T & t) {
-                             t.notify_one();
-                             t.notify_all();
-                         } || requires(T & t) { t.mutex(); t.owns_lock(); })> {};
+    t.lock();
+    t.unlock();
+} || requires(T& t) {
+    t.notify_one();
+    t.notify_all();
+}
+|| requires(T& t) {
+    t.mutex();
+    t.owns_lock();
+})> {};
 
 /// std::thread, std::jthread.
 template <class T>
-struct is_thread_like : std::bool_constant<requires(T & t) {
+    struct is_thread_like : std::bool_constant < requires(T& t) {
     t.join();
     t.detach();
     t.get_id();
-}> {};
+} > {};
 
 /// std::future, std::shared_future, std::promise, std::packaged_task.
 template <class T>
-struct is_future_like : std::bool_constant<requires(T & t) {
+    struct is_future_like : std::bool_constant < requires(T& t) {
     t.get();
     t.wait();
     t.valid();
-} || requires(T& t) { t.get_future(); }> {};
+} || requires(T& t) {
+    t.get_future();
+}
+> {};
 
 /// std::any: a value whose type is only known at run time.
 template <class T>
-struct is_any_like : std::bool_constant<!std::is_trivially_copyable_v<T> && requires(const T& t) {
+        struct is_any_like : std::bool_constant < !std::is_trivially_copyable_v<T> &&
+    requires(const T& t) {
     { t.type() } -> std::same_as<const std::type_info&>;
     t.has_value();
-}> {};
+} > {};
 
 }  // namespace procpool::detail
