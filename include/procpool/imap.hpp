@@ -47,8 +47,8 @@ public:
         std::exception_ptr error;
     };
 
-    ImapJob(TaskEntry entry, Buffer callable, std::size_t chunksize, bool ordered)
-        : JobBase(entry, std::move(callable), chunksize, true), ordered_(ordered) {}
+    ImapJob(TaskEntry task_entry, Buffer callable, std::size_t chunksize, bool ordered)
+        : JobBase(task_entry, std::move(callable), chunksize, true), ordered_(ordered) {}
 
     // ---- reader side ----
     /// Registers items [first, first + count) before they are submitted.
@@ -83,8 +83,8 @@ public:
     /// PoolStateError instead in a process forked after the pool was built (nothing would ever arrive there).
     void wait_available(WaitHelper& helper) {
         helper.check_owner();
-        auto ready = [](const void* self) { return static_cast<const ImapJob*>(self)->available_.load() != 0; };
-        const auto outcome = helper.help(ready, this, kHelpBudget);
+        auto has_entry = [](const void* self) { return static_cast<const ImapJob*>(self)->available_.load() != 0; };
+        const auto outcome = helper.help(has_entry, this, kHelpBudget);
         if (outcome == WaitHelper::Outcome::done) return;
         const auto spin = outcome == WaitHelper::Outcome::busy ? std::chrono::nanoseconds(std::chrono::microseconds(20))
                                                                : std::chrono::nanoseconds::zero();

@@ -440,7 +440,7 @@ public:
     /// the cache (Buffer::append_for_reader).
     void write_bytes(const void* bytes, std::size_t n) { out_->append_for_reader(bytes, n); }
     void write_size(std::size_t n) {
-        const auto wire = static_cast<std::uint64_t>(n);
+        const std::uint64_t wire = n;
         out_->append(&wire, sizeof wire);
     }
     [[nodiscard]] detail::Buffer& buffer() noexcept { return *out_; }
@@ -477,13 +477,14 @@ public:
     }
     /// Reads a container size and checks it against what is left (each element needs at least `min_each` bytes).
     std::size_t read_size(std::size_t min_each) {
-        std::uint64_t n = 0;
+        static_assert(sizeof(std::size_t) == sizeof(std::uint64_t), "sizes travel as 64-bit words");
+        std::size_t n = 0;
         read_bytes(&n, sizeof n);
         if (min_each != 0 && n > remaining() / min_each) {
             throw SerializationError("procpool: corrupt data: a container claims " + std::to_string(n) +
                                      " elements but only " + std::to_string(remaining()) + " bytes are left");
         }
-        return static_cast<std::size_t>(n);
+        return n;
     }
     [[nodiscard]] std::size_t remaining() const noexcept { return static_cast<std::size_t>(end_ - at_); }
     [[nodiscard]] const std::byte* position() const noexcept { return at_; }

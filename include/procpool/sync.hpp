@@ -47,9 +47,8 @@ inline bool shared_wait(std::atomic<std::uint32_t>& word, std::uint32_t seen, De
 /// Start time of a process (field 22 of /proc/PID/stat), 0 if there is none: a pid plus its start time names a
 /// process even after the pid is reused.
 inline std::uint64_t process_start_time(pid_t pid) {
-    char path[64];
-    std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
-    std::FILE* file = std::fopen(path, "r");
+    const std::string path = "/proc/" + std::to_string(pid) + "/stat";
+    std::FILE* file = std::fopen(path.c_str(), "r");
     if (file == nullptr) return 0;
     char text[1024];
     const std::size_t n = std::fread(text, 1, sizeof text - 1, file);

@@ -30,7 +30,10 @@ using Deadline = std::optional<MonotonicClock::time_point>;
 inline timespec to_timespec(MonotonicClock::time_point when) noexcept {
     const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count();
     const auto clamped = ns < 0 ? 0 : ns;
-    return timespec{static_cast<time_t>(clamped / 1'000'000'000), static_cast<long>(clamped % 1'000'000'000)};
+    timespec at{};
+    at.tv_sec = clamped / 1'000'000'000;
+    at.tv_nsec = clamped % 1'000'000'000;
+    return at;
 }
 
 /// Sleeps while `*word == expected`, until woken or `deadline`. Returns false only when the deadline passed.

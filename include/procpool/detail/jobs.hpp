@@ -40,7 +40,7 @@ struct ItemBlock {
     }
     [[nodiscard]] std::span<const std::byte> items(std::uint64_t first, std::uint64_t n) const noexcept {
         const std::uint64_t begin = offset(first);
-        return {bytes.data() + begin, static_cast<std::size_t>(offset(first + n) - begin)};
+        return {bytes.data() + begin, offset(first + n) - begin};
     }
 };
 
@@ -201,8 +201,9 @@ struct ItemError {
 /// The parent's record of one submission. Scheduler-owned fields are guarded by the scheduler's lock.
 class JobBase {
 public:
-    JobBase(TaskEntry entry, Buffer callable, std::size_t chunksize, bool presized_segments)
-        : chunksize_(chunksize), presized_segments_(presized_segments), entry_(entry), callable_(std::move(callable)) {}
+    JobBase(TaskEntry task_entry, Buffer callable, std::size_t chunksize, bool presized_segments)
+        : chunksize_(chunksize), presized_segments_(presized_segments), entry_(task_entry),
+          callable_(std::move(callable)) {}
     JobBase(const JobBase&) = delete;
     JobBase& operator=(const JobBase&) = delete;
     virtual ~JobBase() = default;
@@ -246,15 +247,15 @@ private:
 template <class R>
 class ApplyJob final : public JobBase {
 public:
-    ApplyJob(TaskEntry entry, Buffer callable) : JobBase(entry, std::move(callable), 1, true) {}
+    ApplyJob(TaskEntry task_entry, Buffer callable) : JobBase(task_entry, std::move(callable), 1, true) {}
 
     struct Parts {
         std::shared_ptr<ApplyJob> job;
         std::shared_ptr<ResultState<R>> state;
         std::shared_ptr<ItemBlock> item;
     };
-    static Parts make(TaskEntry entry, Buffer callable) {
-        auto job = std::make_shared<ApplyJob>(entry, std::move(callable));
+    static Parts make(TaskEntry task_entry, Buffer callable) {
+        auto job = std::make_shared<ApplyJob>(task_entry, std::move(callable));
         std::shared_ptr<ResultState<R>> state(job, &job->own_state_);
         std::shared_ptr<ItemBlock> item(job, &job->item_);
         return {std::move(job), std::move(state), std::move(item)};
@@ -297,9 +298,9 @@ class MapJob final : public JobBase {
 public:
     using Output = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
 
-    MapJob(TaskEntry entry, Buffer callable, std::size_t chunksize, std::uint64_t count,
+    MapJob(TaskEntry task_entry, Buffer callable, std::size_t chunksize, std::uint64_t count,
            std::shared_ptr<ResultState<Output>> state, ProgressCallback on_progress = {})
-        : JobBase(entry, std::move(callable), chunksize, false), state_(std::move(state)), remaining_(count) {
+        : JobBase(task_entry, std::move(callable), chunksize, false), state_(std::move(state)), remaining_(count) {
         progress.start(std::move(on_progress), count);
         if constexpr (!std::is_void_v<R>) {
             static_assert(std::is_default_constructible_v<R>,

@@ -190,7 +190,7 @@ inline void translate_code_pointer_callable(std::byte* task, bool to_id) {
     if ((header.flags & kCodePointerCallable) == 0 || header.callable_size != sizeof(std::uint64_t)) return;
     std::uint64_t word = 0;
     std::memcpy(&word, task + sizeof header, sizeof word);
-    word = to_id ? mpi_code_id(static_cast<std::uintptr_t>(word)) : mpi_code_address(word);
+    word = to_id ? mpi_code_id(word) : mpi_code_address(word);
     std::memcpy(task + sizeof header, &word, sizeof word);
 }
 

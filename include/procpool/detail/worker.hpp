@@ -151,7 +151,7 @@ private:
         if ((header.flags & kItemsByReference) != 0) {
             ItemsReference reference;
             std::memcpy(&reference, items.data(), sizeof reference);
-            items = {reinterpret_cast<const std::byte*>(reference.address), static_cast<std::size_t>(reference.size)};
+            items = {reinterpret_cast<const std::byte*>(reference.address), reference.size};
         }
         TaskRunner runner(header, body.subspan(callable_at, header.callable_size), items, *this,
                           ProgressWords{&slot_->status.item, &slot_->status.item_start_ns}, values_, errors_,
