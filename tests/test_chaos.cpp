@@ -127,7 +127,7 @@ TEST_CASE("chaos: workers killed while they stream large values through tiny rin
             }
         }
         REQUIRE(index == 60);
-        // Large arguments too: the parent streams into inboxes while workers die.
+        // Large arguments too: the parent streams into task rings while workers die.
         const std::vector<std::string> inputs(30, std::string(150'000, 'q'));
         try {
             const auto sizes = pool.map([](const std::string& s) { return s.size(); }, inputs, {.chunksize = 1});

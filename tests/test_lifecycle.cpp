@@ -367,9 +367,9 @@ TEST_CASE("a process forked after the pool was built can destroy its copy of the
 TEST_CASE("terminate() from a callback run by a thread that waits for the result returns", "[threads]") {
     // Callbacks run in the thread that receives the result: the service thread, or a thread of yours that polls
     // the rings while it waits in wait()/get(). A terminate() there must not wait for the service thread, which
-    // may itself wait for the poll role that thread holds. Repeated until the result landed while the caller polled
-    // three times (usually within a few dozen rounds; under ASan, 40 rounds once had none); a deadlock fails the test
-    // by its timeout.
+    // may itself wait to become the poller, which that thread is. Repeated until the result landed while the caller
+    // polled three times (usually within a few dozen rounds; under ASan, 40 rounds once had none); a deadlock fails the
+    // test by its timeout.
     int polled_by_caller = 0;
     int rounds = 0;
     for (; rounds < 400 && polled_by_caller < 3; ++rounds) {

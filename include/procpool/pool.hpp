@@ -109,13 +109,13 @@ public:
         using Item = std::tuple<detail::arg_t<Args>...>;
         using R = detail::checked_result_t<Fn, Item, true>;
         if constexpr (!detail::check_task<Fn, Item, true>() ||
-                      !detail::check_transport<Transport::kSharedObjects, Fn, Item, R>()) {
+                      !detail::check_transport<detail::SharedMemoryWorkers<Transport>, Fn, Item, R>()) {
             return AsyncResult<R>();
         } else {
             auto parts = detail::ApplyJob<R>::make(&detail::run_task<Fn, Item, true>, callable_bytes<Fn>(f));
             parts.state->set_helper(helper());
             keep_callable_alive<Fn>(*parts.job, f);
-            detail::ItemEncoder<Item> items(parts.item, 1, Transport::kItemsByReference);
+            detail::ItemEncoder<Item> items(parts.item, 1, detail::SharedMemoryWorkers<Transport>);
             items.add(Item(std::forward<Args>(args)...));
             core().scheduler.submit(parts.job, detail::Segment{items.finish(), 0, 1, 0});
             return AsyncResult<R>(std::move(parts.state));
@@ -171,7 +171,7 @@ private:
         detail::validate(options);
         typename Transport::Config config = Transport::make_config(options);
         detail::SchedulerSettings settings;
-        settings.max_items_per_worker = options.max_tasks_per_child;
+        settings.max_tasks_per_child = options.max_tasks_per_child;
         settings.task_timeout = options.task_timeout;
         settings.has_initializer = static_cast<bool>(options.initializer);
         return std::make_shared<Core>(std::move(config), settings);
@@ -200,7 +200,7 @@ private:
     static std::shared_ptr<detail::ItemBlock> encode_items(Range& range) {
         std::size_t expected = 0;
         if constexpr (std::ranges::sized_range<Range>) expected = static_cast<std::size_t>(std::ranges::size(range));
-        detail::ItemEncoder<Item> encoder(expected, Transport::kItemsByReference);
+        detail::ItemEncoder<Item> encoder(expected, detail::SharedMemoryWorkers<Transport>);
         if constexpr (std::ranges::contiguous_range<Range> && detail::bitwise<Item>() &&
                       std::is_same_v<std::remove_cv_t<std::ranges::range_value_t<Range>>, Item>) {
             encoder.add_contiguous(std::ranges::data(range), expected);
@@ -270,7 +270,7 @@ private:
         auto state = std::make_shared<detail::ResultState<Output>>();
         state->set_helper(helper());
         if constexpr (detail::check_task<Fn, Item, Unpack>() &&
-                      detail::check_transport<Transport::kSharedObjects, Fn, Item, R>()) {
+                      detail::check_transport<detail::SharedMemoryWorkers<Transport>, Fn, Item, R>()) {
             std::shared_ptr<detail::ItemBlock> block = encode_sizing_result<Item>(range, *state);
             const std::uint64_t count = block->count;
             auto job = std::make_shared<detail::MapJob<R>>(&detail::run_task<Fn, Item, Unpack>, callable_bytes<Fn>(f),
@@ -304,7 +304,7 @@ private:
         using R = detail::checked_result_t<Fn, Item, false>;
         using Job = detail::ImapJob<R>;
         static_assert(detail::check_task<Fn, Item, false>());
-        static_assert(detail::check_transport<Transport::kSharedObjects, Fn, Item, R>());
+        static_assert(detail::check_transport<detail::SharedMemoryWorkers<Transport>, Fn, Item, R>());
         auto job = std::make_shared<Job>(&detail::run_task<Fn, Item, false>, callable_bytes<Fn>(f), options.chunksize,
                                          ordered);
         keep_callable_alive<Fn>(*job, f);

@@ -34,22 +34,15 @@
 #include "procpool/detail/shared_heap.hpp"
 #include "procpool/detail/shared_layout.hpp"
 #include "procpool/detail/task.hpp"
+#include "procpool/detail/transport.hpp"
 #include "procpool/detail/worker.hpp"
 #include "procpool/options.hpp"
 
 namespace procpool::detail {
 
+/// Forked workers on shared-memory rings; every capability of detail/transport.hpp.
 class ForkTransport {
 public:
-    /// Queued tasks can be taken back from a worker's inbox (to give them to an idle one).
-    static constexpr bool kRevocation = true;
-    /// Workers can be signalled, timed out, and replaced when they die.
-    static constexpr bool kWorkerControl = true;
-    /// Shared-memory objects (SharedArray, Lock...) reach the workers.
-    static constexpr bool kSharedObjects = true;
-    /// Workers read large inputs where the parent encoded them (the bulk arena) instead of from the rings.
-    static constexpr bool kItemsByReference = true;
-
     struct Config {
         std::size_t workers = 1;
         std::function<void()> initializer;
@@ -79,8 +72,8 @@ public:
         control_ = layout_.control(base_);
         for (std::size_t i = 0; i < config_.workers; ++i) {
             SlotBlock* slot = layout_.slot(base_, i);
-            inboxes_.emplace_back(&slot->inbox, layout_.inbox_data(base_, i), layout_.ring_bytes());
-            outboxes_.emplace_back(&slot->outbox, layout_.outbox_data(base_, i), layout_.ring_bytes());
+            task_rings_.emplace_back(&slot->task_ring, layout_.task_ring_data(base_, i), layout_.ring_bytes());
+            result_rings_.emplace_back(&slot->result_ring, layout_.result_ring_data(base_, i), layout_.ring_bytes());
         }
         reassembly_.resize(config_.workers);
         // The shared heap must exist before the first fork, so that shared objects made at any time (before or
@@ -127,16 +120,16 @@ public:
     /// returns false, the service thread's doorbell rings once the worker frees space.
     bool write(std::size_t slot, std::uint16_t kind, std::span<const Piece> pieces, std::size_t total,
                std::size_t& written, std::uint64_t* first_position = nullptr) noexcept {
-        RingProducer& inbox = inboxes_[slot];
-        const std::uint64_t before = inbox.position();
-        bool done = inbox.write_some(kind, pieces, total, written, first_position);
+        RingProducer& ring = task_rings_[slot];
+        const std::uint64_t before = ring.position();
+        bool done = ring.write_some(kind, pieces, total, written, first_position);
         if (!done) {
             // Ask to hear of free space, then look once more: the worker may have freed some in between.
-            inbox.state().producer_waiting.store(1, std::memory_order_seq_cst);
-            done = inbox.write_some(kind, pieces, total, written, first_position);
-            if (done) inbox.state().producer_waiting.store(0, std::memory_order_relaxed);
+            ring.state().producer_waiting.store(1, std::memory_order_seq_cst);
+            done = ring.write_some(kind, pieces, total, written, first_position);
+            if (done) ring.state().producer_waiting.store(0, std::memory_order_relaxed);
         }
-        if (inbox.position() != before) inbox.state().readable.ring();
+        if (ring.position() != before) ring.state().readable.ring();
         return done;
     }
 
@@ -145,25 +138,25 @@ public:
         std::uint32_t expected = kUnclaimed;
         return claim_word(slot, position).compare_exchange_strong(expected, kRevoked, std::memory_order_acq_rel);
     }
-    /// Whether the worker claimed the task message at `position`; valid while position >= inbox_head(slot).
+    /// Whether the worker claimed the task message at `position`; valid while position >= task_ring_head(slot).
     bool claimed(std::size_t slot, std::uint64_t position) noexcept {
         return claim_word(slot, position).load(std::memory_order_acquire) == kTaken;
     }
-    [[nodiscard]] std::uint64_t inbox_head(std::size_t slot) const noexcept {
-        return inboxes_[slot].state().head.load(std::memory_order_acquire);
+    [[nodiscard]] std::uint64_t task_ring_head(std::size_t slot) const noexcept {
+        return task_rings_[slot].state().head.load(std::memory_order_acquire);
     }
     [[nodiscard]] const WorkerStatus& status(std::size_t slot) const noexcept {
         return layout_.slot(base_, slot)->status;
     }
 
     // ---- worker -> parent (service thread only) ------------------------------------------------------------------
-    /// Hands every complete message waiting in `slot`'s outbox to `handler(kind, bytes)`; the bytes are only valid
+    /// Hands every complete message waiting in `slot`'s result ring to `handler(kind, bytes)`; the bytes are only valid
     /// during the call. Returns true if anything was read.
     template <class Handler>
     bool drain(std::size_t slot, Handler&& handler) {
-        RingConsumer& outbox = outboxes_[slot];
+        RingConsumer& ring = result_rings_[slot];
         bool any = false;
-        while (std::optional<Fragment> fragment = outbox.peek()) {
+        while (std::optional<Fragment> fragment = ring.peek()) {
             any = true;
             if (fragment->first() && fragment->last()) {
                 if (fragment->header.kind == kResultInAreaMessage) {
@@ -172,14 +165,14 @@ public:
                     std::array<std::byte, sizeof(ResultInArea)> message{};
                     const bool well_formed = fragment->header.size == message.size();
                     if (well_formed) std::memcpy(message.data(), fragment->payload, message.size());
-                    outbox.consume(*fragment);
+                    ring.consume(*fragment);
                     hand_over(slot, kResultInAreaMessage,
                               well_formed ? std::span<const std::byte>(message) : std::span<const std::byte>(),
                               handler);
                     continue;
                 }
                 handler(fragment->header.kind, std::span<const std::byte>(fragment->bytes()));
-                outbox.consume(*fragment);
+                ring.consume(*fragment);
                 continue;
             }
             Buffer& partial = reassembly_[slot];
@@ -187,15 +180,15 @@ public:
             partial.append(fragment->payload, fragment->header.size);
             const bool last = fragment->last();
             const std::uint16_t kind = fragment->header.kind;
-            outbox.consume(*fragment);
-            outbox.state().writable.ring();  // a worker streaming a large result may wait for this space
+            ring.consume(*fragment);
+            ring.state().writable.ring();  // a worker streaming a large result may wait for this space
             if (last) {
                 hand_over(slot, kind, partial.view(), handler);
                 if (partial.capacity() > (std::size_t{64} << 20)) partial = Buffer();  // keep up to 64 MiB warm
                 partial.clear();
             }
         }
-        if (any) outbox.state().writable.ring();
+        if (any) ring.state().writable.ring();
         return any;
     }
 
@@ -239,13 +232,13 @@ public:
         handler(kResultMessage, std::span<const std::byte>(area + message.offset, message.size));
     }
 
-    /// True (once) after a worker freed inbox space that a partly written message waits for.
-    bool take_attention() noexcept {
-        return control_->attention.load(std::memory_order_relaxed) != 0 &&
-               control_->attention.exchange(0, std::memory_order_acquire) != 0;
+    /// True (once) after a worker freed task ring space that a partly written message waits for.
+    bool take_space_freed() noexcept {
+        return control_->task_ring_space_freed.load(std::memory_order_relaxed) != 0 &&
+               control_->task_ring_space_freed.exchange(0, std::memory_order_acquire) != 0;
     }
-    [[nodiscard]] bool attention_pending() const noexcept {
-        return control_->attention.load(std::memory_order_acquire) != 0;
+    [[nodiscard]] bool space_freed_pending() const noexcept {
+        return control_->task_ring_space_freed.load(std::memory_order_acquire) != 0;
     }
 
     [[nodiscard]] bool reports_pending() const noexcept {
@@ -270,12 +263,12 @@ public:
     }
     void reset_slot(std::size_t slot) noexcept {
         SlotBlock* block = layout_.slot(base_, slot);
-        inboxes_[slot].reset();
-        block->outbox.tail.store(0, std::memory_order_relaxed);
-        block->outbox.head.store(0, std::memory_order_relaxed);
-        block->outbox.readable.reset();
-        block->outbox.writable.reset();
-        outboxes_[slot].resync();
+        task_rings_[slot].reset();
+        block->result_ring.tail.store(0, std::memory_order_relaxed);
+        block->result_ring.head.store(0, std::memory_order_relaxed);
+        block->result_ring.readable.reset();
+        block->result_ring.writable.reset();
+        result_rings_[slot].resync();
         reassembly_[slot].clear();
         // Its last messages, if it sent any, were read before; it may have died writing a large one.
         memory_.areas().trim_all(slot, block->result_area);
@@ -292,6 +285,13 @@ public:
     void shutdown() noexcept { request({kShutdownServer, 0, 0, 0}); }
     /// The fork server SIGKILLs and reaps every worker, reports them, and exits.
     void terminate() noexcept { request({kTerminateServer, 0, 0, 0}); }
+
+    /// True once the fork server is gone or saying goodbye as it exits (it reaps every worker first). Never blocks,
+    /// never reaps: wait_workers_gone() does, outside the scheduler's locks (an exit may take milliseconds when the
+    /// program's address space is large).
+    [[nodiscard]] bool workers_gone() const noexcept { return server_exiting() || !server_alive(); }
+    /// Blocks until the fork server has exited and reaps it (every worker is gone then). One thread at a time.
+    void wait_workers_gone() noexcept { wait_server_exit(); }
 
     /// True while the fork server runs. Never blocks, never reaps (wait_server_exit() does, and may run meanwhile
     /// in another thread: the pidfd stays open until the transport is destroyed).
@@ -314,13 +314,13 @@ public:
     }
 
     // ---- waiting ------------------------------------------------------------------------------------------------
-    /// True when a worker posted a message, the fork server a report, or a worker freed inbox space the parent
+    /// True when a worker posted a message, the fork server a report, or a worker freed task ring space the parent
     /// waits for: something for the thread that polls the rings. Any thread of the parent may ask, also while
     /// another one polls (it reads shared positions only, not the polling thread's ring cursors).
     [[nodiscard]] bool pending() const noexcept {
-        if (reports_pending() || attention_pending()) return true;
-        for (const RingConsumer& outbox : outboxes_) {
-            if (outbox.unreleased()) return true;
+        if (reports_pending() || space_freed_pending()) return true;
+        for (const RingConsumer& ring : result_rings_) {
+            if (ring.unreleased()) return true;
         }
         return false;
     }
@@ -332,12 +332,12 @@ public:
     /// Wakes the thread in wait() (from another thread of the parent).
     void wake() noexcept { control_->parent_bell.wake_all(); }
     /// While muted, workers and the fork server do not wake the thread in wait(): another thread polls.
-    void mute() noexcept { control_->parent_bell.mute(); }
-    void unmute() noexcept { control_->parent_bell.unmute(); }
+    void mute_doorbell() noexcept { control_->parent_bell.mute(); }
+    void unmute_doorbell() noexcept { control_->parent_bell.unmute(); }
 
 private:
     std::atomic<std::uint32_t>& claim_word(std::size_t slot, std::uint64_t position) noexcept {
-        std::byte* at = layout_.inbox_data(base_, slot) + (position & (config_.ring_bytes - 1)) +
+        std::byte* at = layout_.task_ring_data(base_, slot) + (position & (config_.ring_bytes - 1)) +
                         sizeof(FragmentHeader) + offsetof(TaskHeader, claim);
         return *reinterpret_cast<std::atomic<std::uint32_t>*>(at);
     }
@@ -431,18 +431,23 @@ private:
     PoolMemory memory_;  // mapped (or reused) before the fork server is forked
     void* base_ = nullptr;
     ControlBlock* control_ = nullptr;
-    std::vector<RingProducer> inboxes_;
-    std::vector<RingConsumer> outboxes_;
+    std::vector<RingProducer> task_rings_;
+    std::vector<RingConsumer> result_rings_;
     std::vector<Buffer> reassembly_;
     int socket_ = -1;
     int server_pidfd_ = -1;                // the fork server's: tells whether it exited without reaping it
     bool server_exited_normally_ = false;  // set by wait_server_exit()
     std::atomic<pid_t> server_pid_{-1};    // -1 once reaped (by wait_server_exit()); read by any thread
     unsigned generation_ = fork_generation();
-    // Written by the thread that holds the scheduler's poll role, read by the service thread's wait (pending()).
+    // Written by the thread that holds the scheduler's poller role, read by the service thread's wait (pending()).
     std::atomic<std::uint64_t> reports_read_{0};
     std::vector<pid_t> initial_pids_;
     std::vector<WorkerEvent> early_exits_;
 };
+
+static_assert(Transport<ForkTransport> && StreamingWrites<ForkTransport> && RevocableQueue<ForkTransport> &&
+                  ReplaceableWorkers<ForkTransport> && SharedMemoryWorkers<ForkTransport> &&
+                  MutableDoorbell<ForkTransport>,
+              "ForkTransport has every capability of detail/transport.hpp");
 
 }  // namespace procpool::detail

@@ -45,6 +45,7 @@
 #include "procpool/detail/process.hpp"
 #include "procpool/detail/ring.hpp"
 #include "procpool/detail/task.hpp"
+#include "procpool/detail/transport.hpp"
 #include "procpool/options.hpp"
 
 namespace procpool::detail {
@@ -195,13 +196,10 @@ inline void translate_code_pointer_callable(std::byte* task, bool to_id) {
 }
 
 // ---- the transport (rank 0) ---------------------------------------------------------------------------------------
+/// MPI ranks as workers. Of detail/transport.hpp's capabilities it has none: a rank's queued tasks cannot be taken
+/// back, a rank cannot be signalled or replaced, ranks share no memory, and whole messages are sent at once.
 class MpiTransport {
 public:
-    static constexpr bool kRevocation = false;
-    static constexpr bool kWorkerControl = false;
-    static constexpr bool kSharedObjects = false;
-    static constexpr bool kItemsByReference = false;
-
     struct Config {
         MPI_Comm comm = MPI_COMM_WORLD;
         std::size_t workers = 0;
@@ -237,7 +235,7 @@ public:
     }
 
     explicit MpiTransport(Config config)
-        : config_(config), world_(MpiWorld::instance()), mutex_(world_.mutex), inbox_(config.workers) {
+        : config_(config), world_(MpiWorld::instance()), mutex_(world_.mutex), task_ring_(config.workers) {
         std::lock_guard lock(mutex_);
         if (world_.finished || std::count(world_.exit_sent.begin(), world_.exit_sent.end(), true) != 0) {
             throw PoolStateError("procpool: the MPI worker ranks were already stopped (one pool per session)");
@@ -254,7 +252,6 @@ public:
     [[nodiscard]] std::uint64_t max_fragment() const noexcept { return config_.max_message; }
     [[nodiscard]] static std::uint64_t entry_id(TaskEntry entry) { return mpi_entry_id(entry); }
     [[nodiscard]] const std::vector<pid_t>& initial_pids() const noexcept { return world_.worker_pids; }
-    std::vector<WorkerEvent> take_early_exits() noexcept { return {}; }
 
     /// Sends a whole message to worker `slot` (rank slot + 1); never blocks, always complete.
     bool write(std::size_t slot, std::uint16_t kind, std::span<const Piece> pieces, std::size_t total,
@@ -282,7 +279,7 @@ public:
     template <class Handler>
     bool drain(std::size_t slot, Handler&& handler) {
         receive_all();
-        std::deque<Received>& queue = inbox_[slot];
+        std::deque<Received>& queue = task_ring_[slot];
         bool any = false;
         while (true) {
             Received message;
@@ -301,7 +298,7 @@ public:
     [[nodiscard]] bool pending() {
         receive_all();
         std::lock_guard lock(mutex_);
-        for (const auto& queue : inbox_) {
+        for (const auto& queue : task_ring_) {
             if (!queue.empty()) return true;
         }
         return false;
@@ -322,20 +319,15 @@ public:
         }
     }
     void wake() noexcept {}  // waiters poll
-    void mute() noexcept {}
-    void unmute() noexcept {}
-    bool take_attention() noexcept { return false; }
-    [[nodiscard]] bool reports_pending() const noexcept { return false; }
-    std::optional<WorkerEvent> poll_report() noexcept { return std::nullopt; }
-    /// Plays the fork server's part in the life cycle: "alive" until every worker rank was told to stop.
-    bool server_alive() {
+    /// Plays the fork server's part in the life cycle: gone once every worker rank was told to stop.
+    [[nodiscard]] bool workers_gone() {
         std::lock_guard lock(mutex_);
-        return std::count(world_.exit_sent.begin(), world_.exit_sent.end(), true) !=
+        return std::count(world_.exit_sent.begin(), world_.exit_sent.end(), true) ==
                static_cast<std::ptrdiff_t>(world_.exit_sent.size());
     }
-    [[nodiscard]] bool server_exiting() const noexcept { return false; }
-    /// The worker ranks' goodbyes are collected by the session (MpiWorld::finish) before MPI_Finalize.
-    void wait_server_exit() noexcept {}
+    /// Nothing to reap: the worker ranks' goodbyes are collected by the session (MpiWorld::finish) before
+    /// MPI_Finalize.
+    void wait_workers_gone() noexcept {}
     /// Every worker rank stops serving once the task it runs is done.
     void shutdown() { stop_workers(); }
     /// As shutdown(): an MPI rank cannot be stopped in the middle of a task; its late results are dropped.
@@ -382,7 +374,7 @@ private:
             std::byte* into = message.bytes.extend(static_cast<std::size_t>(count));
             MPI_Recv(into, count, MPI_BYTE, status.MPI_SOURCE, status.MPI_TAG, config_.comm, MPI_STATUS_IGNORE);
             const auto slot = static_cast<std::size_t>(status.MPI_SOURCE - 1);
-            if (slot < inbox_.size()) inbox_[slot].push_back(std::move(message));
+            if (slot < task_ring_.size()) task_ring_[slot].push_back(std::move(message));
         }
     }
 
@@ -390,8 +382,13 @@ private:
     MpiWorld& world_;
     std::mutex& mutex_;  // the world's: every MPI call (MPI_THREAD_SERIALIZED)
     std::list<Send> sends_;
-    std::vector<std::deque<Received>> inbox_;
+    std::vector<std::deque<Received>> task_ring_;
 };
+
+static_assert(Transport<MpiTransport> && !StreamingWrites<MpiTransport> && !RevocableQueue<MpiTransport> &&
+                  !ReplaceableWorkers<MpiTransport> && !SharedMemoryWorkers<MpiTransport> &&
+                  !MutableDoorbell<MpiTransport>,
+              "MpiTransport is a Transport without optional capabilities");
 
 // ---- a worker rank --------------------------------------------------------------------------------------------------
 /// Serves tasks from rank 0 until it says to stop. Runs `initializer` first; if it throws, rank 0 is told and the

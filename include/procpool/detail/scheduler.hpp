@@ -1,8 +1,8 @@
 // procpool internals: the scheduler, the parent's side of a pool, written against a Transport.
 //
 // Jobs wait in a FIFO. Workers are kept `depth` tasks deep (one running, the next ones already in the worker's
-// inbox so it never waits for a round trip); a worker that runs dry while others still have unstarted tasks
-// queued takes one of them over (the parent revokes it in the other inbox with a compare-exchange the worker
+// task ring so it never waits for a round trip); a worker that runs dry while others still have unstarted tasks
+// queued takes one of them over (the parent revokes it in the other task ring with a compare-exchange the worker
 // races). Chunks of automatic size follow guided self-scheduling (shrinking towards the end of a map) capped by a
 // time target derived from measured item times, so results stream and skewed loads balance.
 //
@@ -36,6 +36,7 @@
 #include "procpool/detail/spin.hpp"
 #include "procpool/detail/spin_mutex.hpp"
 #include "procpool/detail/task.hpp"
+#include "procpool/detail/transport.hpp"
 #include "procpool/errors.hpp"
 
 namespace procpool::detail {
@@ -52,7 +53,7 @@ inline std::string with_message(std::string reason, const std::exception_ptr& er
 }
 
 struct SchedulerSettings {
-    std::optional<std::size_t> max_items_per_worker;
+    std::optional<std::size_t> max_tasks_per_child;
     std::optional<std::chrono::milliseconds> task_timeout;
     bool has_initializer = false;
     std::chrono::nanoseconds service_spin = std::chrono::microseconds(50);
@@ -72,11 +73,11 @@ public:
         for (std::size_t i = 0; i < workers_.size(); ++i) {
             workers_[i].pid = pids[i];
             workers_[i].phase = Phase::running;
-            workers_[i].budget = settings_.max_items_per_worker.value_or(kUnlimited);
+            workers_[i].budget = settings_.max_tasks_per_child.value_or(kUnlimited);
         }
         // Workers that died while the pool was being built are handled by the service thread like any other
         // death (it first reads what they sent, an initializer's error for instance).
-        early_events_ = transport_.take_early_exits();
+        if constexpr (ReplaceableWorkers<Transport>) early_events_ = transport_.take_early_exits();
         service_ = std::make_unique<std::thread>([this] { service_loop(); });
     }
 
@@ -215,7 +216,7 @@ private:
         Segment segment;
         std::uint64_t delivered = 0;  // items of the segment whose results arrived (a prefix)
         TaskHeader header{};
-        std::size_t written = 0;  // message bytes in the worker's inbox so far
+        std::size_t written = 0;  // message bytes in the worker's task ring so far
         std::size_t total = 0;
         std::uint64_t position = 0;  // ring position of the message
         bool fragmented = false;
@@ -225,22 +226,22 @@ private:
     struct WorkerSlot {
         Phase phase = Phase::starting;
         pid_t pid = 0;
-        Fifo<Task, 4> inflight;           // in inbox order; only the front can be running
+        Fifo<Task, 4> inflight;           // in task ring order; only the front can be running
         std::size_t budget = kUnlimited;  // items it may still be given (max_tasks_per_child)
         std::int64_t last_active_ns = 0;
         std::int64_t respawn_at_ns = 0;  // retry time after a failed fork
         int failed_starts = 0;           // consecutive workers that died before their initializer finished
         /// Set when the worker is being killed because an item ran past task_timeout: which item, and when
-        /// SIGTERM escalates to SIGKILL. A doomed worker gets no more tasks.
+        /// SIGTERM escalates to SIGKILL. A worker being killed gets no more tasks.
         struct {
             bool active = false;
             std::uint64_t task = 0;
             std::uint64_t item = 0;
             std::int64_t start_ns = 0;
             std::int64_t sigkill_at_ns = 0;
-        } doom;
+        } timeout_kill;
         [[nodiscard]] bool usable() const noexcept {
-            return (phase == Phase::running || phase == Phase::starting) && !doom.active;
+            return (phase == Phase::running || phase == Phase::starting) && !timeout_kill.active;
         }
     };
 
@@ -288,7 +289,7 @@ private:
     // ---- dispatch (mutex_ held) -------------------------------------------------------------------------------
     void dispatch_locked() {
         if (state_ == State::terminated || state_ == State::broken) return;
-        // 1. Finish messages that did not fit in an inbox at once.
+        // 1. Finish messages that did not fit in an task ring at once.
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
             WorkerSlot& w = workers_[slot];
             if (!w.inflight.empty() && !w.inflight.back().fully_written()) write_task_locked(slot, w.inflight.back());
@@ -305,7 +306,7 @@ private:
             write_task_locked(*slot, w.inflight.back());
         }
         // 3. A worker with nothing to do takes over a task queued behind another worker's running task.
-        if constexpr (Transport::kRevocation) rebalance_locked();
+        if constexpr (RevocableQueue<Transport>) rebalance_locked();
         // 4. Workers that used up their budget leave once their queue is empty; at shutdown all of them do.
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
             WorkerSlot& w = workers_[slot];
@@ -320,7 +321,7 @@ private:
     [[nodiscard]] std::size_t depth_locked() const noexcept {
         // A task queued behind a long one can be taken back only where the transport allows it; elsewhere a
         // worker gets one long task at a time (it pulls the next when it is done).
-        constexpr std::size_t kMinimum = Transport::kRevocation ? 2 : 1;
+        constexpr std::size_t kMinimum = RevocableQueue<Transport> ? 2 : 1;
         if (task_ns_ <= 0) return kMinimum;
         const double wanted = static_cast<double>(settings_.queue_target.count()) / task_ns_ + 1.0;
         return std::clamp<std::size_t>(static_cast<std::size_t>(wanted), kMinimum, settings_.max_depth);
@@ -414,7 +415,7 @@ private:
         if (task.total == 0) {
             const JobBase& job = *task.job;
             bool by_reference = false;
-            if constexpr (Transport::kItemsByReference) {
+            if constexpr (SharedMemoryWorkers<Transport>) {
                 by_reference = items.size() >= kByReferenceMin && transport_.readable_by_workers(items);
             }
             task.header = TaskHeader{
@@ -477,8 +478,8 @@ private:
     }
 
     // ---- polling: the service thread, or a thread waiting for a result -----------------------------------------
-    /// Reads every result ring, the fork server's reports and the workers' requests for attention. Only the
-    /// holder of `poll_mutex_` (each ring and the report socket have one reader).
+    /// Reads every result ring, the fork server's reports and the workers' "task ring space freed" flag. Only the
+    /// holder of `poller_mutex_` (each ring and the report socket have one reader).
     bool poll_rings() {
         bool worked = false;
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
@@ -486,16 +487,20 @@ private:
                 slot, [&](std::uint16_t kind, std::span<const std::byte> bytes) { handle_message(slot, kind, bytes); });
         }
         finish_completions();
-        if (transport_.reports_pending()) {
-            while (std::optional<WorkerEvent> report = transport_.poll_report()) {
-                handle_event(*report);
-                worked = true;
+        if constexpr (ReplaceableWorkers<Transport>) {
+            if (transport_.reports_pending()) {
+                while (std::optional<WorkerEvent> report = transport_.poll_report()) {
+                    handle_event(*report);
+                    worked = true;
+                }
             }
         }
-        if (transport_.take_attention()) {
-            std::lock_guard lock(mutex_);
-            dispatch_locked();  // continue messages that were waiting for inbox space
-            worked = true;
+        if constexpr (StreamingWrites<Transport>) {
+            if (transport_.take_space_freed()) {
+                std::lock_guard lock(mutex_);
+                dispatch_locked();  // continue messages that were waiting for task ring space
+                worked = true;
+            }
         }
         return worked;
     }
@@ -505,11 +510,11 @@ private:
     /// call check_owner() first: in a process forked later the rings are the original process's.
     Outcome help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget) noexcept override {
         if (std::this_thread::get_id() == service_id_.load(std::memory_order_relaxed)) return Outcome::busy;
-        std::unique_lock role(poll_mutex_, std::try_to_lock);
+        std::unique_lock role(poller_mutex_, std::try_to_lock);
         if (!role.owns_lock()) return Outcome::busy;
-        poll_helper_id_.store(std::this_thread::get_id(), std::memory_order_relaxed);
-        helpers_.fetch_add(1, std::memory_order_acq_rel);
-        transport_.mute();
+        poller_id_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+        polling_waiters_.fetch_add(1, std::memory_order_acq_rel);
+        if constexpr (MutableDoorbell<Transport>) transport_.mute_doorbell();
         const std::int64_t end = monotonic_ns() + budget.count();
         bool done = false;
         try {
@@ -521,17 +526,17 @@ private:
             }
             // Leave: from here on workers wake the service thread again; look once more for what they
             // published while the doorbell was muted.
-            helpers_.fetch_sub(1, std::memory_order_acq_rel);
-            transport_.unmute();
+            polling_waiters_.fetch_sub(1, std::memory_order_acq_rel);
+            if constexpr (MutableDoorbell<Transport>) transport_.unmute_doorbell();
             poll_rings();
         } catch (...) {
-            helpers_.store(0, std::memory_order_release);
-            transport_.unmute();
+            polling_waiters_.store(0, std::memory_order_release);
+            if constexpr (MutableDoorbell<Transport>) transport_.unmute_doorbell();
             transport_.wake();
-            poll_helper_id_.store(std::thread::id(), std::memory_order_relaxed);
+            poller_id_.store(std::thread::id(), std::memory_order_relaxed);
             return Outcome::busy;
         }
-        poll_helper_id_.store(std::thread::id(), std::memory_order_relaxed);
+        poller_id_.store(std::thread::id(), std::memory_order_relaxed);
         return done || ready(context) ? Outcome::done : Outcome::timed_out;
     }
 
@@ -539,23 +544,23 @@ private:
     void service_loop() {
         service_id_ = std::this_thread::get_id();
         {
-            std::lock_guard role(poll_mutex_);
+            std::lock_guard role(poller_mutex_);
             for (const WorkerEvent& event : early_events_) handle_event(event);
             early_events_.clear();
         }
         std::int64_t next_housekeeping = 0;
         for (;;) {
             bool worked = false;
-            if (helpers_.load(std::memory_order_acquire) == 0) {
-                std::unique_lock role(poll_mutex_, std::try_to_lock);
+            if (polling_waiters_.load(std::memory_order_acquire) == 0) {
+                std::unique_lock role(poller_mutex_, std::try_to_lock);
                 if (role.owns_lock()) worked = poll_rings();
             }
             if (monotonic_ns() >= next_housekeeping || stop_requested_.load(std::memory_order_acquire)) {
                 std::optional<std::int64_t> next;
                 {
-                    // Housekeeping may reset a dead worker's rings (a delayed respawn), so it holds the poll role:
+                    // Housekeeping may reset a dead worker's rings (a delayed respawn), so it is the poller meanwhile:
                     // no waiting thread may be reading those rings meanwhile (a helper keeps it ~100 us at most).
-                    std::lock_guard role(poll_mutex_);
+                    std::lock_guard role(poller_mutex_);
                     next = housekeeping();
                     // Ending: the fork server's last reports (its workers' exits) may still wait on the socket.
                     if (!next) poll_rings();
@@ -572,16 +577,16 @@ private:
                 // same, in case the fork server was killed.
                 const auto wake = std::min(MonotonicClock::time_point(std::chrono::nanoseconds(next_housekeeping)),
                                            MonotonicClock::now() + std::chrono::milliseconds(1));
-                transport_.wait(wake, std::chrono::nanoseconds::zero(), [&] { return transport_.server_exiting(); });
+                transport_.wait(wake, std::chrono::nanoseconds::zero(), [&] { return transport_.workers_gone(); });
                 continue;
             }
             // Sleep until there is something to poll, unless a waiting thread polls (it looks once more when it
             // leaves, and later messages ring the doorbell again).
             const auto wake = MonotonicClock::time_point(std::chrono::nanoseconds(next_housekeeping));
-            const bool helped = helpers_.load(std::memory_order_acquire) != 0;
+            const bool helped = polling_waiters_.load(std::memory_order_acquire) != 0;
             transport_.wait(wake, helped ? std::chrono::nanoseconds::zero() : settings_.service_spin, [&] {
                 return stop_requested_.load(std::memory_order_acquire) ||
-                       (helpers_.load(std::memory_order_acquire) == 0 && transport_.pending());
+                       (polling_waiters_.load(std::memory_order_acquire) == 0 && transport_.pending());
             });
         }
     }
@@ -608,9 +613,8 @@ private:
         std::lock_guard lock(mutex_);
         const std::int64_t now = monotonic_ns();
         const std::int64_t next = now + settings_.housekeeping_period.count();
-        // Gone, or saying goodbye as it exits: wait_server_exit() reaps it later, outside these locks (its exit may
-        // take milliseconds when the program's address space is large).
-        const bool server_gone = transport_.server_exiting() || !transport_.server_alive();
+        // Gone, or saying goodbye as it exits: wait_workers_gone() reaps it later, outside these locks.
+        const bool server_gone = transport_.workers_gone();
         if (state_ == State::terminated) {
             if (workers_gone_locked() || server_gone) return std::nullopt;
             return next;
@@ -627,7 +631,7 @@ private:
         }
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
             WorkerSlot& w = workers_[slot];
-            if constexpr (Transport::kWorkerControl) {
+            if constexpr (ReplaceableWorkers<Transport>) {
                 if (w.phase == Phase::dead && w.respawn_at_ns != 0 && now >= w.respawn_at_ns) {
                     w.respawn_at_ns = 0;
                     w.phase = Phase::starting;
@@ -651,7 +655,7 @@ private:
     /// Returns the next time a deadline falls due.
     std::int64_t check_timeouts_locked(std::int64_t now) {
         std::int64_t next = std::numeric_limits<std::int64_t>::max();
-        if constexpr (Transport::kWorkerControl) {  // (a transport that cannot stop a worker has no timeouts)
+        if constexpr (ReplaceableWorkers<Transport>) {  // (a transport that cannot stop a worker has no timeouts)
             if (settings_.task_timeout) next = kill_late_workers_locked(now);
         }
         return next;
@@ -663,12 +667,12 @@ private:
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
             WorkerSlot& w = workers_[slot];
             if (w.phase == Phase::dead) continue;
-            if (w.doom.active) {
-                if (w.doom.sigkill_at_ns != 0 && now >= w.doom.sigkill_at_ns) {
+            if (w.timeout_kill.active) {
+                if (w.timeout_kill.sigkill_at_ns != 0 && now >= w.timeout_kill.sigkill_at_ns) {
                     transport_.signal(slot, SIGKILL);  // it ignored or handled SIGTERM
-                    w.doom.sigkill_at_ns = 0;
+                    w.timeout_kill.sigkill_at_ns = 0;
                 }
-                if (w.doom.sigkill_at_ns != 0) next = std::min(next, w.doom.sigkill_at_ns);
+                if (w.timeout_kill.sigkill_at_ns != 0) next = std::min(next, w.timeout_kill.sigkill_at_ns);
                 continue;
             }
             if (w.inflight.empty()) continue;
@@ -686,9 +690,9 @@ private:
                 next = std::min(next, start + timeout);
                 continue;
             }
-            w.doom = {true, task, item, start, now + settings_.kill_grace.count()};
+            w.timeout_kill = {true, task, item, start, now + settings_.kill_grace.count()};
             transport_.signal(slot, SIGTERM);
-            next = std::min(next, w.doom.sigkill_at_ns);
+            next = std::min(next, w.timeout_kill.sigkill_at_ns);
         }
         return next;
     }
@@ -713,7 +717,7 @@ private:
     [[nodiscard]] bool in_callback_thread() const noexcept {
         const auto self = std::this_thread::get_id();
         return self == service_id_.load(std::memory_order_relaxed) ||
-               self == poll_helper_id_.load(std::memory_order_relaxed);
+               self == poller_id_.load(std::memory_order_relaxed);
     }
 
     /// Ends the service thread and reaps the fork server. Called from a callback (the service thread, or a
@@ -721,11 +725,11 @@ private:
     void stop_service() {
         stop_requested_.store(true, std::memory_order_release);
         transport_.wake();
-        if (in_callback_thread()) return;        // it holds the poll role the service thread may be waiting for
+        if (in_callback_thread()) return;        // it is the poller, which the service thread may be waiting to be
         std::lock_guard life(lifecycle_mutex_);  // one thread joins, the others wait for it
         // The fork server first: this thread sleeps until it is gone rather than until the service thread noticed.
         // Every worker is gone then (the fork server reaps them before it exits).
-        transport_.wait_server_exit();
+        transport_.wait_workers_gone();
         if (service_->joinable()) service_->join();
         std::vector<std::shared_ptr<const ItemBlock>> inputs;
         {
@@ -747,7 +751,7 @@ private:
             }
             std::lock_guard lock(mutex_);
             init_error_ = error;
-            if constexpr (!Transport::kWorkerControl) {
+            if constexpr (!ReplaceableWorkers<Transport>) {
                 // No exit report will follow (the rank lives on): the pool cannot work, say so now.
                 break_locked(with_message("the initializer failed on worker " + std::to_string(slot + 1), error),
                              error);
@@ -845,7 +849,7 @@ private:
     void protocol_error_locked(std::size_t slot, const char* what) {
         std::fprintf(stderr, "procpool: internal error: %s (worker %d); replacing the worker\n", what,
                      static_cast<int>(workers_[slot].pid));
-        if constexpr (Transport::kWorkerControl) transport_.signal(slot, SIGKILL);
+        if constexpr (ReplaceableWorkers<Transport>) transport_.signal(slot, SIGKILL);
     }
 
     // ---- the fork server's reports (mutex_ held) ----------------------------------------------------------------
@@ -859,13 +863,14 @@ private:
                 idle_cv_.notify_all();  // worker_pids() may wait for it
                 break;
             case kSpawnFailed:
-                // No worker ever read this inbox: everything in it goes back to the queue before the retry resets it.
-                if constexpr (Transport::kWorkerControl) requeue_unstarted_locked(report.slot);
+                // No worker ever read this task ring: everything in it goes back to the queue before the retry resets
+                // it.
+                if constexpr (ReplaceableWorkers<Transport>) requeue_unstarted_locked(report.slot);
                 w.phase = Phase::dead;
                 w.respawn_at_ns = monotonic_ns() + 100'000'000;  // retry: fork fails under transient pressure
                 break;
             case kWorkerExited:
-                if constexpr (Transport::kWorkerControl) handle_exit(report);
+                if constexpr (ReplaceableWorkers<Transport>) handle_exit(report);
                 break;
             default: break;
         }
@@ -895,10 +900,10 @@ private:
             w.failed_starts = 0;
         }
         if (state_ == State::joining) return;  // leaving for good
-        w.budget = settings_.max_items_per_worker.value_or(kUnlimited);
+        w.budget = settings_.max_tasks_per_child.value_or(kUnlimited);
         w.phase = Phase::starting;
         w.pid = 0;
-        w.doom = {};
+        w.timeout_kill = {};
         transport_.respawn(slot);
         dispatch_locked();
         if (!work_left_locked()) idle_cv_.notify_all();
@@ -940,7 +945,7 @@ private:
         const auto& status = transport_.status(slot);
         const std::uint64_t running_task = status.task.load(std::memory_order_acquire);
         const std::uint64_t running_item = status.item.load(std::memory_order_acquire);
-        const std::uint64_t head = transport_.inbox_head(slot);
+        const std::uint64_t head = transport_.task_ring_head(slot);
         std::vector<std::pair<std::shared_ptr<JobBase>, Segment>> back_to_queue;
         std::vector<std::pair<std::shared_ptr<JobBase>, Segment>> failed;
         std::vector<std::pair<std::shared_ptr<JobBase>, Segment>> timed_out;
@@ -957,14 +962,15 @@ private:
                     held = true;
                     through = std::max(through, running_item);
                 } else {
-                    // Consumed from the inbox, or claimed and died before saying so.
+                    // Consumed from the task ring, or claimed and died before saying so.
                     held = head > task.position || transport_.claimed(slot, task.position);
                 }
             }
-            if (held && w.doom.active) {
+            if (held && w.timeout_kill.active) {
                 // We killed this worker because an item ran past task_timeout.
-                const bool guilty = running_task == task.id && running_item == w.doom.item && w.doom.task == task.id &&
-                                    status.item_start_ns.load(std::memory_order_acquire) == w.doom.start_ns;
+                const bool guilty = running_task == task.id && running_item == w.timeout_kill.item &&
+                                    w.timeout_kill.task == task.id &&
+                                    status.item_start_ns.load(std::memory_order_acquire) == w.timeout_kill.start_ns;
                 // With a timeout every finished item is sent before the next starts, so normally nothing before
                 // the current item is missing; if something is (it died while sending), it is lost.
                 const std::uint64_t current = running_task == task.id ? running_item : task.delivered;
@@ -1071,11 +1077,11 @@ private:
     unsigned generation_;                    // fork_generation() where the pool was built
     std::vector<WorkerEvent> early_events_;  // deaths seen while the pool was built, for the service thread
     std::atomic<std::thread::id> service_id_{};
-    std::atomic<std::thread::id> poll_helper_id_{};  // a thread waiting for a result that polls the rings now
-    std::mutex poll_mutex_;                          // the right to read the result rings and the fork server's reports
+    std::atomic<std::thread::id> poller_id_{};  // a thread waiting for a result that polls the rings now
+    std::mutex poller_mutex_;                   // the right to read the result rings and the fork server's reports
     std::vector<std::shared_ptr<const ItemBlock>> inputs_until_exit_;  // of tasks failed while workers ran them
     std::vector<Completion> completions_;  // results read but not yet applied (poll-role holder only)
-    std::atomic<int> helpers_{0};          // threads waiting for a result that poll instead of the service thread
+    std::atomic<int> polling_waiters_{0};  // threads waiting for a result that poll instead of the service thread
     std::unique_ptr<std::thread> service_;
 };
 

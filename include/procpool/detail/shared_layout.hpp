@@ -1,6 +1,6 @@
 // procpool internals: what the fork transport keeps in shared memory, and where.
 //
-//   [ControlBlock][SlotBlock x slots][inbox data x slots][outbox data x slots]
+//   [ControlBlock][SlotBlock x slots][task ring data x slots][result ring data x slots]
 //
 // Everything lives in one anonymous shared mapping made before the fork server is forked, so the parent, the fork
 // server and every worker (replacements included) see it at the same address. Nothing in it is a pointer or needs
@@ -30,15 +30,16 @@ struct alignas(kCacheLine) WorkerStatus {
 struct ControlBlock {
     alignas(kCacheLine) Doorbell parent_bell;                          // the parent's service thread sleeps here
     alignas(kCacheLine) std::atomic<std::uint64_t> reports_posted{0};  // by the fork server, one per report
-    alignas(kCacheLine) std::atomic<std::uint32_t> attention{0};  // a worker freed inbox space the parent waits for
-    std::atomic<std::uint32_t> server_exiting{0};                 // set by the fork server just before it exits
+    alignas(kCacheLine) std::atomic<std::uint32_t> task_ring_space_freed{
+        0};                                        // a worker freed space the parent waits for
+    std::atomic<std::uint32_t> server_exiting{0};  // set by the fork server just before it exits
 };
 
 struct SlotBlock {
     WorkerStatus status;
-    RingState inbox;              // parent -> worker: tasks
-    RingState outbox;             // worker -> parent: results
-    ResultAreaState result_area;  // worker -> parent: a result too large for one fragment of the outbox
+    RingState task_ring;          // parent -> worker: tasks
+    RingState result_ring;        // worker -> parent: results
+    ResultAreaState result_area;  // worker -> parent: a result too large for one fragment of the result ring
 };
 
 static_assert(std::is_standard_layout_v<ControlBlock> && std::is_trivially_destructible_v<ControlBlock> &&
@@ -74,10 +75,10 @@ public:
         return std::launder(
             reinterpret_cast<SlotBlock*>(static_cast<std::byte*>(base) + slots_offset_ + i * sizeof(SlotBlock)));
     }
-    [[nodiscard]] std::byte* inbox_data(void* base, std::size_t i) const noexcept {
+    [[nodiscard]] std::byte* task_ring_data(void* base, std::size_t i) const noexcept {
         return static_cast<std::byte*>(base) + data_offset_ + i * ring_bytes_;
     }
-    [[nodiscard]] std::byte* outbox_data(void* base, std::size_t i) const noexcept {
+    [[nodiscard]] std::byte* result_ring_data(void* base, std::size_t i) const noexcept {
         return static_cast<std::byte*>(base) + data_offset_ + (slots_ + i) * ring_bytes_;
     }
 

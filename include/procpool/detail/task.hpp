@@ -33,14 +33,14 @@
 namespace procpool::detail {
 
 // ---- message kinds ----------------------------------------------------------------------------------------------
-enum InboxKind : std::uint16_t { kTaskMessage = 1, kExitMessage = 2 };
-enum OutboxKind : std::uint16_t {
+enum TaskRingMessage : std::uint16_t { kTaskMessage = 1, kExitMessage = 2 };
+enum ResultRingMessage : std::uint16_t {
     kResultMessage = 1,
     kInitFailedMessage = 2,
     kResultInAreaMessage = 3,  // fork transport: a ResultInArea, the result message is in the worker's result area
 };
 
-/// Claim states of a task message still in a worker's inbox: the worker takes it, or the parent revokes it to give
+/// Claim states of a task message still in a worker's task ring: the worker takes it, or the parent revokes it to give
 /// it to an idle worker. Exactly one compare-exchange from kUnclaimed wins.
 enum ClaimState : std::uint32_t { kUnclaimed = 0, kTaken = 1, kRevoked = 2 };
 
@@ -86,7 +86,7 @@ inline std::int64_t monotonic_ns() noexcept {
 }
 
 // ---- worker side ------------------------------------------------------------------------------------------------
-/// Where a worker's result messages go (the fork transport writes them to the worker's outbox ring).
+/// Where a worker's result messages go (the fork transport writes them to the worker's result ring).
 class ResultSink {
 public:
     /// Sends one result message: the pieces back to back, `total` bytes in all.

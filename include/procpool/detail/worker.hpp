@@ -1,8 +1,8 @@
 // procpool internals: the loop a worker process runs (fork transport).
 //
-// A worker reads task messages from its inbox ring, claims each (a compare-exchange on the message's claim word,
+// A worker reads task messages from its task ring, claims each (a compare-exchange on the message's claim word,
 // racing the parent, who may revoke a queued task to give it to an idle worker), runs it, streams the results into
-// its outbox ring and waits for the next. Between tasks it spins briefly, then sleeps on the inbox's doorbell.
+// its result ring and waits for the next. Between tasks it spins briefly, then sleeps on the task ring's doorbell.
 #pragma once
 
 #include <atomic>
@@ -40,7 +40,7 @@ struct WorkerEnvironment {
     std::size_t slot = 0;
     const std::function<void()>* initializer = nullptr;
     pid_t server_pid = 0;
-    std::chrono::nanoseconds spin{};            // how long to poll an empty inbox before sleeping
+    std::chrono::nanoseconds spin{};            // how long to poll an empty task ring before sleeping
     std::chrono::nanoseconds flush_interval{};  // how often a long task sends the results it has so far
     std::optional<std::size_t> memory_limit;    // address space the worker may add to what it inherited
     std::byte* result_area = nullptr;           // this slot's result area (ResultAreas::kBytesPerSlot), if any
@@ -50,8 +50,9 @@ class Worker final : private ResultSink {
 public:
     explicit Worker(const WorkerEnvironment& env)
         : env_(env), control_(env.layout.control(env.shared_base)), slot_(env.layout.slot(env.shared_base, env.slot)),
-          inbox_(&slot_->inbox, env.layout.inbox_data(env.shared_base, env.slot), env.layout.ring_bytes()),
-          outbox_(&slot_->outbox, env.layout.outbox_data(env.shared_base, env.slot), env.layout.ring_bytes()) {}
+          task_ring_(&slot_->task_ring, env.layout.task_ring_data(env.shared_base, env.slot), env.layout.ring_bytes()),
+          result_ring_(&slot_->result_ring, env.layout.result_ring_data(env.shared_base, env.slot),
+                       env.layout.ring_bytes()) {}
 
     /// Runs the initializer, then serves tasks until told to exit. Never returns.
     [[noreturn]] void run() noexcept {
@@ -60,7 +61,7 @@ public:
         for (;;) {
             const Fragment fragment = next_fragment();
             switch (fragment.header.kind) {
-                case kExitMessage: inbox_.consume(fragment); exit_process(0);
+                case kExitMessage: task_ring_.consume(fragment); exit_process(0);
                 case kTaskMessage: handle_task(fragment); break;
                 default: std::abort();  // protocol violation: let the parent see a crash rather than guess
             }
@@ -107,17 +108,18 @@ private:
 
     Fragment next_fragment() noexcept {
         std::optional<Fragment> fragment;
-        slot_->inbox.readable.wait([&] { return (fragment = inbox_.peek()).has_value(); }, std::nullopt, env_.spin);
+        slot_->task_ring.readable.wait([&] { return (fragment = task_ring_.peek()).has_value(); }, std::nullopt,
+                                       env_.spin);
         return *fragment;
     }
 
-    /// Releases inbox space; tells the parent if it is waiting to write more.
+    /// Releases task ring space; tells the parent if it is waiting to write more.
     void release(const Fragment& fragment) noexcept {
-        inbox_.consume(fragment);
+        task_ring_.consume(fragment);
         std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the parent's flag-then-recheck
-        if (slot_->inbox.producer_waiting.load(std::memory_order_relaxed) != 0 &&
-            slot_->inbox.producer_waiting.exchange(0, std::memory_order_relaxed) != 0) {
-            control_->attention.store(1, std::memory_order_release);
+        if (slot_->task_ring.producer_waiting.load(std::memory_order_relaxed) != 0 &&
+            slot_->task_ring.producer_waiting.exchange(0, std::memory_order_relaxed) != 0) {
+            control_->task_ring_space_freed.store(1, std::memory_order_release);
             control_->parent_bell.ring();
         }
     }
@@ -176,7 +178,7 @@ private:
     }
 
     void send_result(std::span<const Piece> pieces, std::size_t total) override {
-        const bool large = total > outbox_.max_fragment();
+        const bool large = total > result_ring_.max_fragment();
         large_messages_ = large;
         // The half values_buffer() gave this message's values, if it did: ours until a message is sent in it.
         const std::size_t picked = std::exchange(picked_half_, kNoHalf);
@@ -279,7 +281,7 @@ private:
     }
 
     void send(std::uint16_t kind, std::span<const Piece> pieces, std::size_t total) noexcept {
-        const bool sent = outbox_.write_all(
+        const bool sent = result_ring_.write_all(
             kind, pieces, total, [this] { control_->parent_bell.ring(); },
             [this] { return ::getppid() == env_.server_pid; }, env_.spin);
         if (!sent) exit_process(1);  // the fork server (and so the pool) is gone
@@ -288,8 +290,8 @@ private:
     WorkerEnvironment env_;
     ControlBlock* control_;
     SlotBlock* slot_;
-    RingConsumer inbox_;
-    RingProducer outbox_;
+    RingConsumer task_ring_;
+    RingProducer result_ring_;
     Buffer message_;  // reassembly of tasks that arrived in several fragments
     Buffer values_;   // results of the items run since the last send
     Buffer errors_;
