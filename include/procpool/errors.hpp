@@ -94,4 +94,10 @@ public:
     using Error::Error;
 };
 
+/// Barrier::wait() on a barrier that was broken: a party died while waiting, a wait timed out, or abort().
+class BrokenBarrierError : public Error {
+public:
+    using Error::Error;
+};
+
 }  // namespace procpool

@@ -27,165 +27,13 @@
 #include <variant>
 #include <vector>
 
+#include "procpool/detail/chunk_policy.hpp"
 #include "procpool/detail/futex.hpp"
 #include "procpool/detail/jobs.hpp"
 #include "procpool/detail/pool_core.hpp"
 #include "procpool/options.hpp"
 
 namespace procpool {
-
-namespace detail {
-
-/// The job behind an ImapRange. Ordered mode keeps a slot per item of each chunk and releases items to the reader
-/// in input order; unordered mode releases each item as it arrives.
-template <class R>
-class ImapJob final : public JobBase {
-public:
-    using Value = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
-    struct Entry {
-        std::optional<Value> value;
-        std::exception_ptr error;
-    };
-
-    ImapJob(TaskEntry task_entry, Buffer callable, std::size_t chunksize, bool ordered)
-        : JobBase(task_entry, std::move(callable), chunksize, true), ordered_(ordered) {}
-
-    // ---- reader side ----
-    /// Registers items [first, first + count) before they are submitted.
-    void expect(std::uint64_t first, std::uint64_t count) {
-        std::lock_guard lock(mutex_);
-        outstanding_ += count;
-        unconsumed_.fetch_add(count, std::memory_order_acq_rel);
-        if (ordered_) chunks_.push_back(Chunk{first, 0, std::vector<Slot>(count)});
-    }
-    /// Takes back the last expect() when its items could not be submitted after all.
-    void unexpect(std::uint64_t count) {
-        std::lock_guard lock(mutex_);
-        outstanding_ -= count;
-        unconsumed_.fetch_sub(count, std::memory_order_acq_rel);
-        if (ordered_) chunks_.pop_back();
-    }
-    /// Items submitted whose entries the reader has not taken yet.
-    [[nodiscard]] std::uint64_t unconsumed() const noexcept { return unconsumed_.load(std::memory_order_acquire); }
-
-    /// Takes the next released entry, if any.
-    std::optional<Entry> try_take() {
-        if (available_.load(std::memory_order_acquire) == 0) return std::nullopt;
-        std::lock_guard lock(mutex_);
-        if (released_.empty()) return std::nullopt;
-        Entry entry = std::move(released_.front());
-        released_.pop_front();
-        available_.fetch_sub(1, std::memory_order_acq_rel);
-        unconsumed_.fetch_sub(1, std::memory_order_acq_rel);
-        return entry;
-    }
-    /// Waits until an entry is released: polls the pool through `helper` for a moment, then sleeps. Throws
-    /// PoolStateError instead in a process forked after the pool was built (nothing would ever arrive there).
-    void wait_available(WaitHelper& helper) {
-        helper.check_owner();
-        auto has_entry = [](const void* self) { return static_cast<const ImapJob*>(self)->available_.load() != 0; };
-        const auto outcome = helper.help(has_entry, this, kHelpBudget);
-        if (outcome == WaitHelper::Outcome::done) return;
-        const auto spin = outcome == WaitHelper::Outcome::busy ? std::chrono::nanoseconds(std::chrono::microseconds(20))
-                                                               : std::chrono::nanoseconds::zero();
-        bell_.wait([this] { return available_.load(std::memory_order_acquire) != 0; }, std::nullopt, spin);
-    }
-    void abandon() noexcept { abandoned_.store(true, std::memory_order_release); }
-
-    // ---- JobBase ----
-    void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors, InputArchive& values) override {
-        if (abandoned_.load(std::memory_order_acquire)) return;
-        std::vector<Entry> entries(count);
-        auto error = errors.begin();
-        for (std::uint64_t i = 0; i < count; ++i) {
-            if (error != errors.end() && error->index == first + i) {
-                entries[i].error = std::move(error->error);
-                ++error;
-                continue;
-            }
-            try {
-                if constexpr (std::is_void_v<R>) {
-                    entries[i].value.emplace();
-                } else {
-                    entries[i].value.emplace(decode_as<R>(values));
-                }
-            } catch (...) {
-                // The value stream is unreadable from here on: fail this item and the rest of the message.
-                for (std::uint64_t k = i; k < count; ++k) entries[k].error = std::current_exception();
-                break;
-            }
-        }
-        resolve(first, entries);
-    }
-
-    void fail(std::uint64_t first, std::uint64_t count, const std::exception_ptr& error) override {
-        if (abandoned_.load(std::memory_order_acquire)) return;
-        std::vector<Entry> entries(count);
-        for (Entry& entry : entries) entry.error = error;
-        resolve(first, entries);
-    }
-
-    [[nodiscard]] bool cancelled() const noexcept override { return abandoned_.load(std::memory_order_acquire); }
-
-private:
-    struct Slot {
-        bool resolved = false;
-        Entry entry;
-    };
-    struct Chunk {
-        std::uint64_t first;
-        std::uint64_t next;  // slots before this were released
-        std::vector<Slot> slots;
-    };
-
-    void resolve(std::uint64_t first, std::vector<Entry>& entries) {
-        std::size_t released = 0;
-        {
-            std::lock_guard lock(mutex_);
-            if (!ordered_) {
-                for (Entry& entry : entries) released_.push_back(std::move(entry));
-                released = entries.size();
-            } else {
-                // Items of one message always fall in one chunk.
-                auto chunk = std::upper_bound(chunks_.begin(), chunks_.end(), first,
-                                              [](std::uint64_t index, const Chunk& c) { return index < c.first; });
-                if (chunk == chunks_.begin()) return;
-                --chunk;
-                for (std::size_t i = 0; i < entries.size(); ++i) {
-                    Slot& slot = chunk->slots[first - chunk->first + i];
-                    slot.resolved = true;
-                    slot.entry = std::move(entries[i]);
-                }
-                while (!chunks_.empty()) {
-                    Chunk& front = chunks_.front();
-                    while (front.next < front.slots.size() && front.slots[front.next].resolved) {
-                        released_.push_back(std::move(front.slots[front.next].entry));
-                        ++front.next;
-                        ++released;
-                    }
-                    if (front.next < front.slots.size()) break;
-                    chunks_.pop_front();
-                }
-            }
-            outstanding_ -= entries.size();
-            available_.fetch_add(released, std::memory_order_acq_rel);
-        }
-        progress.add(entries.size());
-        if (released != 0) bell_.ring();
-    }
-
-    const bool ordered_;
-    std::mutex mutex_;
-    std::deque<Chunk> chunks_;    // ordered mode: chunks not fully released, in input order
-    std::deque<Entry> released_;  // entries the reader may take, in the order it gets them
-    std::uint64_t outstanding_ = 0;
-    std::atomic<std::uint64_t> available_{0};   // released_.size()
-    std::atomic<std::uint64_t> unconsumed_{0};  // submitted, not yet taken by the reader
-    std::atomic<bool> abandoned_{false};
-    Doorbell bell_;
-};
-
-}  // namespace detail
 
 /// A lazy input range of the results of imap/imap_unordered. Iterate it from one thread. Destroying it early
 /// drops the rest without blocking. It may outlive the pool: reading past what was submitted before the pool was
@@ -200,8 +48,6 @@ public:
 
     /// Chunks read ahead of the reader at most: enough to keep every worker busy with one queued behind.
     static std::uint64_t window_chunks(std::size_t workers) noexcept { return 4 * workers + 8; }
-    /// Largest automatic chunk (automatic chunks aim at about 2 ms of work each).
-    static constexpr std::uint64_t kMaxAutoChunk = 16384;
     /// Items read and not yet consumed at most when MapOptions::buffersize is 0 and the chunks are automatic: 1024
     /// per worker, at least 4096. (With a chunksize of yours, a window of chunks.)
     static std::uint64_t default_buffersize(std::size_t workers) noexcept {
@@ -214,7 +60,8 @@ public:
         : core_(std::move(core)), job_(std::move(job)), input_(std::make_unique<Input>(std::move(input))),
           chunksize_(chunksize), window_(window_chunks(core_->scheduler.size())),
           buffer_(read_ahead_limit(core_->scheduler.size(), chunksize, buffersize)),
-          max_auto_chunk_(std::clamp<std::uint64_t>(buffer_ / (core_->scheduler.size() + 1), 1, kMaxAutoChunk)) {}
+          max_auto_chunk_(std::clamp<std::uint64_t>(buffer_ / (core_->scheduler.size() + 1), 1,
+                                                    detail::ChunkPolicy::kMaxImapChunk)) {}
 
     /// Moves keep the reading position: the input lives on the heap, so its iterators stay valid. A moved-from
     /// range must not be iterated. (Movable, so an imap result can be the input of another imap or piped into a view.)
@@ -358,19 +205,12 @@ private:
         return default_buffersize(workers);
     }
 
-    /// Items in the next chunk: the caller's chunksize, or automatic: doubling until items were timed, then about
-    /// 2 ms of work, small enough that a few chunks per worker fit in the read-ahead limit.
+    /// Items in the next chunk: the caller's chunksize, or automatic (detail/chunk_policy.hpp), small enough that
+    /// workers + 1 chunks fit in the read-ahead bound.
     std::uint64_t chunk_size() const noexcept {
         if (chunksize_ != 0) return chunksize_;
-        const double item_ns = job_->item_ns.load(std::memory_order_relaxed);
-        std::uint64_t items = 0;
-        if (item_ns <= 0) {
-            items = std::min<std::uint64_t>(std::uint64_t{1} << std::min<std::uint64_t>(chunks_formed_, 4), 16);
-        } else {
-            const auto target = static_cast<double>(std::chrono::nanoseconds(std::chrono::milliseconds(2)).count());
-            items = static_cast<std::uint64_t>(std::max(1.0, target / item_ns));
-        }
-        return std::clamp<std::uint64_t>(items, 1, max_auto_chunk_);
+        return detail::ChunkPolicy::imap_chunk(chunks_formed_, job_->item_ns.load(std::memory_order_relaxed),
+                                               max_auto_chunk_);
     }
 
     std::shared_ptr<detail::PoolCore<Transport>> core_;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <stdexcept>
 
 namespace procpool {
 
@@ -61,5 +62,28 @@ struct MapOptions {
     /// Progress reports; empty (the default) costs nothing. procpool::progress_bar() draws one on stderr.
     ProgressCallback progress{};
 };
+
+namespace detail {
+
+/// Throws std::invalid_argument for options no pool can honour (each transport refuses what it cannot do itself).
+inline void validate(const PoolOptions& options) {
+    if (options.processes && *options.processes == 0) {
+        throw std::invalid_argument("procpool: a pool needs at least one process (processes must not be 0)");
+    }
+    if (options.max_tasks_per_child && *options.max_tasks_per_child == 0) {
+        throw std::invalid_argument("procpool: max_tasks_per_child must be at least 1 (or nullopt for no limit)");
+    }
+    if (options.task_timeout && options.task_timeout->count() <= 0) {
+        throw std::invalid_argument("procpool: task_timeout must be positive (or nullopt for no limit)");
+    }
+    if (options.memory_limit && *options.memory_limit == 0) {
+        throw std::invalid_argument("procpool: memory_limit must be positive (or nullopt for no limit)");
+    }
+    if (options.ring_bytes < 4096 || (options.ring_bytes & (options.ring_bytes - 1)) != 0) {
+        throw std::invalid_argument("procpool: ring_bytes must be a power of two of at least 4096");
+    }
+}
+
+}  // namespace detail
 
 }  // namespace procpool

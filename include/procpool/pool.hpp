@@ -33,24 +33,6 @@ namespace procpool {
 
 namespace detail {
 
-inline void validate(const PoolOptions& options) {
-    if (options.processes && *options.processes == 0) {
-        throw std::invalid_argument("procpool: a pool needs at least one process (processes must not be 0)");
-    }
-    if (options.max_tasks_per_child && *options.max_tasks_per_child == 0) {
-        throw std::invalid_argument("procpool: max_tasks_per_child must be at least 1 (or nullopt for no limit)");
-    }
-    if (options.task_timeout && options.task_timeout->count() <= 0) {
-        throw std::invalid_argument("procpool: task_timeout must be positive (or nullopt for no limit)");
-    }
-    if (options.memory_limit && *options.memory_limit == 0) {
-        throw std::invalid_argument("procpool: memory_limit must be positive (or nullopt for no limit)");
-    }
-    if (options.ring_bytes < 4096 || (options.ring_bytes & (options.ring_bytes - 1)) != 0) {
-        throw std::invalid_argument("procpool: ring_bytes must be a power of two of at least 4096");
-    }
-}
-
 template <class Range>
 using range_item_t = decoded_t<std::ranges::range_value_t<Range>>;
 

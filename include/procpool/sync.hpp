@@ -30,12 +30,6 @@
 
 namespace procpool {
 
-/// Barrier::wait() on a barrier that was broken: a party died while waiting, a wait timed out, or abort().
-class BrokenBarrierError : public Error {
-public:
-    using Error::Error;
-};
-
 namespace detail {
 
 /// Waits on a futex word in shared memory while it holds `seen`, until `deadline`. Returns false on timeout.

@@ -16,6 +16,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "procpool/detail/platform.hpp"
 #include "procpool/detail/spin.hpp"
 
 namespace procpool::detail {
@@ -23,18 +24,6 @@ namespace procpool::detail {
 static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) &&
                   std::atomic<std::uint32_t>::is_always_lock_free,
               "a futex word must be a lock-free 32-bit atomic with the same layout as uint32_t");
-
-using MonotonicClock = std::chrono::steady_clock;  // CLOCK_MONOTONIC on Linux
-using Deadline = std::optional<MonotonicClock::time_point>;
-
-inline timespec to_timespec(MonotonicClock::time_point when) noexcept {
-    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count();
-    const auto clamped = ns < 0 ? 0 : ns;
-    timespec at{};
-    at.tv_sec = clamped / 1'000'000'000;
-    at.tv_nsec = clamped % 1'000'000'000;
-    return at;
-}
 
 /// Sleeps while `*word == expected`, until woken or `deadline`. Returns false only when the deadline passed.
 /// Spurious returns are possible; callers re-check their condition. `shared` selects the cross-process form.

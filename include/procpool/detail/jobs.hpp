@@ -1,196 +1,37 @@
-// procpool internals: jobs, the parent's record of one submission (an apply, a map, an imap).
+// procpool internals: jobs, the parent's record of one submission: ApplyJob (apply), MapJob (map, starmap), ImapJob
+// (imap, imap_unordered).
 //
-// A job owns encoded items (ItemBlocks) and hands them to the scheduler as segments; the scheduler cuts segments
-// into tasks (chunks), sends them to workers and gives the results back to the job, which decodes them into the
-// caller's AsyncResult or range. A job never blocks the scheduler: decoding happens in the service thread without
+// A job owns encoded items (ItemBlocks, detail/items.hpp) and hands them to the scheduler as segments; the scheduler
+// cuts segments into tasks (chunks), sends them to workers and gives the results back to the job, which decodes them
+// into the caller's AsyncResult or range. A job never blocks the scheduler: decoding happens in the poller without
 // the scheduler's lock, and a job's own lock only guards what its consumer also reads.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
+#include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "procpool/async_result.hpp"
+#include "procpool/detail/assert.hpp"
 #include "procpool/detail/buffer.hpp"
-#include "procpool/detail/fifo.hpp"
+#include "procpool/detail/futex.hpp"
+#include "procpool/detail/items.hpp"
+#include "procpool/detail/progress_tracker.hpp"
 #include "procpool/detail/task.hpp"
 #include "procpool/options.hpp"
 #include "procpool/serialize.hpp"
 
 namespace procpool::detail {
-
-/// Encoded items, back to back; item i starts at offset(i).
-struct ItemBlock {
-    Buffer bytes;
-    std::vector<std::shared_ptr<const void>> keep_alive;  // shared objects the items refer to
-    std::vector<std::uint64_t> offsets;  // start of each item, plus the end; empty if stride is set or count <= 1
-    std::uint64_t stride = 0;            // every item has this encoded size (bitwise items)
-    std::uint64_t count = 0;
-
-    [[nodiscard]] std::uint64_t offset(std::uint64_t i) const noexcept {
-        if (stride != 0) return i * stride;
-        if (offsets.empty()) return i == 0 ? 0 : bytes.size();  // one item (an apply): no offsets to allocate
-        return offsets[i];
-    }
-    [[nodiscard]] std::span<const std::byte> items(std::uint64_t first, std::uint64_t n) const noexcept {
-        const std::uint64_t begin = offset(first);
-        return {bytes.data() + begin, offset(first + n) - begin};
-    }
-};
-
-/// Builds an ItemBlock from items of type Item (one per call of the task function).
-template <class Item>
-class ItemEncoder {
-public:
-    /// Encodes into a new block (finish() returns it). A `shareable` block puts capacities from `shareable_from`
-    /// bytes up in the bulk arena, where a pool's workers read the items in place (for transports whose workers
-    /// share our memory).
-    explicit ItemEncoder(std::size_t expected = 0, bool shareable = false,
-                         std::size_t shareable_from = Buffer::kShareableThreshold)
-        : ItemEncoder(std::make_shared<ItemBlock>(), expected, shareable, shareable_from) {}
-    /// Encodes into `block`, a fresh one someone else owns (finish() returns it too).
-    ItemEncoder(std::shared_ptr<ItemBlock> block, std::size_t expected, bool shareable = false,
-                std::size_t shareable_from = Buffer::kShareableThreshold)
-        : block_(std::move(block)) {
-        if (shareable) block_->bytes = Buffer::shareable(shareable_from);
-        if constexpr (bitwise<Item>()) {
-            block_->stride = sizeof(Item);
-            block_->bytes.reserve(expected * sizeof(Item));
-        } else if (expected > 1) {
-            block_->offsets.reserve(expected + 1);
-        }
-    }
-
-    /// Adds one item (converted to Item). Throws std::invalid_argument for a struct holding an address in this
-    /// thread's stack (detail/stack_check.hpp), and what encoding throws.
-    template <class Value>
-    void add(const Value& value) {
-        if constexpr (bitwise<Item>()) {
-            const Item item(value);
-            check_argument_bytes(item, stack_);
-            block_->bytes.append(&item, sizeof item);
-        } else {
-            check_argument_bytes(value, stack_);
-            if (block_->count == 1) block_->offsets.push_back(0);  // a second item: offsets become explicit
-            if (block_->count != 0) block_->offsets.push_back(block_->bytes.size());
-            OutputArchive ar(block_->bytes, &block_->keep_alive);
-            if constexpr (std::is_same_v<std::remove_cvref_t<Value>, Item>) {
-                encode(ar, value);
-            } else {
-                encode(ar, static_cast<Item>(value));
-            }
-        }
-        ++block_->count;
-    }
-
-    /// Adds `n` bitwise items stored contiguously at `first` with one copy.
-    void add_contiguous(const Item* first, std::size_t n) {
-        static_assert(bitwise<Item>());
-        check_argument_run(first, n, stack_);
-        block_->bytes.append(first, n * sizeof(Item));
-        block_->count += n;
-    }
-
-    [[nodiscard]] std::uint64_t count() const noexcept { return block_->count; }
-    [[nodiscard]] std::size_t bytes() const noexcept { return block_->bytes.size(); }
-
-    std::shared_ptr<ItemBlock> finish() {
-        if constexpr (!bitwise<Item>()) {
-            if (!block_->offsets.empty()) block_->offsets.push_back(block_->bytes.size());
-        }
-        return std::move(block_);
-    }
-
-private:
-    std::shared_ptr<ItemBlock> block_;
-    StackRange stack_ = StackRange::of_this_thread();  // items must not point into it
-};
-
-/// A run of a job's items waiting to be sent: items [block_first, block_first + count) of `block`, which are the
-/// job's items [job_first, job_first + count).
-struct Segment {
-    std::shared_ptr<const ItemBlock> block;
-    std::uint64_t block_first = 0;
-    std::uint64_t count = 0;
-    std::uint64_t job_first = 0;
-
-    /// Splits off and returns the first `n` items.
-    Segment take_front(std::uint64_t n) {
-        Segment front{block, block_first, n, job_first};
-        block_first += n;
-        count -= n;
-        job_first += n;
-        return front;
-    }
-};
-
-/// A job's segments not sent yet, in order. Usually holds one segment, inline: an apply_async costs no
-/// allocation here.
-using SegmentQueue = Fifo<Segment, 1>;
-
-/// Reports a job's progress to a MapOptions::progress callback: at most every 100 ms and once at the end.
-/// Without a callback it costs one branch per delivery.
-class ProgressTracker {
-public:
-    void start(ProgressCallback callback, std::optional<std::uint64_t> total) {
-        callback_ = std::move(callback);
-        total_ = total;
-        start_ = MonotonicClock::now();
-        last_ = start_;
-    }
-    /// `n` more items finished (delivered or failed).
-    void add(std::uint64_t n) {
-        if (!callback_) return;
-        std::lock_guard lock(mutex_);
-        done_ += n;
-        const auto now = MonotonicClock::now();
-        const bool last = total_ && done_ >= *total_;
-        if (!last && now - last_ < std::chrono::milliseconds(100)) return;
-        last_ = now;
-        report_locked(now, last);
-    }
-    /// The job is over (all delivered, failed, or abandoned): the final report, once.
-    void finish() {
-        if (!callback_) return;
-        std::lock_guard lock(mutex_);
-        report_locked(MonotonicClock::now(), true);
-    }
-
-private:
-    void report_locked(MonotonicClock::time_point now, bool final) {
-        if (finished_) return;
-        finished_ = final;
-        ProgressInfo info;
-        info.done = done_;
-        info.total = total_;
-        info.elapsed = now - start_;
-        info.rate = info.elapsed.count() > 0 ? static_cast<double>(done_) / info.elapsed.count() : 0;
-        if (total_ && info.rate > 0) {
-            info.remaining = std::chrono::duration<double>(static_cast<double>(*total_ - std::min(done_, *total_)) /
-                                                           info.rate);
-        }
-        info.finished = final;
-        try {
-            callback_(info);
-        } catch (...) {
-            report_callback_exception("a progress callback");
-        }
-    }
-
-    ProgressCallback callback_;
-    std::optional<std::uint64_t> total_;
-    std::mutex mutex_;
-    std::uint64_t done_ = 0;
-    MonotonicClock::time_point start_;
-    MonotonicClock::time_point last_;
-    bool finished_ = false;
-};
 
 /// An error of one item, by job index.
 struct ItemError {
@@ -382,5 +223,155 @@ private:
     std::atomic<bool> done_{false};
     std::uint64_t remaining_;
 };
+
+/// The job behind an ImapRange. Ordered mode keeps a slot per item of each chunk and releases items to the reader
+/// in input order; unordered mode releases each item as it arrives.
+template <class R>
+class ImapJob final : public JobBase {
+public:
+    using Value = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
+    struct Entry {
+        std::optional<Value> value;
+        std::exception_ptr error;
+    };
+
+    ImapJob(TaskEntry task_entry, Buffer callable, std::size_t chunksize, bool ordered)
+        : JobBase(task_entry, std::move(callable), chunksize, true), ordered_(ordered) {}
+
+    // ---- reader side ----
+    /// Registers items [first, first + count) before they are submitted.
+    void expect(std::uint64_t first, std::uint64_t count) {
+        std::lock_guard lock(mutex_);
+        outstanding_ += count;
+        unconsumed_.fetch_add(count, std::memory_order_acq_rel);
+        if (ordered_) chunks_.push_back(Chunk{first, 0, std::vector<Slot>(count)});
+    }
+    /// Takes back the last expect() when its items could not be submitted after all.
+    void unexpect(std::uint64_t count) {
+        std::lock_guard lock(mutex_);
+        outstanding_ -= count;
+        unconsumed_.fetch_sub(count, std::memory_order_acq_rel);
+        if (ordered_) chunks_.pop_back();
+    }
+    /// Items submitted whose entries the reader has not taken yet.
+    [[nodiscard]] std::uint64_t unconsumed() const noexcept { return unconsumed_.load(std::memory_order_acquire); }
+
+    /// Takes the next released entry, if any.
+    std::optional<Entry> try_take() {
+        if (available_.load(std::memory_order_acquire) == 0) return std::nullopt;
+        std::lock_guard lock(mutex_);
+        if (released_.empty()) return std::nullopt;
+        Entry entry = std::move(released_.front());
+        released_.pop_front();
+        available_.fetch_sub(1, std::memory_order_acq_rel);
+        unconsumed_.fetch_sub(1, std::memory_order_acq_rel);
+        return entry;
+    }
+    /// Waits until an entry is released: polls the pool through `helper` for a moment, then sleeps. Throws
+    /// PoolStateError instead in a process forked after the pool was built (nothing would ever arrive there).
+    void wait_available(WaitHelper& helper) {
+        helper.check_owner();
+        auto has_entry = [](const void* self) { return static_cast<const ImapJob*>(self)->available_.load() != 0; };
+        const auto outcome = helper.help(has_entry, this, kHelpBudget);
+        if (outcome == WaitHelper::Outcome::done) return;
+        const auto spin = outcome == WaitHelper::Outcome::busy ? std::chrono::nanoseconds(std::chrono::microseconds(20))
+                                                               : std::chrono::nanoseconds::zero();
+        bell_.wait([this] { return available_.load(std::memory_order_acquire) != 0; }, std::nullopt, spin);
+    }
+    void abandon() noexcept { abandoned_.store(true, std::memory_order_release); }
+
+    // ---- JobBase ----
+    void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors, InputArchive& values) override {
+        if (abandoned_.load(std::memory_order_acquire)) return;
+        std::vector<Entry> entries(count);
+        auto error = errors.begin();
+        for (std::uint64_t i = 0; i < count; ++i) {
+            if (error != errors.end() && error->index == first + i) {
+                entries[i].error = std::move(error->error);
+                ++error;
+                continue;
+            }
+            try {
+                if constexpr (std::is_void_v<R>) {
+                    entries[i].value.emplace();
+                } else {
+                    entries[i].value.emplace(decode_as<R>(values));
+                }
+            } catch (...) {
+                // The value stream is unreadable from here on: fail this item and the rest of the message.
+                for (std::uint64_t k = i; k < count; ++k) entries[k].error = std::current_exception();
+                break;
+            }
+        }
+        resolve(first, entries);
+    }
+
+    void fail(std::uint64_t first, std::uint64_t count, const std::exception_ptr& error) override {
+        if (abandoned_.load(std::memory_order_acquire)) return;
+        std::vector<Entry> entries(count);
+        for (Entry& entry : entries) entry.error = error;
+        resolve(first, entries);
+    }
+
+    [[nodiscard]] bool cancelled() const noexcept override { return abandoned_.load(std::memory_order_acquire); }
+
+private:
+    struct Slot {
+        bool resolved = false;
+        Entry entry;
+    };
+    struct Chunk {
+        std::uint64_t first;
+        std::uint64_t next;  // slots before this were released
+        std::vector<Slot> slots;
+    };
+
+    void resolve(std::uint64_t first, std::vector<Entry>& entries) {
+        std::size_t released = 0;
+        {
+            std::lock_guard lock(mutex_);
+            if (!ordered_) {
+                for (Entry& entry : entries) released_.push_back(std::move(entry));
+                released = entries.size();
+            } else {
+                // Items of one message always fall in one chunk.
+                auto chunk = std::upper_bound(chunks_.begin(), chunks_.end(), first,
+                                              [](std::uint64_t index, const Chunk& c) { return index < c.first; });
+                if (chunk == chunks_.begin()) return;
+                --chunk;
+                for (std::size_t i = 0; i < entries.size(); ++i) {
+                    Slot& slot = chunk->slots[first - chunk->first + i];
+                    slot.resolved = true;
+                    slot.entry = std::move(entries[i]);
+                }
+                while (!chunks_.empty()) {
+                    Chunk& front = chunks_.front();
+                    while (front.next < front.slots.size() && front.slots[front.next].resolved) {
+                        released_.push_back(std::move(front.slots[front.next].entry));
+                        ++front.next;
+                        ++released;
+                    }
+                    if (front.next < front.slots.size()) break;
+                    chunks_.pop_front();
+                }
+            }
+            outstanding_ -= entries.size();
+            available_.fetch_add(released, std::memory_order_acq_rel);
+        }
+        progress.add(entries.size());
+        if (released != 0) bell_.ring();
+    }
+
+    const bool ordered_;
+    std::mutex mutex_;
+    std::deque<Chunk> chunks_;    // ordered mode: chunks not fully released, in input order
+    std::deque<Entry> released_;  // entries the reader may take, in the order it gets them
+    std::uint64_t outstanding_ = 0;
+    std::atomic<std::uint64_t> available_{0};   // released_.size()
+    std::atomic<std::uint64_t> unconsumed_{0};  // submitted, not yet taken by the reader
+    std::atomic<bool> abandoned_{false};
+    Doorbell bell_;
+};
+
 
 }  // namespace procpool::detail

@@ -46,6 +46,7 @@
 #include "procpool/detail/ring.hpp"
 #include "procpool/detail/task.hpp"
 #include "procpool/detail/transport.hpp"
+#include "procpool/detail/worker_setup.hpp"
 #include "procpool/options.hpp"
 
 namespace procpool::detail {
@@ -406,25 +407,10 @@ inline void serve_mpi_worker(MPI_Comm comm, const std::function<void()>& initial
         }
     } sink;
     sink.comm = comm;
-    if (memory_limit) {
-        std::size_t pages = 0;
-        if (std::FILE* statm = std::fopen("/proc/self/statm", "r")) {
-            if (std::fscanf(statm, "%zu", &pages) != 1) pages = 0;
-            std::fclose(statm);
-        }
-        const rlim_t cap = pages * static_cast<rlim_t>(::sysconf(_SC_PAGESIZE)) + *memory_limit;
-        const rlimit limit{cap, cap};
-        ::setrlimit(RLIMIT_AS, &limit);
-    }
-    if (initializer) {
-        try {
-            initializer();
-        } catch (...) {
-            Buffer error;
-            OutputArchive ar(error);
-            encode_current_exception(ar);
-            MPI_Send(error.data(), static_cast<int>(error.size()), MPI_BYTE, 0, kMpiInitFailed, comm);
-        }
+    apply_memory_limit(memory_limit);
+    Buffer error;
+    if (!run_initializer(initializer, error)) {
+        MPI_Send(error.data(), static_cast<int>(error.size()), MPI_BYTE, 0, kMpiInitFailed, comm);
     }
     Buffer task;
     Buffer values;

@@ -20,10 +20,9 @@
 #include <span>
 
 #include "procpool/detail/futex.hpp"
+#include "procpool/detail/platform.hpp"
 
 namespace procpool::detail {
-
-inline constexpr std::size_t kCacheLine = 64;
 
 struct FragmentHeader {
     std::uint32_t size;   // payload bytes, excluding this header and the padding after the payload
@@ -33,8 +32,6 @@ struct FragmentHeader {
 static_assert(sizeof(FragmentHeader) == 8, "fragments are laid out on 8-byte boundaries");
 
 enum FragmentFlag : std::uint16_t { kFirstFragment = 1, kLastFragment = 2, kPadFragment = 4 };
-
-constexpr std::uint64_t align8(std::uint64_t n) noexcept { return (n + 7) & ~std::uint64_t{7}; }
 
 /// The shared part of a ring. Positions are byte counts since the ring was (re)set and only grow.
 struct RingState {

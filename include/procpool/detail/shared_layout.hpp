@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "procpool/detail/futex.hpp"
+#include "procpool/detail/platform.hpp"
 #include "procpool/detail/result_area.hpp"
 #include "procpool/detail/ring.hpp"
 
@@ -49,8 +50,6 @@ static_assert(std::is_standard_layout_v<ControlBlock> && std::is_trivially_destr
 /// Computes the addresses of the shared blocks inside one mapping.
 class SharedLayout {
 public:
-    static constexpr std::size_t kPage = 4096;
-
     SharedLayout() = default;
     SharedLayout(std::size_t slots, std::size_t ring_bytes) noexcept : slots_(slots), ring_bytes_(ring_bytes) {
         slots_offset_ = round_up(sizeof(ControlBlock), kCacheLine);
@@ -83,8 +82,6 @@ public:
     }
 
 private:
-    static constexpr std::size_t round_up(std::size_t n, std::size_t to) noexcept { return (n + to - 1) / to * to; }
-
     std::size_t slots_ = 0;
     std::size_t ring_bytes_ = 0;
     std::size_t slots_offset_ = 0;

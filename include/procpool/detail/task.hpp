@@ -81,10 +81,6 @@ struct ResultHeader {
 static_assert(sizeof(ResultHeader) == 40, "ResultHeader layout is part of the wire format");
 enum ResultFlag : std::uint32_t { kFinalResult = 1 };
 
-inline std::int64_t monotonic_ns() noexcept {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(MonotonicClock::now().time_since_epoch()).count();
-}
-
 // ---- worker side ------------------------------------------------------------------------------------------------
 /// Where a worker's result messages go (the fork transport writes them to the worker's result ring).
 class ResultSink {

@@ -70,17 +70,17 @@ concept Transport = requires(T& transport, const T& constant, const PoolOptions&
     /// True when something waits for the poller (a message, a report, freed space). Any thread.
     { transport.pending() } -> std::same_as<bool>;
     /// Waits until ready() or `deadline`, spinning for `spin` first. Any thread.
-    { transport.wait(deadline, spin, ready) };
+    {transport.wait(deadline, spin, ready)};
     /// Wakes a thread in wait(). Any thread.
-    { transport.wake() };
+    {transport.wake()};
     /// The workers leave once they have run what was sent and read their exit messages.
-    { transport.shutdown() };
+    {transport.shutdown()};
     /// The workers stop now; what they were running is lost.
-    { transport.terminate() };
+    {transport.terminate()};
     /// True once the workers are gone or going (after shutdown(), terminate(), or a failure of the transport).
     { transport.workers_gone() } -> std::same_as<bool>;
     /// Blocks until every process the transport started has ended and is reaped. One thread at a time.
-    { transport.wait_workers_gone() };
+    {transport.wait_workers_gone()};
 };
 
 /// Messages larger than a worker's queue stream through it: write() may stop part way, and the transport says when
@@ -101,25 +101,25 @@ concept RevocableQueue = Transport<T> && requires(T& transport, std::size_t slot
 /// Workers can be signalled and replaced, and say what they run: what task_timeout, max_tasks_per_child, crash
 /// isolation and the initializer's failure need. Their life-cycle events come as reports.
 template <class T>
-concept ReplaceableWorkers =
-    Transport<T> && requires(T& transport, const T& constant, std::size_t slot, std::uint64_t position, int signal) {
-        /// Sends `signal` to the worker in `slot`.
-        { transport.signal(slot, signal) };
-        /// Resets the slot's queues and starts a new worker in it (a kWorkerSpawned or kSpawnFailed report follows).
-        { transport.respawn(slot) };
-        /// What the worker in `slot` runs now (task, item, its start), and whether its initializer returned.
-        { constant.status(slot) } -> std::same_as<const WorkerStatus&>;
-        /// Whether the worker claimed the task message at `position` (valid while position >= task_ring_head()).
-        { transport.claimed(slot, position) } -> std::same_as<bool>;
-        /// Where the worker's next unread task message starts: messages before it were consumed.
-        { constant.task_ring_head(slot) } -> std::same_as<std::uint64_t>;
-        /// True when a life-cycle report waits. Poller only.
-        { constant.reports_pending() } -> std::same_as<bool>;
-        /// The next report (a worker started, exited or could not be started), if one waits. Poller only.
-        { transport.poll_report() } -> std::same_as<std::optional<WorkerEvent>>;
-        /// Reports consumed while the transport was being built (workers that died at once), for the scheduler.
-        { transport.take_early_exits() } -> std::same_as<std::vector<WorkerEvent>>;
-    };
+concept ReplaceableWorkers = Transport<T> &&
+    requires(T& transport, const T& constant, std::size_t slot, std::uint64_t position, int signal) {
+    /// Sends `signal` to the worker in `slot`.
+    {transport.signal(slot, signal)};
+    /// Resets the slot's queues and starts a new worker in it (a kWorkerSpawned or kSpawnFailed report follows).
+    {transport.respawn(slot)};
+    /// What the worker in `slot` runs now (task, item, its start), and whether its initializer returned.
+    { constant.status(slot) } -> std::same_as<const WorkerStatus&>;
+    /// Whether the worker claimed the task message at `position` (valid while position >= task_ring_head()).
+    { transport.claimed(slot, position) } -> std::same_as<bool>;
+    /// Where the worker's next unread task message starts: messages before it were consumed.
+    { constant.task_ring_head(slot) } -> std::same_as<std::uint64_t>;
+    /// True when a life-cycle report waits. Poller only.
+    { constant.reports_pending() } -> std::same_as<bool>;
+    /// The next report (a worker started, exited or could not be started), if one waits. Poller only.
+    { transport.poll_report() } -> std::same_as<std::optional<WorkerEvent>>;
+    /// Reports consumed while the transport was being built (workers that died at once), for the scheduler.
+    { transport.take_early_exits() } -> std::same_as<std::vector<WorkerEvent>>;
+};
 
 /// The workers share the caller's memory: shared objects (SharedArray, Lock...) travel as handles, and large inputs
 /// encoded into the bulk arena travel by reference.
@@ -133,8 +133,8 @@ concept SharedMemoryWorkers = Transport<T> && requires(std::span<const std::byte
 /// silences it (a wake-up would only wake the service thread for nothing).
 template <class T>
 concept MutableDoorbell = Transport<T> && requires(T& transport) {
-    { transport.mute_doorbell() };
-    { transport.unmute_doorbell() };
+    {transport.mute_doorbell()};
+    {transport.unmute_doorbell()};
 };
 
 }  // namespace procpool::detail

@@ -27,6 +27,7 @@
 #include "procpool/detail/shared_layout.hpp"
 #include "procpool/detail/stream_copy.hpp"
 #include "procpool/detail/task.hpp"
+#include "procpool/detail/worker_setup.hpp"
 
 namespace procpool::detail {
 
@@ -56,7 +57,7 @@ public:
 
     /// Runs the initializer, then serves tasks until told to exit. Never returns.
     [[noreturn]] void run() noexcept {
-        apply_memory_limit();
+        apply_memory_limit(env_.memory_limit);
         run_initializer();
         for (;;) {
             const Fragment fragment = next_fragment();
@@ -76,30 +77,12 @@ public:
     }
 
 private:
-    /// Caps the worker's address space at what it inherited plus memory_limit (RLIMIT_AS), so a task that
-    /// allocates too much gets std::bad_alloc instead of the machine running out of memory.
-    void apply_memory_limit() const noexcept {
-        if (!env_.memory_limit) return;
-        std::size_t inherited_pages = 0;
-        if (std::FILE* statm = std::fopen("/proc/self/statm", "r")) {
-            if (std::fscanf(statm, "%zu", &inherited_pages) != 1) inherited_pages = 0;
-            std::fclose(statm);
-        }
-        const rlim_t cap = inherited_pages * static_cast<rlim_t>(::sysconf(_SC_PAGESIZE)) + *env_.memory_limit;
-        const rlimit limit{cap, cap};
-        ::setrlimit(RLIMIT_AS, &limit);
-    }
-
     void run_initializer() noexcept {
-        if (env_.initializer != nullptr && *env_.initializer) {
-            try {
-                (*env_.initializer)();
-            } catch (...) {
-                Buffer message;
-                OutputArchive ar(message);
-                encode_current_exception(ar);
-                const Piece piece{message.data(), message.size()};
-                send(kInitFailedMessage, {&piece, 1}, message.size());
+        if (env_.initializer != nullptr) {
+            Buffer error;
+            if (!detail::run_initializer(*env_.initializer, error)) {
+                const Piece piece{error.data(), error.size()};
+                send(kInitFailedMessage, {&piece, 1}, error.size());
                 exit_process(kInitializerFailedExit);
             }
         }

@@ -1,0 +1,197 @@
+// procpool internals: dispatch, the scheduler handing tasks to workers. Each worker is kept `depth` tasks deep, least
+// loaded first; a job's items are cut into chunks (detail/chunk_policy.hpp) as they are sent; a worker that runs dry
+// takes over a task queued behind another worker's running one (rebalancing, where the transport can revoke). Every
+// member here runs with the scheduler's mutex_ held. Part of detail/scheduler.hpp, the table of contents.
+#pragma once
+
+#include "procpool/detail/scheduler.hpp"
+
+namespace procpool::detail {
+
+template <class Transport>
+void Scheduler<Transport>::dispatch_locked() {
+    if (state_ == State::terminated || state_ == State::broken) return;
+    // 1. Finish messages that did not fit in an task ring at once.
+    for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+        WorkerSlot& w = workers_[slot];
+        if (!w.inflight.empty() && !w.inflight.back().fully_written()) write_task_locked(slot, w.inflight.back());
+    }
+    // 2. Hand out new tasks, least loaded worker first, most recently active among equals (it is still awake).
+    for (;;) {
+        const std::optional<std::size_t> slot = pick_worker_locked();
+        if (!slot) break;
+        std::optional<Task> task = next_task_locked(workers_[*slot]);
+        if (!task) break;
+        WorkerSlot& w = workers_[*slot];
+        w.budget -= task->segment.count;
+        w.inflight.push_back(std::move(*task));
+        write_task_locked(*slot, w.inflight.back());
+    }
+    // 3. A worker with nothing to do takes over a task queued behind another worker's running task.
+    if constexpr (RevocableQueue<Transport>) rebalance_locked();
+    // 4. Workers that used up their budget leave once their queue is empty; at shutdown all of them do.
+    for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+        WorkerSlot& w = workers_[slot];
+        const bool leave = w.budget == 0 || state_ == State::joining;
+        if (leave && w.inflight.empty() && w.usable()) {
+            std::size_t written = 0;
+            if (transport_.write(slot, kExitMessage, {}, 0, written)) w.phase = Phase::exiting;
+        }
+    }
+}
+
+template <class Transport>
+std::size_t Scheduler<Transport>::depth_locked() const noexcept {
+    // A task queued behind a long one can be taken back only where the transport allows it; elsewhere a
+    // worker gets one long task at a time (it pulls the next when it is done).
+    constexpr std::size_t kMinimum = RevocableQueue<Transport> ? 2 : 1;
+    return ChunkPolicy::queue_depth(task_ns_, kMinimum, settings_.queue_target, settings_.max_depth);
+}
+
+template <class Transport>
+std::optional<std::size_t> Scheduler<Transport>::pick_worker_locked() const noexcept {
+    const std::size_t depth = depth_locked();
+    std::optional<std::size_t> best;
+    for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+        const WorkerSlot& w = workers_[slot];
+        if (!w.usable() || w.budget == 0 || w.inflight.size() >= depth) continue;
+        if (!w.inflight.empty() && !w.inflight.back().fully_written()) continue;
+        if (!best) {
+            best = slot;
+            continue;
+        }
+        const WorkerSlot& b = workers_[*best];
+        if (w.inflight.size() < b.inflight.size() ||
+            (w.inflight.size() == b.inflight.size() && w.last_active_ns > b.last_active_ns)) {
+            best = slot;
+        }
+    }
+    return best;
+}
+
+template <class Transport>
+auto Scheduler<Transport>::next_task_locked(const WorkerSlot& w) -> std::optional<Task> {
+    while (!jobs_.empty()) {
+        std::shared_ptr<JobBase>& job = jobs_.front();
+        if (job->cancelled()) {
+            job->ready.clear();
+            job->unsent_items = 0;
+        }
+        if (job->ready.empty()) {
+            job->queued = false;
+            jobs_.pop_front();
+            continue;
+        }
+        Segment& front = job->ready.front();
+        const std::uint64_t n = std::min<std::uint64_t>({chunk_size_locked(*job, front), front.count, w.budget});
+        Task task;
+        task.id = ++last_task_id_;
+        task.job = job;
+        if (n == front.count) {
+            task.segment = std::move(front);
+            job->ready.pop_front();
+        } else {
+            task.segment = front.take_front(n);
+        }
+        job->unsent_items -= n;
+        ++job->tasks_sent;
+        if (job->ready.empty()) {
+            job->queued = false;
+            jobs_.pop_front();
+        } else if (jobs_.size() > 1) {
+            // Round-robin between jobs: the next task goes to the next job.
+            jobs_.push_back(std::move(jobs_.front()));
+            jobs_.pop_front();
+        }
+        return task;
+    }
+    return std::nullopt;
+}
+
+/// Items per task for `job`'s next task: the caller's chunksize, an imap's chunk as it was read, or map's automatic
+/// size (detail/chunk_policy.hpp).
+template <class Transport>
+std::uint64_t Scheduler<Transport>::chunk_size_locked(const JobBase& job, const Segment& front) const noexcept {
+    if (job.chunksize_ != 0) return job.chunksize_;
+    if (job.presized_segments_) return front.count;
+    ChunkPolicy::MapInputs in;
+    in.unsent_items = job.unsent_items;
+    in.workers = workers_.size();
+    in.item_ns = job.item_ns.load(std::memory_order_relaxed);
+    in.tasks_sent = job.tasks_sent;
+    in.bytes_per_item = job.encoded_items == 0 ? 1 : std::max<std::uint64_t>(1, job.encoded_bytes / job.encoded_items);
+    in.max_task_bytes = transport_.max_fragment() / 2;  // a task should fit one fragment: decoded in place, revocable
+    in.target = settings_.chunk_target;
+    return ChunkPolicy::map_chunk(in);
+}
+
+template <class Transport>
+void Scheduler<Transport>::write_task_locked(std::size_t slot, Task& task) {
+    const auto items = task.segment.block->items(task.segment.block_first, task.segment.count);
+    if (task.total == 0) {
+        const JobBase& job = *task.job;
+        bool by_reference = false;
+        if constexpr (SharedMemoryWorkers<Transport>) {
+            by_reference = items.size() >= kByReferenceMin && transport_.readable_by_workers(items);
+        }
+        task.header = TaskHeader{
+            task.id,
+            Transport::entry_id(job.entry()),
+            kUnclaimed,
+            static_cast<std::uint32_t>(task.segment.count),
+            static_cast<std::uint32_t>(job.callable().size()),
+            (settings_.task_timeout ? static_cast<std::uint32_t>(kTimedItems) : 0u) |
+                (job.code_pointer_callable ? static_cast<std::uint32_t>(kCodePointerCallable) : 0u) |
+                (by_reference ? static_cast<std::uint32_t>(kItemsByReference) : 0u)};
+        task.total = sizeof(TaskHeader) + align8(job.callable().size()) +
+                     (by_reference ? sizeof(ItemsReference) : items.size());
+        task.fragmented = task.total > transport_.max_fragment();
+    }
+    static constexpr std::byte zeros[8] = {};
+    const Buffer& callable = task.job->callable();
+    // The task keeps its segment, and so the block, until its final result: the worker reads it till then.
+    const ItemsReference reference{reinterpret_cast<std::uint64_t>(items.data()), items.size()};
+    const bool by_reference = (task.header.flags & kItemsByReference) != 0;
+    const Piece pieces[] = {{&task.header, sizeof task.header},
+                            {callable.data(), callable.size()},
+                            {zeros, align8(callable.size()) - callable.size()},
+                            by_reference ? Piece{&reference, sizeof reference} : Piece{items.data(), items.size()}};
+    // An unfinished message is continued by dispatch_locked() when the worker frees space.
+    transport_.write(slot, kTaskMessage, pieces, task.total, task.written,
+                     task.written == 0 ? &task.position : nullptr);
+}
+
+/// Moves unstarted tasks from busy workers to idle ones while no unsent work is left.
+template <class Transport>
+void Scheduler<Transport>::rebalance_locked() {
+    for (;;) {
+        if (unsent_work_locked()) return;
+        std::optional<std::size_t> idle;
+        std::optional<std::size_t> victim;
+        for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+            const WorkerSlot& w = workers_[slot];
+            if (w.usable() && w.budget > 0 && w.inflight.empty() && !idle) idle = slot;
+            if (w.inflight.size() >= 2 && (!victim || w.inflight.size() > workers_[*victim].inflight.size())) {
+                victim = slot;
+            }
+        }
+        if (!idle || !victim) return;
+        WorkerSlot& from = workers_[*victim];
+        Task& last = from.inflight.back();
+        if (!last.fully_written() || last.fragmented || last.segment.count > workers_[*idle].budget ||
+            !transport_.revoke(*victim, last.position)) {
+            return;
+        }
+        Task moved = std::move(last);
+        from.inflight.pop_back();
+        from.budget += moved.segment.count;
+        moved.written = moved.total = 0;
+        moved.header.claim = kUnclaimed;
+        WorkerSlot& to = workers_[*idle];
+        to.budget -= moved.segment.count;
+        to.inflight.push_back(std::move(moved));
+        write_task_locked(*idle, to.inflight.back());
+    }
+}
+
+}  // namespace procpool::detail

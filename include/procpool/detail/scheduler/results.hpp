@@ -1,0 +1,125 @@
+// procpool internals: result intake, the poller routing each result message to its job (which decodes it without
+// the scheduler's lock) and applying the measured times once per pass. Part of detail/scheduler.hpp, the table of
+// contents.
+#pragma once
+
+#include <cstring>
+
+#include "procpool/detail/scheduler.hpp"
+
+namespace procpool::detail {
+
+template <class Transport>
+void Scheduler<Transport>::handle_message(std::size_t slot, std::uint16_t kind, std::span<const std::byte> bytes) {
+    if (kind == kResultMessage) {
+        handle_result(slot, bytes);
+    } else if (kind == kInitFailedMessage) {
+        std::exception_ptr error;
+        try {
+            InputArchive ar(bytes);
+            error = decode_error(ar);
+        } catch (...) {
+            error = std::current_exception();
+        }
+        std::lock_guard lock(mutex_);
+        init_error_ = error;
+        if constexpr (!ReplaceableWorkers<Transport>) {
+            // No exit report will follow (the rank lives on): the pool cannot work, say so now.
+            break_locked(with_message("the initializer failed on worker " + std::to_string(slot + 1), error),
+                         error);
+        }
+    }
+}
+
+template <class Transport>
+void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::byte> bytes) {
+    ResultHeader header;
+    if (bytes.size() < sizeof header) return protocol_error(slot, "short result message");
+    std::memcpy(&header, bytes.data(), sizeof header);
+    if (bytes.size() - sizeof header < header.errors_size) return protocol_error(slot, "bad result message");
+
+    std::shared_ptr<JobBase> job;
+    std::shared_ptr<const ItemBlock> finished_input;  // dropped after the lock: freeing it can take a while
+    std::uint64_t first = 0;
+    {
+        std::lock_guard lock(mutex_);
+        if (state_ == State::terminated || state_ == State::broken) return;  // already failed
+        WorkerSlot& w = workers_[slot];
+        if (w.inflight.empty() || w.inflight.front().id != header.task_id) {
+            return protocol_error_locked(slot, "result for a task the worker does not hold");
+        }
+        Task& task = w.inflight.front();
+        if (task.delivered != header.first || header.first + header.count > task.segment.count) {
+            return protocol_error_locked(slot, "result out of order");
+        }
+        job = task.job;
+        first = task.segment.job_first + header.first;
+        // These items are delivered from here on: a terminate() while they are decoded must not fail them.
+        task.delivered += header.count;
+        if ((header.flags & kFinalResult) != 0) {  // the worker holds it no more
+            finished_input = std::move(task.segment.block);
+            w.inflight.pop_front();
+        }
+    }
+
+    std::vector<ItemError> errors;
+    InputArchive error_ar(bytes.subspan(sizeof header, header.errors_size));
+    InputArchive values(bytes.subspan(sizeof header + header.errors_size));
+    try {
+        errors.reserve(header.error_count);
+        for (std::uint32_t i = 0; i < header.error_count; ++i) {
+            std::uint32_t index = 0;
+            error_ar.read_bytes(&index, sizeof index);
+            errors.push_back(ItemError{first - header.first + index, decode_error(error_ar)});
+        }
+        finished_input.reset();  // before the caller can wake: a next large map finds the range free again
+        job->deliver(first, header.count, errors, values);
+    } catch (...) {
+        job->fail(first, header.count, std::current_exception());
+    }
+    // Estimates and refills are applied once per batch of messages (finish_completions()).
+    completions_.push_back(
+        Completion{slot, std::move(job), header.count, header.busy_ns, (header.flags & kFinalResult) != 0});
+}
+
+/// Applies the results read since the last call: time estimates, then one dispatch for all of them.
+/// Poll-role holder only.
+template <class Transport>
+void Scheduler<Transport>::finish_completions() {
+    if (completions_.empty()) return;
+    {
+        std::lock_guard lock(mutex_);
+        const std::int64_t now = monotonic_ns();
+        for (const Completion& c : completions_) {
+            workers_[c.slot].last_active_ns = now;
+            if (c.count != 0) {
+                const double per_item = static_cast<double>(c.busy_ns) / static_cast<double>(c.count);
+                const double old = c.job->item_ns.load(std::memory_order_relaxed);
+                c.job->item_ns.store(ChunkPolicy::smoothed(old, per_item, ChunkPolicy::kItemTimeWeight),
+                                     std::memory_order_relaxed);
+            }
+            if (c.final) {
+                const double task_ns = static_cast<double>(c.busy_ns) + ChunkPolicy::kHandOffNs;
+                task_ns_ = ChunkPolicy::smoothed(task_ns_, task_ns, ChunkPolicy::kTaskTimeWeight);
+            }
+        }
+        dispatch_locked();
+        if (!work_left_locked()) idle_cv_.notify_all();
+    }
+    completions_.clear();  // drops the job references outside the lock
+}
+
+template <class Transport>
+void Scheduler<Transport>::protocol_error(std::size_t slot, const char* what) {
+    std::lock_guard lock(mutex_);
+    protocol_error_locked(slot, what);
+}
+
+template <class Transport>
+void Scheduler<Transport>::protocol_error_locked(std::size_t slot, const char* what) {
+    std::fprintf(stderr, "procpool: internal error: %s (worker %d); replacing the worker\n", what,
+                 static_cast<int>(workers_[slot].pid));
+    if constexpr (ReplaceableWorkers<Transport>) transport_.signal(slot, SIGKILL);
+}
+
+}  // namespace procpool::detail

@@ -1,0 +1,152 @@
+// procpool internals: the scheduler's public calls (submit, extend, abandon, close, join, terminate) and its job
+// queue. Part of detail/scheduler.hpp, the table of contents.
+#pragma once
+
+#include "procpool/detail/scheduler.hpp"
+
+namespace procpool::detail {
+
+/// Queues a job with its first items (none for an imap that reads its input later) and starts sending it.
+/// Throws PoolStateError after close()/terminate().
+template <class Transport>
+void Scheduler<Transport>::submit(const std::shared_ptr<JobBase>& job, Segment items) {
+    check_owner();  // before the lock: in a forked child another thread may have held it at the fork
+    std::lock_guard lock(mutex_);
+    check_open_locked();
+    add_segment_locked(*job, std::move(items));
+    enqueue_locked(job);
+    dispatch_locked();
+}
+
+/// Adds items to a job submitted earlier (imap reading more input). Allowed after close() until join() has
+/// begun; throws PoolStateError after that, after terminate(), and in a process forked after the pool was
+/// built (its dispatch would write tasks into the rings the original process's workers read).
+template <class Transport>
+void Scheduler<Transport>::extend(const std::shared_ptr<JobBase>& job, Segment segment) {
+    check_owner();
+    std::lock_guard lock(mutex_);
+    if (state_ != State::running && state_ != State::closed) throw_state_error_locked();
+    add_segment_locked(*job, std::move(segment));
+    enqueue_locked(job);
+    dispatch_locked();
+}
+
+/// Drops a job's items that were not sent yet (an imap range abandoned by its reader). Never blocks on workers.
+template <class Transport>
+void Scheduler<Transport>::abandon(JobBase& job) {
+    std::lock_guard lock(mutex_);
+    job.ready.clear();
+    job.unsent_items = 0;
+    idle_cv_.notify_all();
+}
+
+template <class Transport>
+void Scheduler<Transport>::close() {
+    std::lock_guard lock(mutex_);
+    check_owner();
+    if (state_ == State::running) state_ = State::closed;
+}
+
+/// Waits until all queued work is done, then stops the workers and the fork server. A terminate() from
+/// another thread ends the wait. Not from a callback (the service thread runs the work being waited for).
+template <class Transport>
+void Scheduler<Transport>::join() {
+    check_owner();
+    if (in_callback_thread()) {
+        throw PoolStateError("procpool: join() cannot be called from an AsyncResult callback");
+    }
+    {
+        std::unique_lock lock(mutex_);
+        if (state_ == State::running) {
+            throw PoolStateError("procpool: join() called before close() or terminate()");
+        }
+        idle_cv_.wait(lock, [&] { return state_ != State::closed || !work_left_locked(); });
+        if (state_ == State::closed) {
+            state_ = State::joining;
+            send_shutdown_locked();  // now, rather than after waking the service thread
+        }
+    }
+    transport_.wake();
+    stop_service();
+}
+
+/// Stops the workers now; every unfinished result fails with PoolStateError. Returns once all processes are
+/// reaped (from a callback: once they are told to stop).
+template <class Transport>
+void Scheduler<Transport>::terminate() {
+    check_owner();
+    {
+        std::lock_guard lock(mutex_);
+        fail_everything_locked(
+            std::make_exception_ptr(PoolStateError("procpool: the pool was terminated before this task finished")),
+            State::terminated);
+    }
+    deliver_failures();
+    transport_.terminate();
+    stop_service();
+}
+
+/// WaitHelper, and every public call: throws PoolStateError in a process forked after the pool was built.
+template <class Transport>
+void Scheduler<Transport>::check_owner() const {
+    if (fork_generation() != generation_) {
+        throw PoolStateError("procpool: a pool cannot be used from a process forked after it was built");
+    }
+}
+
+template <class Transport>
+bool Scheduler<Transport>::closed() const {
+    std::lock_guard lock(mutex_);
+    return state_ != State::running;
+}
+
+template <class Transport>
+void Scheduler<Transport>::check_open_locked() const {  // (submit() checked the owner before taking the lock)
+    if (state_ != State::running) throw_state_error_locked();
+}
+
+template <class Transport>
+void Scheduler<Transport>::throw_state_error_locked() const {
+    switch (state_) {
+        case State::broken: throw PoolStateError("procpool: the pool is broken: " + broken_reason_);
+        case State::terminated: throw PoolStateError("procpool: the pool was terminated");
+        default: throw PoolStateError("procpool: the pool is closed; no more tasks can be submitted");
+    }
+}
+
+template <class Transport>
+void Scheduler<Transport>::add_segment_locked(JobBase& job, Segment segment) {
+    if (segment.count == 0) return;
+    job.unsent_items += segment.count;
+    job.encoded_items += segment.count;
+    job.encoded_bytes += segment.block->items(segment.block_first, segment.count).size();
+    job.ready.push_back(std::move(segment));
+}
+
+template <class Transport>
+void Scheduler<Transport>::enqueue_locked(const std::shared_ptr<JobBase>& job, bool front) {
+    if (job->queued || job->ready.empty()) return;
+    job->queued = true;
+    if (front) jobs_.push_front(job);
+    else jobs_.push_back(job);
+}
+
+/// True if some job still has items to send (stops at the first such job: O(1) unless many jobs failed).
+template <class Transport>
+bool Scheduler<Transport>::unsent_work_locked() const noexcept {
+    for (const auto& job : jobs_) {
+        if (!job->ready.empty() && !job->cancelled()) return true;
+    }
+    return false;
+}
+
+template <class Transport>
+bool Scheduler<Transport>::work_left_locked() const noexcept {
+    if (unsent_work_locked()) return true;
+    for (const WorkerSlot& w : workers_) {
+        if (!w.inflight.empty()) return true;
+    }
+    return false;
+}
+
+}  // namespace procpool::detail
