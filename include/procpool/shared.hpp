@@ -50,7 +50,9 @@ inline constexpr bool shareable_v = std::is_trivially_copyable_v<T> && !std::is_
 /// writes the same elements, zero-copy. Elements are not synchronised: guard them with get_lock() (or your own
 /// Lock), or use atomics (std::atomic_ref). Zero-filled on creation.
 template <class T>
-class SharedArray {
+class SharedArray : public detail::SharedHandle<SharedArray<T>, detail::kArrayObject> {
+    using Handle = detail::SharedHandle<SharedArray<T>, detail::kArrayObject>;
+    using Handle::ref_;
     static_assert(detail::shareable_v<T>,
                   "procpool: SharedArray<T> needs a trivially copyable T without pointers (its bytes are shared "
                   "between processes as they are). Use procpool::Queue<T> to pass other values between processes.");
@@ -95,15 +97,8 @@ public:
     /// The reference is valid as long as this handle; copies of the Lock share the same lock. Never blocks.
     [[nodiscard]] Lock& get_lock() const noexcept { return lock_; }
 
-    using procpool_handle_tag = void;
-    void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static SharedArray procpool_decode(InputArchive& ar) {
-        return SharedArray(detail::SharedRef::decode(ar, detail::kArrayObject));
-    }
-    /// Handles are equal when they refer to the same array.
-    friend bool operator==(const SharedArray& a, const SharedArray& b) noexcept { return a.ref_ == b.ref_; }
-
 private:
+    friend Handle;
     static detail::SharedRef create(std::size_t size) {
         if (size > (std::size_t{1} << 46) / sizeof(T)) throw std::bad_alloc();
         detail::SharedRef ref = detail::SharedRef::create(detail::kArrayDataOffset + size * sizeof(T),
@@ -114,12 +109,9 @@ private:
         return ref;
     }
     explicit SharedArray(detail::SharedRef ref)
-        : ref_(std::move(ref)), lock_(ref_.inner(offsetof(detail::ArrayHeader, lock))) {}
-    [[nodiscard]] detail::ArrayHeader& header() const noexcept {
-        return *std::launder(reinterpret_cast<detail::ArrayHeader*>(ref_.address()));
-    }
+        : Handle(std::move(ref)), lock_(ref_.inner(offsetof(detail::ArrayHeader, lock))) {}
+    [[nodiscard]] detail::ArrayHeader& header() const noexcept { return this->template object<detail::ArrayHeader>(); }
 
-    detail::SharedRef ref_;
     // A handle to the lock in the array's block, so get_lock() can return an lvalue (std::lock_guard takes one).
     // mutable: it is part of the handle, and locking through it changes nothing the handle owns.
     mutable Lock lock_;
@@ -154,9 +146,11 @@ private:
 /// Crash-safe: a process dying inside put() or get() never blocks the others (its robust lock is taken over and
 /// the list repaired); an item being taken by a process that dies is lost with it.
 template <class T>
-class Queue {
+class Queue : public detail::SharedHandle<Queue<T>, detail::kQueueObject> {
+    using Handle = detail::SharedHandle<Queue<T>, detail::kQueueObject>;
+
 public:
-    explicit Queue(std::size_t maxsize = 0) : ref_(create(maxsize)) {}
+    explicit Queue(std::size_t maxsize = 0) : Handle(create(maxsize)) {}
 
     /// Appends `value`, waiting while the queue is full. Throws what encoding `value` throws.
     void put(const T& value) const { (void)put_until(value, std::nullopt); }
@@ -190,13 +184,8 @@ public:
     [[nodiscard]] bool empty() const { return size() == 0; }
     [[nodiscard]] std::size_t maxsize() const noexcept { return static_cast<std::size_t>(state().maxsize); }
 
-    using procpool_handle_tag = void;
-    void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static Queue procpool_decode(InputArchive& ar) {
-        return Queue(detail::SharedRef::decode(ar, detail::kQueueObject));
-    }
-
 private:
+    friend Handle;
     struct State {
         detail::RobustMutex mutex;
         std::uint64_t head;  // offset of the oldest message block, 0 = none
@@ -231,8 +220,8 @@ private:
             at = next;
         }
     }
-    explicit Queue(detail::SharedRef ref) : ref_(std::move(ref)) {}
-    [[nodiscard]] State& state() const noexcept { return *std::launder(reinterpret_cast<State*>(ref_.address())); }
+    explicit Queue(detail::SharedRef ref) : Handle(std::move(ref)) {}
+    [[nodiscard]] State& state() const noexcept { return this->template object<State>(); }
     static Message* message(std::uint64_t offset) noexcept {
         return std::launder(reinterpret_cast<Message*>(detail::SharedHeap::instance().address(offset)));
     }
@@ -258,7 +247,7 @@ private:
         OutputArchive ar(encoded);
         encode(ar, value);
         detail::SharedHeap& heap = detail::SharedHeap::instance();
-        const std::uint64_t offset = heap.allocate(sizeof(Message) + encoded.size(), detail::kQueueObject + 100);
+        const std::uint64_t offset = heap.allocate(sizeof(Message) + encoded.size(), detail::kQueueMessage);
         Message* m = message(offset);
         m->next = 0;
         m->bytes = encoded.size();
@@ -330,8 +319,6 @@ private:
             throw;
         }
     }
-
-    detail::SharedRef ref_;
 };
 
 }  // namespace procpool

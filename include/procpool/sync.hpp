@@ -59,7 +59,7 @@ inline std::uint64_t process_start_time(pid_t pid) {
 
 /// The common part of Lock and RLock.
 template <class Self, ObjectKind Kind>
-class LockBase {
+class LockBase : public SharedHandle<Self, Kind> {
 public:
     /// Blocks until acquired. A lock whose holder died is taken over (see owner_died()). A Lock (not an RLock)
     /// that the calling thread holds already throws PoolStateError instead of deadlocking (Python would hang).
@@ -93,20 +93,12 @@ public:
     /// True when the calling thread holds the lock.
     [[nodiscard]] bool held() const noexcept { return mutex().held(); }
 
-    using procpool_handle_tag = void;
-    void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static Self procpool_decode(InputArchive& ar) { return Self(SharedRef::decode(ar, Kind)); }
-    friend bool operator==(const LockBase& a, const LockBase& b) noexcept { return a.ref_ == b.ref_; }
-
 protected:
-    explicit LockBase(bool recursive) : ref_(SharedRef::create(sizeof(RobustMutex), Kind)) { mutex().init(recursive); }
-    explicit LockBase(SharedRef ref) : ref_(std::move(ref)) {}
-    [[nodiscard]] RobustMutex& mutex() const noexcept {
-        return *std::launder(reinterpret_cast<RobustMutex*>(ref_.address()));
+    explicit LockBase(bool recursive) : SharedHandle<Self, Kind>(SharedRef::create(sizeof(RobustMutex), Kind)) {
+        mutex().init(recursive);
     }
-
-private:
-    SharedRef ref_;
+    explicit LockBase(SharedRef ref) : SharedHandle<Self, Kind>(std::move(ref)) {}
+    [[nodiscard]] RobustMutex& mutex() const noexcept { return this->template object<RobustMutex>(); }
 };
 
 }  // namespace detail
@@ -119,7 +111,7 @@ public:
     Lock() : LockBase(false) {}
 
 private:
-    friend class detail::LockBase<Lock, detail::kLockObject>;
+    friend class detail::SharedHandle<Lock, detail::kLockObject>;
     template <class T>
     friend class SharedArray;
     template <class T>
@@ -133,7 +125,7 @@ public:
     RLock() : LockBase(true) {}
 
 private:
-    friend class detail::LockBase<RLock, detail::kRLockObject>;
+    friend class detail::SharedHandle<RLock, detail::kRLockObject>;
     explicit RLock(detail::SharedRef ref) : LockBase(std::move(ref)) {}
 };
 
@@ -147,7 +139,7 @@ struct SemaphoreState {
 };
 
 template <class Self, bool Bounded>
-class SemaphoreBase {
+class SemaphoreBase : public SharedHandle<Self, kSemaphoreObject> {
 public:
     /// Takes one unit, blocking while there is none.
     void acquire() const { (void)acquire_until(std::nullopt); }
@@ -175,23 +167,18 @@ public:
     /// Units available now (it may change at once).
     [[nodiscard]] std::uint32_t value() const noexcept { return state().value.load(); }
 
-    using procpool_handle_tag = void;
-    void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static Self procpool_decode(InputArchive& ar) { return Self(SharedRef::decode(ar, kSemaphoreObject)); }
-
 protected:
-    explicit SemaphoreBase(std::uint32_t initial) : ref_(SharedRef::create(sizeof(SemaphoreState), kSemaphoreObject)) {
-        SemaphoreState* s = new (ref_.address()) SemaphoreState();
+    explicit SemaphoreBase(std::uint32_t initial)
+        : SharedHandle<Self, kSemaphoreObject>(SharedRef::create(sizeof(SemaphoreState), kSemaphoreObject)) {
+        SemaphoreState* s = new (this->ref_.address()) SemaphoreState();
         s->value.store(initial);
         s->initial = initial;
         s->bounded = Bounded ? 1 : 0;
     }
-    explicit SemaphoreBase(SharedRef ref) : ref_(std::move(ref)) {}
+    explicit SemaphoreBase(SharedRef ref) : SharedHandle<Self, kSemaphoreObject>(std::move(ref)) {}
 
 private:
-    [[nodiscard]] SemaphoreState& state() const noexcept {
-        return *std::launder(reinterpret_cast<SemaphoreState*>(ref_.address()));
-    }
+    [[nodiscard]] SemaphoreState& state() const noexcept { return this->template object<SemaphoreState>(); }
     bool acquire_until(Deadline deadline) const {
         SemaphoreState& s = state();
         for (;;) {
@@ -212,8 +199,6 @@ private:
             }
         }
     }
-
-    SharedRef ref_;
 };
 
 }  // namespace detail
@@ -225,7 +210,7 @@ public:
     explicit Semaphore(std::uint32_t value = 1) : SemaphoreBase(value) {}
 
 private:
-    friend class detail::SemaphoreBase<Semaphore, false>;
+    friend class detail::SharedHandle<Semaphore, detail::kSemaphoreObject>;
     explicit Semaphore(detail::SharedRef ref) : SemaphoreBase(std::move(ref)) {}
 };
 
@@ -235,14 +220,16 @@ public:
     explicit BoundedSemaphore(std::uint32_t value = 1) : SemaphoreBase(value) {}
 
 private:
-    friend class detail::SemaphoreBase<BoundedSemaphore, true>;
+    friend class detail::SharedHandle<BoundedSemaphore, detail::kSemaphoreObject>;
     explicit BoundedSemaphore(detail::SharedRef ref) : SemaphoreBase(std::move(ref)) {}
 };
 
 /// A flag processes can wait for (like multiprocessing.Event).
-class Event {
+class Event : public detail::SharedHandle<Event, detail::kEventObject> {
 public:
-    Event() : ref_(detail::SharedRef::create(sizeof(State), detail::kEventObject)) { new (ref_.address()) State(); }
+    Event() : SharedHandle(detail::SharedRef::create(sizeof(State), detail::kEventObject)) {
+        new (ref_.address()) State();
+    }
 
     /// Sets the flag and wakes every waiter.
     void set() const {
@@ -261,19 +248,14 @@ public:
         return wait_until(detail::deadline_after(timeout));
     }
 
-    using procpool_handle_tag = void;
-    void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static Event procpool_decode(InputArchive& ar) {
-        return Event(detail::SharedRef::decode(ar, detail::kEventObject));
-    }
-
 private:
+    friend class detail::SharedHandle<Event, detail::kEventObject>;
     struct State {
         std::atomic<std::uint32_t> flag{0};
         std::atomic<std::uint32_t> sleepers{0};
     };
-    explicit Event(detail::SharedRef ref) : ref_(std::move(ref)) {}
-    [[nodiscard]] State& state() const noexcept { return *std::launder(reinterpret_cast<State*>(ref_.address())); }
+    explicit Event(detail::SharedRef ref) : SharedHandle(std::move(ref)) {}
+    [[nodiscard]] State& state() const noexcept { return object<State>(); }
 
     bool wait_until(detail::Deadline deadline) const {
         State& s = state();
@@ -287,16 +269,14 @@ private:
         }
         return true;
     }
-
-    detail::SharedRef ref_;
 };
 
 /// A condition variable shared between processes (like multiprocessing.Condition), with its own recursive,
 /// robust lock. wait() must be called with the lock held; it releases it (every recursion level), sleeps until
 /// notified (or spuriously: check your predicate, or use wait_for with one), and takes it back.
-class Condition {
+class Condition : public detail::SharedHandle<Condition, detail::kConditionObject> {
 public:
-    Condition() : ref_(detail::SharedRef::create(sizeof(State), detail::kConditionObject)) {
+    Condition() : SharedHandle(detail::SharedRef::create(sizeof(State), detail::kConditionObject)) {
         State* s = new (ref_.address()) State();
         s->mutex.init(true);
     }
@@ -338,20 +318,15 @@ public:
     void notify(std::uint32_t n = 1) const { wake(static_cast<int>(std::min<std::uint32_t>(n, INT_MAX))); }
     void notify_all() const { wake(INT_MAX); }
 
-    using procpool_handle_tag = void;
-    void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static Condition procpool_decode(InputArchive& ar) {
-        return Condition(detail::SharedRef::decode(ar, detail::kConditionObject));
-    }
-
 private:
+    friend class detail::SharedHandle<Condition, detail::kConditionObject>;
     struct State {
         detail::RobustMutex mutex;
         std::atomic<std::uint32_t> sequence{0};
         std::atomic<std::uint32_t> sleepers{0};
     };
-    explicit Condition(detail::SharedRef ref) : ref_(std::move(ref)) {}
-    [[nodiscard]] State& state() const noexcept { return *std::launder(reinterpret_cast<State*>(ref_.address())); }
+    explicit Condition(detail::SharedRef ref) : SharedHandle(std::move(ref)) {}
+    [[nodiscard]] State& state() const noexcept { return object<State>(); }
 
     void wake(int n) const {
         State& s = state();
@@ -371,18 +346,16 @@ private:
         for (std::uint32_t i = 0; i < depth; ++i) s.mutex.lock();
         return in_time;
     }
-
-    detail::SharedRef ref_;
 };
 
 /// A barrier for a fixed number of parties (like multiprocessing.Barrier). wait() returns a distinct index in
 /// [0, parties) to each party of a round. If a party that was waiting dies, a wait times out, or abort() is
 /// called, the barrier breaks: every waiter and every later wait() throws BrokenBarrierError until reset().
 /// (A party that dies before it reaches wait() cannot be told from a slow one: use the timed form.)
-class Barrier {
+class Barrier : public detail::SharedHandle<Barrier, detail::kBarrierObject> {
 public:
     /// `parties` >= 1, else std::invalid_argument.
-    explicit Barrier(std::uint32_t parties) : ref_(create(parties)) {}
+    explicit Barrier(std::uint32_t parties) : SharedHandle(create(parties)) {}
 
     /// Blocks until `parties` parties wait; throws BrokenBarrierError if the barrier is or becomes broken.
     std::size_t wait() const { return wait_until(std::nullopt); }
@@ -413,13 +386,8 @@ public:
     /// Parties waiting in the current round.
     [[nodiscard]] std::uint32_t n_waiting() const { return state().count; }
 
-    using procpool_handle_tag = void;
-    void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static Barrier procpool_decode(InputArchive& ar) {
-        return Barrier(detail::SharedRef::decode(ar, detail::kBarrierObject));
-    }
-
 private:
+    friend class detail::SharedHandle<Barrier, detail::kBarrierObject>;
     struct Party {
         pid_t pid;
         std::uint64_t start_time;
@@ -444,8 +412,8 @@ private:
         s->parties = parties;
         return ref;
     }
-    explicit Barrier(detail::SharedRef ref) : ref_(std::move(ref)) {}
-    [[nodiscard]] State& state() const noexcept { return *std::launder(reinterpret_cast<State*>(ref_.address())); }
+    explicit Barrier(detail::SharedRef ref) : SharedHandle(std::move(ref)) {}
+    [[nodiscard]] State& state() const noexcept { return object<State>(); }
 
     /// Locks; a lock taken over from a party that died inside breaks the barrier (its count may be half-done).
     static void lock(State& s) {
@@ -513,8 +481,6 @@ private:
             s.mutex.unlock();
         }
     }
-
-    detail::SharedRef ref_;
 };
 
 }  // namespace procpool

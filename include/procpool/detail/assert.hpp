@@ -11,9 +11,8 @@
 
 #if !defined(NDEBUG) || defined(PROCPOOL_ENABLE_ASSERTS)
 #define PROCPOOL_ASSERTS_ENABLED 1
-#define PROCPOOL_ASSERT(condition, message)                                                                      \
-    ((condition) ? static_cast<void>(0)                                                                         \
-                 : ::procpool::detail::assertion_failed(#condition, message, __FILE__, __LINE__))
+#define PROCPOOL_ASSERT(condition, message) \
+    ((condition) ? static_cast<void>(0) : ::procpool::detail::assertion_failed(#condition, message, __FILE__, __LINE__))
 #else
 #define PROCPOOL_ASSERTS_ENABLED 0
 #define PROCPOOL_ASSERT(condition, message) static_cast<void>(0)

@@ -70,8 +70,7 @@ struct ChunkPolicy {
             items = std::min<std::uint64_t>(std::uint64_t{1} << std::min<std::uint64_t>(chunks_formed, 4),
                                             kMaxImapProbe);
         } else {
-            items = static_cast<std::uint64_t>(
-                std::max(1.0, static_cast<double>(kImapChunkTarget.count()) / item_ns));
+            items = static_cast<std::uint64_t>(std::max(1.0, static_cast<double>(kImapChunkTarget.count()) / item_ns));
         }
         return std::clamp<std::uint64_t>(items, 1, std::max<std::uint64_t>(1, max_items));
     }
@@ -79,7 +78,8 @@ struct ChunkPolicy {
     /// Tasks to keep queued on each worker, given the measured time per task (0 = not measured): enough to cover
     /// `queue_target`, at least `minimum` (2 where a queued task can be taken back, so one always waits behind the
     /// running one; 1 elsewhere: a worker then pulls long tasks one at a time), at most `max_depth`.
-    static std::size_t queue_depth(double task_ns, std::size_t minimum, std::chrono::nanoseconds queue_target = kQueueTarget,
+    static std::size_t queue_depth(double task_ns, std::size_t minimum,
+                                   std::chrono::nanoseconds queue_target = kQueueTarget,
                                    std::size_t max_depth = kMaxDepth) noexcept {
         if (task_ns <= 0) return minimum;
         const double wanted = static_cast<double>(queue_target.count()) / task_ns + 1.0;

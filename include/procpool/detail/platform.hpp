@@ -46,7 +46,8 @@ template <class Rep, class Period>
 Deadline deadline_after(std::chrono::duration<Rep, Period> timeout) {
     if (timeout <= std::chrono::duration<Rep, Period>::zero()) return MonotonicClock::now();
     const auto now = MonotonicClock::now();
-    const auto room = std::chrono::duration_cast<std::chrono::duration<double>>(MonotonicClock::time_point::max() - now);
+    const auto room = std::chrono::duration_cast<std::chrono::duration<double>>(MonotonicClock::time_point::max() -
+                                                                                now);
     if (std::chrono::duration_cast<std::chrono::duration<double>>(timeout) >= room) return std::nullopt;
     return now + std::chrono::ceil<MonotonicClock::duration>(timeout);
 }

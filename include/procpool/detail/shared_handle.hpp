@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <utility>
 
 #include "procpool/detail/process.hpp"
@@ -139,6 +140,34 @@ private:
     std::uint32_t kind_ = 0;
     Ownership* ownership_ = nullptr;
     unsigned owner_fork_ = 0;
+};
+
+/// The handle protocol every shared object follows (CRTP): it travels as a reference to its block (encoded by
+/// SharedRef, never copied), comes back as a Self bound to the same object, and compares equal to the handles of
+/// that object. Self befriends this base (its constructor from a SharedRef is private) and reaches its state through
+/// object<State>().
+template <class Self, ObjectKind Kind>
+class SharedHandle {
+public:
+    /// Marks Self as a shared-object handle for serialize.hpp.
+    using procpool_handle_tag = void;
+    void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
+    /// Throws SerializationError for a handle to another type of object or to one that was freed.
+    static Self procpool_decode(InputArchive& ar) { return Self(SharedRef::decode(ar, Kind)); }
+    /// Handles are equal when they refer to the same object.
+    friend bool operator==(const Self& a, const Self& b) noexcept {
+        return static_cast<const SharedHandle&>(a).ref_ == static_cast<const SharedHandle&>(b).ref_;
+    }
+
+protected:
+    explicit SharedHandle(SharedRef ref) noexcept : ref_(std::move(ref)) {}
+    /// The object's shared state: a State at the handle's address.
+    template <class State>
+    [[nodiscard]] State& object() const noexcept {
+        return *std::launder(reinterpret_cast<State*>(ref_.address()));
+    }
+
+    SharedRef ref_;
 };
 
 }  // namespace procpool::detail

@@ -39,8 +39,8 @@ bool Scheduler<Transport>::poll_rings() {
 /// workers' doorbell is muted meanwhile (a wake-up would only wake the service thread for nothing). Waiters
 /// call check_owner() first: in a process forked later the rings are the original process's.
 template <class Transport>
-auto Scheduler<Transport>::help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget) noexcept
-    -> Outcome {
+auto Scheduler<Transport>::help(bool (*ready)(const void*), const void* context,
+                                std::chrono::nanoseconds budget) noexcept -> Outcome {
     if (std::this_thread::get_id() == service_id_.load(std::memory_order_relaxed)) return Outcome::busy;
     std::unique_lock role(poller_mutex_, std::try_to_lock);
     if (!role.owns_lock()) return Outcome::busy;
@@ -191,8 +191,7 @@ void Scheduler<Transport>::send_shutdown_locked() {
 template <class Transport>
 bool Scheduler<Transport>::in_callback_thread() const noexcept {
     const auto self = std::this_thread::get_id();
-    return self == service_id_.load(std::memory_order_relaxed) ||
-           self == poller_id_.load(std::memory_order_relaxed);
+    return self == service_id_.load(std::memory_order_relaxed) || self == poller_id_.load(std::memory_order_relaxed);
 }
 
 /// Ends the service thread and reaps the fork server. Called from a callback (the service thread, or a

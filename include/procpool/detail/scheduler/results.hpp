@@ -25,8 +25,7 @@ void Scheduler<Transport>::handle_message(std::size_t slot, std::uint16_t kind, 
         init_error_ = error;
         if constexpr (!ReplaceableWorkers<Transport>) {
             // No exit report will follow (the rank lives on): the pool cannot work, say so now.
-            break_locked(with_message("the initializer failed on worker " + std::to_string(slot + 1), error),
-                         error);
+            break_locked(with_message("the initializer failed on worker " + std::to_string(slot + 1), error), error);
         }
     }
 }

@@ -83,8 +83,7 @@ void Scheduler<Transport>::handle_exit(const WorkerEvent& report) {
             if (!cause) {
                 cause = std::make_exception_ptr(WorkerCrashed(report.pid, report.signal, report.exit_code));
             }
-            break_locked(with_message("the initializer failed in worker " + std::to_string(report.pid), cause),
-                         cause);
+            break_locked(with_message("the initializer failed in worker " + std::to_string(report.pid), cause), cause);
             return;
         }
     } else {
