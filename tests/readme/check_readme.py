@@ -177,8 +177,9 @@ def check_links(page, shown, lines, first_page):
 
 
 # ---- code blocks ----------------------------------------------------------------------------------------------------
-def compile_block(args, flags, mpi_flags, mpi_found, page, shown, line, marks, code):
-    """Compiles one block. Returns (status, message): status is 'ok', 'skipped' or 'failed'."""
+def compile_block(args, flags, mpi_flags, mpi_found, prelude_ready, page, shown, line, marks, code):
+    """Compiles one block. Returns (status, message): status is 'ok', 'skipped' or 'failed'. A fragment first waits
+    for `prelude_ready`, the future of the precompiled prelude (its result: None, or the compiler's complaint)."""
     where = f"{shown}:{line}"
     if "skip" in marks:
         return "skipped", f"{where}: skipped (readme: skip)"
@@ -186,6 +187,9 @@ def compile_block(args, flags, mpi_flags, mpi_found, page, shown, line, marks, c
     if needs_mpi and not mpi_found:
         return "skipped", f"{where}: skipped (needs MPI, which CMake did not find)"
     complete = HAS_MAIN.search(code) is not None
+    if not complete:
+        if prelude_ready.result() is not None:
+            return "failed", f"{where}: not compiled: {args.prelude} does not compile (see the end)"
     stem = re.sub(r"[^A-Za-z0-9]+", "_", shown).strip("_") + f"_{line}"
     source = os.path.join(args.workdir, f"{stem}.cpp")
     with open(source, "w", encoding="utf-8") as out:
@@ -268,11 +272,13 @@ def main():
     local_prelude = os.path.join(args.workdir, "prelude.hpp")
     with open(prelude, encoding="utf-8") as src, open(local_prelude, "w", encoding="utf-8") as dst:
         dst.write(src.read())
-    pch = subprocess.run([args.compiler] + flags + ["-x", "c++-header", local_prelude, "-o", local_prelude + ".gch"],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if pch.returncode != 0:
-        print(f"{prelude} does not compile:\n{pch.stdout}")
-        return 1
+
+    def precompile_prelude():
+        """Returns None, or the compiler's output when the prelude does not compile."""
+        pch = subprocess.run([args.compiler] + flags + ["-x", "c++-header", local_prelude, "-o",
+                                                        local_prelude + ".gch"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return None if pch.returncode == 0 else pch.stdout
 
     work = []
     for page in pages:
@@ -287,7 +293,13 @@ def main():
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     failures = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(compile_block, args, flags, mpi_flags, mpi_found, *item) for item in work]
+        # The prelude first, then the complete programs (the longest compiles, which do not need the prelude),
+        # then the fragments (which wait for it): the executor starts them in that order.
+        prelude_ready = pool.submit(precompile_prelude)
+        order = sorted(range(len(work)), key=lambda i: HAS_MAIN.search(work[i][4]) is None)
+        submitted = {i: pool.submit(compile_block, args, flags, mpi_flags, mpi_found, prelude_ready, *work[i])
+                     for i in order}
+        futures = [submitted[i] for i in range(len(work))]
         for item, future in zip(work, futures):  # reported in page order
             status, message = future.result()
             counts[status] += 1
@@ -300,6 +312,8 @@ def main():
           f"{counts['failed']} failed ({time.monotonic() - started:.0f} s, {args.jobs} at a time)")
     if failures:
         print("failing blocks start at: " + ", ".join(failures))
+    if prelude_ready.result() is not None:
+        print(f"{prelude} does not compile:\n{prelude_ready.result()}")
     if problems:
         print(f"{len(problems)} link problem(s), listed above")
     return 1 if failures or problems else 0
