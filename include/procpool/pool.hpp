@@ -36,6 +36,14 @@ namespace detail {
 template <class Range>
 using range_item_t = decoded_t<std::ranges::range_value_t<Range>>;
 
+/// Reaches a pool's parts (its transport and scheduler): for procpool's own tests, which drive a fake transport.
+struct PoolAccess {
+    template <class Pool>
+    static auto& core(Pool& pool) {
+        return pool.core();
+    }
+};
+
 }  // namespace detail
 
 template <class Transport>
@@ -69,8 +77,8 @@ public:
         }
     }
 
-    /// Number of workers. Never blocks.
-    [[nodiscard]] std::size_t size() const noexcept { return core().scheduler.size(); }
+    /// Number of workers. Never blocks. Throws PoolStateError on a moved-from pool, like every member.
+    [[nodiscard]] std::size_t size() const { return core().scheduler.size(); }
     /// Pids of the live workers: size() of them while the pool runs. Once a crash, a timeout or a recycling was
     /// reported, it waits for the replacement's fork (under a millisecond; a fork that fails is retried, and after
     /// a second it returns what there is). Does not wait when called from a callback. Thread-safe.
@@ -149,6 +157,8 @@ public:
     void join() { core().scheduler.join(); }
 
 private:
+    friend struct detail::PoolAccess;
+
     static std::shared_ptr<Core> make_core(PoolOptions options) {
         detail::validate(options);
         typename Transport::Config config = Transport::make_config(options);

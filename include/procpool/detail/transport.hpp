@@ -64,6 +64,9 @@ concept Transport = requires(T& transport, const T& constant, const PoolOptions&
     /// from `written` (updated); true once all of it is out. On the first call `first_position` (if given) receives
     /// the message's position in the worker's queue (for revoke() and claimed()). Scheduler's lock held.
     { transport.write(slot, kind, pieces, std::size_t{}, written, first_position) } -> std::same_as<bool>;
+    {
+        transport.write(slot, kind, pieces, std::size_t{}, written)
+        } -> std::same_as<bool>;  // (first_position = nullptr)
     /// Hands each complete message worker `slot` sent to handler(kind, bytes); the bytes live during the call only.
     /// True if there was any. Poller only.
     { transport.drain(slot, handler) } -> std::same_as<bool>;

@@ -1,0 +1,246 @@
+// The scheduler's decisions, deterministically: the chunk policy and crash attribution as pure functions, and
+// dispatch, rebalancing, budgets, deaths and timeouts through an in-process fake transport whose workers move only
+// when the test moves them (tests/fake_transport.hpp). No processes, no rings, no timing.
+#include <catch2/catch.hpp>
+#include <procpool/procpool.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <map>
+#include <numeric>
+#include <ranges>
+#include <set>
+#include <vector>
+
+#include "fake_transport.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using procpool::detail::attribute_death;
+using procpool::detail::ChunkPolicy;
+using procpool::detail::DeathFacts;
+using procpool::detail::HeldTask;
+using procpool::detail::TaskFate;
+using test_support::FakeTransport;
+
+namespace {
+
+using FakePool = procpool::BasicPool<FakeTransport>;
+
+FakeTransport& transport_of(FakePool& pool) { return procpool::detail::PoolAccess::core(pool).transport; }
+
+/// Waits (bounded) until `done()`; the scheduler's service thread applies what the fake reports.
+template <class Done>
+bool settles(Done&& done) {
+    return test_support::eventually(std::forward<Done>(done), 5s);
+}
+
+}  // namespace
+
+// ---- the chunk policy ------------------------------------------------------------------------------------------------
+
+TEST_CASE("chunk policy: map chunks shrink towards the end, follow the time target, and fit a task's size", "[scheduler]") {
+    ChunkPolicy::MapInputs in;
+    in.workers = 2;
+    in.max_task_bytes = 1 << 20;
+    // Before items are timed: probes that double with each task sent.
+    in.unsent_items = 1'000'000;
+    for (std::uint32_t sent = 0; sent < 5; ++sent) {
+        in.tasks_sent = sent;
+        CHECK(ChunkPolicy::map_chunk(in) == (std::uint64_t{1} << sent));
+    }
+    // Timed at 1 us per item: 10 ms of work per chunk.
+    in.item_ns = 1'000;
+    CHECK(ChunkPolicy::map_chunk(in) == 10'000);
+    // Guided: never more than a quarter of what is left with 2 workers, so the last chunks are small.
+    in.unsent_items = 100;
+    CHECK(ChunkPolicy::map_chunk(in) == 25);
+    in.unsent_items = 3;
+    CHECK(ChunkPolicy::map_chunk(in) == 1);
+    // Large items: a task stays under max_task_bytes.
+    in.unsent_items = 1'000'000;
+    in.bytes_per_item = 4096;
+    CHECK(ChunkPolicy::map_chunk(in) == 256);
+    // Never zero.
+    in.bytes_per_item = std::uint64_t{1} << 30;
+    CHECK(ChunkPolicy::map_chunk(in) == 1);
+}
+
+TEST_CASE("chunk policy: imap chunks, queue depth and moving averages", "[scheduler]") {
+    CHECK(ChunkPolicy::imap_chunk(0, 0, 1000) == 1);
+    CHECK(ChunkPolicy::imap_chunk(3, 0, 1000) == 8);
+    CHECK(ChunkPolicy::imap_chunk(9, 0, 1000) == ChunkPolicy::kMaxImapProbe);
+    CHECK(ChunkPolicy::imap_chunk(9, 1'000, 100'000) == 2'000);  // 2 ms of 1 us items
+    CHECK(ChunkPolicy::imap_chunk(9, 10, 682) == 682);           // capped by the read-ahead bound's share
+    CHECK(ChunkPolicy::imap_chunk(9, 5e6, 682) == 1);            // a 5 ms item: one per chunk
+    CHECK(ChunkPolicy::queue_depth(0, 2) == 2);                  // not measured: the minimum
+    CHECK(ChunkPolicy::queue_depth(50'000, 2) == 5);             // 200 us of 50 us tasks, plus one
+    CHECK(ChunkPolicy::queue_depth(10, 2) == ChunkPolicy::kMaxDepth);
+    CHECK(ChunkPolicy::queue_depth(1e9, 1) == 1);
+    CHECK(ChunkPolicy::smoothed(0, 10, 0.3) == 10);
+    CHECK(ChunkPolicy::smoothed(10, 20, 0.3) == Approx(13));
+}
+
+// ---- crash attribution ---------------------------------------------------------------------------------------------
+
+TEST_CASE("crash attribution: which items a dead worker held", "[scheduler]") {
+    const std::vector<HeldTask> held{{7, 4, 0, true, 100}, {8, 3, 0, true, 200}, {9, 2, 0, false, 0}};
+    SECTION("died running item 2 of its first task: items 0-2 fail, the rest is requeued") {
+        DeathFacts facts;
+        facts.running_task = 7;
+        facts.running_item = 2;
+        facts.ring_head = 100;
+        const std::vector<TaskFate> fates = attribute_death(held, facts);
+        CHECK(fates[0].crashed == 3);
+        CHECK_FALSE(fates[0].timed_out);
+        CHECK(fates[1].failed() == 0);
+        CHECK(fates[2].failed() == 0);
+    }
+    SECTION("items already delivered are not failed again") {
+        std::vector<HeldTask> partly = held;
+        partly[0].delivered = 2;
+        DeathFacts facts;
+        facts.running_task = 7;
+        facts.running_item = 2;
+        CHECK(attribute_death(partly, facts)[0].crashed == 1);
+    }
+    SECTION("died before taking its first task: everything is requeued") {
+        DeathFacts facts;
+        facts.ring_head = 100;  // not consumed, not claimed
+        for (const TaskFate& fate : attribute_death(held, facts)) CHECK(fate.failed() == 0);
+    }
+    SECTION("claimed its first task and died before saying which item: its first undelivered item fails") {
+        DeathFacts facts;
+        facts.ring_head = 100;
+        facts.first_task_claimed = true;
+        const std::vector<TaskFate> fates = attribute_death(held, facts);
+        CHECK(fates[0].crashed == 1);
+        CHECK(fates[1].failed() == 0);
+    }
+    SECTION("consumed its first task's message (a multi-fragment task) and died: counted as started") {
+        DeathFacts facts;
+        facts.ring_head = 150;
+        CHECK(attribute_death(held, facts)[0].crashed == 1);
+    }
+    SECTION("killed for a timeout: the late item fails with TaskTimeout, nothing else") {
+        DeathFacts facts;
+        facts.running_task = 7;
+        facts.running_item = 1;
+        facts.item_start_ns = 5'000;
+        facts.timeout_kill = DeathFacts::TimeoutKill{7, 1, 5'000};
+        std::vector<HeldTask> partly = held;
+        partly[0].delivered = 1;  // item 0 was sent before item 1 started (a timeout sends every finished item)
+        const std::vector<TaskFate> fates = attribute_death(partly, facts);
+        CHECK(fates[0].crashed == 0);
+        CHECK(fates[0].timed_out);
+        CHECK(fates[1].failed() == 0);
+    }
+    SECTION("killed for a timeout, but the late item finished and the next began: that one is innocent") {
+        DeathFacts facts;
+        facts.running_task = 7;
+        facts.running_item = 2;
+        facts.item_start_ns = 9'000;  // not the late item's start
+        facts.timeout_kill = DeathFacts::TimeoutKill{7, 1, 5'000};
+        std::vector<HeldTask> partly = held;
+        partly[0].delivered = 2;
+        const std::vector<TaskFate> fates = attribute_death(partly, facts);
+        CHECK(fates[0].failed() == 0);  // item 2 goes back to the queue
+    }
+}
+
+// ---- dispatch, rebalancing, budgets, deaths and timeouts through the fake --------------------------------------------
+
+TEST_CASE("dispatch keeps every worker two tasks deep before tasks were timed, least loaded first", "[scheduler]") {
+    FakePool pool(procpool::PoolOptions{.processes = 3});
+    FakeTransport& fake = transport_of(pool);
+    auto result = pool.map_async([](int x) { return x * 10; }, std::views::iota(0, 10), {.chunksize = 1});
+    REQUIRE(settles([&] { return fake.writes().size() == 6; }));
+    for (std::size_t slot = 0; slot < 3; ++slot) CHECK(fake.queued(slot) == 2);
+    // As workers finish, the rest follows, each to the worker with room.
+    while (!result.ready()) {
+        bool ran = false;
+        for (std::size_t slot = 0; slot < 3; ++slot) ran |= fake.run_next(slot) == FakeTransport::Step::ran;
+        if (!ran) std::this_thread::sleep_for(1ms);
+    }
+    const std::vector<int> values = result.get();
+    CHECK(values == std::vector<int>{0, 10, 20, 30, 40, 50, 60, 70, 80, 90});
+    CHECK(fake.writes().size() == 10);
+}
+
+TEST_CASE("rebalancing: an idle worker takes over a task queued behind another's running one", "[scheduler]") {
+    FakePool pool(procpool::PoolOptions{.processes = 2});
+    FakeTransport& fake = transport_of(pool);
+    auto result = pool.map_async([](int x) { return x + 1; }, std::views::iota(0, 4), {.chunksize = 1});
+    REQUIRE(settles([&] { return fake.queued(0) == 2 && fake.queued(1) == 2; }));
+    REQUIRE(fake.start_next(0, 0));  // worker 0 is busy with a long first task; its second waits behind it
+    CHECK(fake.run_next(1) == FakeTransport::Step::ran);
+    CHECK(fake.run_next(1) == FakeTransport::Step::ran);
+    // Worker 1 ran dry with nothing unsent: the parent revokes worker 0's queued task and sends it to worker 1.
+    REQUIRE(settles([&] { return fake.revocations() == 1 && fake.queued(1) == 1; }));
+    CHECK(fake.run_next(1) == FakeTransport::Step::ran);
+    CHECK(fake.run_next(0) == FakeTransport::Step::ran);              // the long one finishes
+    CHECK(fake.run_next(0) == FakeTransport::Step::skipped_revoked);  // the revoked one is skipped
+    CHECK(result.get(5s) == std::vector<int>{1, 2, 3, 4});
+    const std::vector<FakeTransport::Run> runs = fake.runs();
+    CHECK(std::count_if(runs.begin(), runs.end(), [](const auto& r) { return r.slot == 1; }) == 3);
+}
+
+TEST_CASE("budgets: max_tasks_per_child gives a worker that many items, then an exit, then a replacement", "[scheduler]") {
+    FakePool pool(procpool::PoolOptions{.processes = 1, .max_tasks_per_child = 3});
+    FakeTransport& fake = transport_of(pool);
+    auto result = pool.map_async([](int x) { return x; }, std::views::iota(0, 7), {.chunksize = 1});
+    std::map<pid_t, std::uint32_t> items_per_worker;
+    int exits = 0;
+    REQUIRE(settles([&] {
+        const FakeTransport::Step step = fake.run_next(0);
+        if (step == FakeTransport::Step::exited) ++exits;
+        return result.ready();
+    }));
+    for (const FakeTransport::Run& run : fake.runs()) items_per_worker[run.pid] += run.items;
+    CHECK(result.get() == std::vector<int>{0, 1, 2, 3, 4, 5, 6});
+    CHECK(items_per_worker.size() == 3);  // 3 + 3 + 1
+    for (const auto& [pid, items] : items_per_worker) CHECK(items <= 3);
+    CHECK(exits == 2);
+    CHECK(pool.worker_pids() == std::vector<pid_t>{fake.pid(0)});
+}
+
+TEST_CASE("a worker killed in a task fails that task, and what it had not started runs elsewhere", "[scheduler]") {
+    FakePool pool(procpool::PoolOptions{.processes = 1});
+    FakeTransport& fake = transport_of(pool);
+    auto a = pool.apply_async([](int x) { return x; }, 1);
+    auto b = pool.apply_async([](int x) { return x; }, 2);
+    auto c = pool.apply_async([](int x) { return x; }, 3);
+    REQUIRE(settles([&] { return fake.queued(0) == 2; }));  // a and b sent, c waits
+    const pid_t first = fake.pid(0);
+    REQUIRE(fake.start_next(0, 0));
+    fake.kill(0, SIGSEGV);
+    // The replacement gets b (requeued at the front, never claimed) and c.
+    REQUIRE(settles([&] { return fake.pid(0) != first && fake.queued(0) == 2; }));
+    while (fake.run_next(0) == FakeTransport::Step::ran) {
+    }
+    try {
+        (void)a.get(5s);
+        FAIL("no exception");
+    } catch (const procpool::WorkerCrashed& e) {
+        CHECK(e.pid() == first);
+        CHECK(e.signal() == SIGSEGV);
+    }
+    CHECK(b.get(5s) == 2);
+    CHECK(c.get(5s) == 3);
+}
+
+TEST_CASE("a task past task_timeout: its worker is signalled and the late item fails with TaskTimeout", "[scheduler]") {
+    FakePool pool(procpool::PoolOptions{.processes = 1, .task_timeout = 100ms});
+    FakeTransport& fake = transport_of(pool);
+    auto late = pool.apply_async([](int x) { return x; }, 1);
+    auto next = pool.apply_async([](int x) { return x; }, 2);
+    REQUIRE(settles([&] { return fake.queued(0) == 2; }));
+    REQUIRE(fake.start_next(0, 0, procpool::detail::monotonic_ns() - 1'000'000'000));  // started a second ago
+    REQUIRE(settles([&] { return !fake.signals().empty(); }));
+    CHECK(fake.signals().front() == std::pair<std::size_t, int>{0, SIGTERM});
+    CHECK_THROWS_AS(late.get(5s), procpool::TaskTimeout);
+    REQUIRE(settles([&] { return fake.queued(0) == 1; }));  // `next` went to the replacement
+    CHECK(fake.run_next(0) == FakeTransport::Step::ran);
+    CHECK(next.get(5s) == 2);
+}
