@@ -152,7 +152,9 @@ public:
         post_locked(procpool::detail::WorkerEvent{procpool::detail::kWorkerSpawned, static_cast<std::uint32_t>(slot),
                                                   s.pid, 0, 0, 0});
     }
-    [[nodiscard]] const procpool::detail::WorkerStatus& status(std::size_t slot) const noexcept { return status_[slot]; }
+    [[nodiscard]] const procpool::detail::WorkerStatus& status(std::size_t slot) const noexcept {
+        return status_[slot];
+    }
     bool claimed(std::size_t slot, std::uint64_t position) {
         std::lock_guard lock(mutex_);
         Message* message = find_locked(slot, position);
@@ -209,10 +211,9 @@ public:
         Sink sink(*this, slot);
         procpool::detail::Buffer values;
         procpool::detail::Buffer errors;
-        procpool::detail::TaskRunner runner(header, body.subspan(sizeof header, header.callable_size),
-                                            body.subspan(items_at), sink,
-                                            procpool::detail::ProgressWords{&st.item, &st.item_start_ns}, values,
-                                            errors, std::chrono::hours(1));
+        procpool::detail::TaskRunner runner(
+            header, body.subspan(sizeof header, header.callable_size), body.subspan(items_at), sink,
+            procpool::detail::ProgressWords{&st.item, &st.item_start_ns}, values, errors, std::chrono::hours(1));
         reinterpret_cast<procpool::detail::TaskEntry>(header.entry)(runner);
         st.task.store(0);
         std::lock_guard relock(mutex_);

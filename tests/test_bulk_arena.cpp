@@ -79,7 +79,7 @@ bool arena_drained(std::size_t baseline) {
 
 // ---- the allocator ----------------------------------------------------------------------------------------------
 
-TEST_CASE("bulk arena: allocations grow in place and freed ranges come back with their pages", "[arena]") {
+TEST_CASE("bulk arena: allocations grow in place and freed ranges come back with their pages", "[bulk_arena][arena]") {
     BulkArena& a = arena();
     const std::size_t in_use = a.stats().in_use;
     std::size_t granted = 0;
@@ -123,7 +123,7 @@ TEST_CASE("bulk arena: allocations grow in place and freed ranges come back with
     a.release(again, again_size);
 }
 
-TEST_CASE("bulk arena: sizes it cannot or should not hold are refused, never wrapped around", "[arena]") {
+TEST_CASE("bulk arena: sizes it cannot or should not hold are refused, never wrapped around", "[bulk_arena][arena]") {
     BulkArena& a = arena();
     const std::size_t in_use = a.stats().in_use;
     std::size_t granted = 0;
@@ -151,7 +151,7 @@ TEST_CASE("bulk arena: sizes it cannot or should not hold are refused, never wra
     CHECK(a.stats().in_use == in_use);
 }
 
-TEST_CASE("bulk arena: freed memory beyond the warm budget goes back to the system", "[arena]") {
+TEST_CASE("bulk arena: freed memory beyond the warm budget goes back to the system", "[bulk_arena][arena]") {
     BulkArena& a = arena();
     const std::size_t block = 128 * MiB;
     std::vector<std::pair<std::byte*, std::size_t>> blocks;
@@ -172,7 +172,7 @@ TEST_CASE("bulk arena: freed memory beyond the warm budget goes back to the syst
     CHECK(blocks.back().first[4096] == std::byte{0});
 }
 
-TEST_CASE("bulk arena: a forked process can neither take nor give back the parent's memory", "[arena]") {
+TEST_CASE("bulk arena: a forked process can neither take nor give back the parent's memory", "[bulk_arena][arena]") {
     BulkArena& a = arena();
     Buffer parent_buffer = Buffer::shareable();
     parent_buffer.append(std::string(3 * MiB, 'p').data(), 3 * MiB);
@@ -206,7 +206,8 @@ TEST_CASE("bulk arena: a forked process can neither take nor give back the paren
                       [](std::byte b) { return b == std::byte{'p'}; }));
 }
 
-TEST_CASE("a forked child that drops an inherited large private buffer does not reuse its unmapped address") {
+TEST_CASE("a forked child that drops an inherited large private buffer does not reuse its unmapped address",
+          "[bulk_arena]") {
     // Large private buffers are MADV_DONTFORK: in a child the inherited object points at memory that is not there.
     Buffer parent_buffer;
     parent_buffer.append(std::string(3 * MiB, 'p').data(), 3 * MiB);
@@ -227,7 +228,7 @@ TEST_CASE("a forked child that drops an inherited large private buffer does not 
     CHECK(parent_buffer.data()[MiB] == std::byte{'p'});
 }
 
-TEST_CASE("bulk arena: core dumps leave the reservation out, and the shared heap's", "[arena]") {
+TEST_CASE("bulk arena: core dumps leave the reservation out, and the shared heap's", "[bulk_arena][arena]") {
     // A core dump reads every page of a shared mapping, which fills in all of it: both reservations are
     // MADV_DONTDUMP ("dd" in their VmFlags).
     BulkArena& a = arena();
@@ -246,7 +247,7 @@ TEST_CASE("bulk arena: core dumps leave the reservation out, and the shared heap
     CHECK(heap_flags.find(" dd") != std::string::npos);
 }
 
-TEST_CASE("only shareable buffers larger than a ring fragment live in the arena", "[arena]") {
+TEST_CASE("only shareable buffers larger than a ring fragment live in the arena", "[bulk_arena][arena]") {
     arena();
     constexpr std::size_t kThreshold = Buffer::kShareableThreshold;
     Buffer small = Buffer::shareable();
@@ -281,7 +282,8 @@ struct Widening {
 };
 }  // namespace
 
-TEST_CASE("a buffer over external storage writes there, widens first, and moves out with its bytes when refused") {
+TEST_CASE("a buffer over external storage writes there, widens first, and moves out with its bytes when refused",
+          "[bulk_arena]") {
     std::vector<std::byte> storage(std::size_t{64} * 1024, std::byte{0});
     Widening widening;
     widening.allow = std::size_t{32} * 1024;
@@ -338,7 +340,7 @@ TEST_CASE("a buffer over external storage writes there, widens first, and moves 
 
 // ---- through a pool ---------------------------------------------------------------------------------------------
 
-TEST_CASE("large inputs reach the workers by reference and are decoded in place", "[arena]") {
+TEST_CASE("large inputs reach the workers by reference and are decoded in place", "[bulk_arena][arena]") {
     BulkArena& a = arena();
     const std::size_t in_use = a.stats().in_use;
     procpool::Pool pool(2);
@@ -375,7 +377,8 @@ TEST_CASE("large inputs reach the workers by reference and are decoded in place"
     CHECK(arena_drained(in_use));
 }
 
-TEST_CASE("a worker that crashes on a large input fails only that task and the arena is given back", "[arena]") {
+TEST_CASE("a worker that crashes on a large input fails only that task and the arena is given back",
+          "[bulk_arena][arena]") {
     BulkArena& a = arena();
     const std::size_t in_use = a.stats().in_use;
     procpool::Pool pool(2);
@@ -401,7 +404,7 @@ TEST_CASE("a worker that crashes on a large input fails only that task and the a
     CHECK(arena_drained(in_use));
 }
 
-TEST_CASE("a finished apply gives its large argument back while its AsyncResult lives on", "[arena]") {
+TEST_CASE("a finished apply gives its large argument back while its AsyncResult lives on", "[bulk_arena][arena]") {
     BulkArena& a = arena();
     const std::size_t in_use = a.stats().in_use;
     procpool::Pool pool(1);
@@ -414,7 +417,7 @@ TEST_CASE("a finished apply gives its large argument back while its AsyncResult 
     CHECK(arena_drained(in_use));  // both AsyncResults still exist
 }
 
-TEST_CASE("a large input whose task times out is given back when the worker is killed", "[arena]") {
+TEST_CASE("a large input whose task times out is given back when the worker is killed", "[bulk_arena][arena]") {
     BulkArena& a = arena();
     const std::size_t in_use = a.stats().in_use;
     procpool::Pool pool(procpool::PoolOptions{.processes = 1, .task_timeout = 200ms});
@@ -433,7 +436,7 @@ TEST_CASE("a large input whose task times out is given back when the worker is k
     CHECK(arena_drained(in_use));
 }
 
-TEST_CASE("a large input queued behind a long task moves to an idle worker", "[arena][threads]") {
+TEST_CASE("a large input queued behind a long task moves to an idle worker", "[bulk_arena][arena][threads]") {
     BulkArena& a = arena();
     const std::size_t in_use = a.stats().in_use;
     procpool::Pool pool(2);
@@ -455,7 +458,8 @@ TEST_CASE("a large input queued behind a long task moves to an idle worker", "[a
     CHECK(arena_drained(in_use));
 }
 
-TEST_CASE("terminate() keeps the inputs of running tasks until their workers are gone", "[arena][threads]") {
+TEST_CASE("terminate() keeps the inputs of running tasks until their workers are gone",
+          "[bulk_arena][arena][threads]") {
     // terminate() fails every unfinished item at once; a worker it is about to kill may still be decoding its
     // items in place, so their arena range must not be freed (and reused) before the worker is reaped. Called from
     // a callback, terminate() returns before the workers are reaped: the input must still be held then.

@@ -61,7 +61,7 @@ private:
 
 }  // namespace
 
-TEST_CASE("chaos: random SIGKILLs throughout a map of 100 000 items") {
+TEST_CASE("chaos: random SIGKILLs throughout a map of 100 000 items", "[chaos]") {
     constexpr int kItems = 100'000;
     RunCounters runs(kItems);
     procpool::Pool pool(3);
@@ -102,7 +102,7 @@ TEST_CASE("chaos: random SIGKILLs throughout a map of 100 000 items") {
     INFO("kills " << killer.kills.load() << ", failed items " << crashed);
 }
 
-TEST_CASE("chaos: workers killed while they stream large values through tiny rings") {
+TEST_CASE("chaos: workers killed while they stream large values through tiny rings", "[chaos]") {
     procpool::PoolOptions options;
     options.processes = 3;
     options.ring_bytes = 4096;  // every value streams through the ring in many fragments

@@ -15,7 +15,7 @@
 
 using namespace std::chrono_literals;
 
-TEST_CASE("a segfault fails its task with WorkerCrashed carrying the signal and the pool goes on") {
+TEST_CASE("a segfault fails its task with WorkerCrashed carrying the signal and the pool goes on", "[crash]") {
     procpool::Pool pool(2);
     const std::vector<pid_t> before = pool.worker_pids();
     auto crashing = pool.apply_async([] {
@@ -41,7 +41,8 @@ extern "C" void exit_with_42(int) { ::_exit(42); }
 extern "C" void exit_with_43(int) { ::_exit(43); }
 }  // namespace
 
-TEST_CASE("a crash handler the program installed does not run in workers, but one the initializer installs does") {
+TEST_CASE("a crash handler the program installed does not run in workers, but one the initializer installs does",
+          "[crash]") {
     struct sigaction program_handler {};
     program_handler.sa_handler = exit_with_42;
     struct sigaction saved {};
@@ -79,7 +80,7 @@ TEST_CASE("a crash handler the program installed does not run in workers, but on
     ::sigaction(SIGSEGV, &saved, nullptr);
 }
 
-TEST_CASE("abort(), exit() and _exit() fail only their own task") {
+TEST_CASE("abort(), exit() and _exit() fail only their own task", "[crash]") {
     procpool::Pool pool(2);
     auto aborting = pool.apply_async([] { std::abort(); });
     auto exiting = pool.apply_async([] { std::exit(7); });
@@ -109,7 +110,8 @@ TEST_CASE("abort(), exit() and _exit() fail only their own task") {
     for (int i = 0; i < 50; ++i) CHECK(fine[i].get() == 2 * i);
 }
 
-TEST_CASE("a worker killed from outside with SIGKILL in the middle of a map fails at most the items it held") {
+TEST_CASE("a worker killed from outside with SIGKILL in the middle of a map fails at most the items it held",
+          "[crash]") {
     procpool::Pool pool(2);
     auto results = pool.imap(
         [](int x) {
@@ -137,7 +139,7 @@ TEST_CASE("a worker killed from outside with SIGKILL in the middle of a map fail
     CHECK(pool.size() == 2);
 }
 
-TEST_CASE("a crash inside a chunk fails the item that crashed and the chunk's other items still complete") {
+TEST_CASE("a crash inside a chunk fails the item that crashed and the chunk's other items still complete", "[crash]") {
     procpool::Pool pool(1);
     auto f = [](int x) {
         if (x == 13) std::raise(SIGSEGV);
@@ -160,7 +162,7 @@ TEST_CASE("a crash inside a chunk fails the item that crashed and the chunk's ot
     CHECK(index == 40);
 }
 
-TEST_CASE("a crash fails a map with WorkerCrashed and the pool goes on") {
+TEST_CASE("a crash fails a map with WorkerCrashed and the pool goes on", "[crash]") {
     procpool::Pool pool(2);
     CHECK_THROWS_AS(pool.map(
                         [](int x) {
@@ -172,7 +174,7 @@ TEST_CASE("a crash fails a map with WorkerCrashed and the pool goes on") {
     CHECK(pool.map([](int x) { return x; }, std::views::iota(0, 100)).size() == 100);
 }
 
-TEST_CASE("an initializer that throws breaks the pool with that error instead of looping") {
+TEST_CASE("an initializer that throws breaks the pool with that error instead of looping", "[crash]") {
     for (std::size_t processes : {1u, 2u, 4u}) {
         procpool::Pool pool(procpool::PoolOptions{.processes = processes, .initializer = [] {
                                                       throw std::runtime_error("cannot load the model");
@@ -196,7 +198,7 @@ TEST_CASE("an initializer that throws breaks the pool with that error instead of
     }
 }
 
-TEST_CASE("after a run of fast items, a crash among slow ones fails only the crashing item") {
+TEST_CASE("after a run of fast items, a crash among slow ones fails only the crashing item", "[crash]") {
     // Fast items let the worker look at the clock rarely (every 256 items at most); once items are slow it looks at
     // every item and sends what finished. A crash 300 slow items in must find all of them sent: a longer stretch
     // between looks would fail finished items with WorkerCrashed.

@@ -90,7 +90,7 @@ struct NotAnException {
 };
 }  // namespace app
 
-TEST_CASE("each standard exception comes back as the same type with the same message") {
+TEST_CASE("each standard exception comes back as the same type with the same message", "[errors]") {
     procpool::Pool pool(2);
     CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::logic), std::logic_error, Catch::Message("logic"));
     CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::invalid_argument), std::invalid_argument,
@@ -104,7 +104,7 @@ TEST_CASE("each standard exception comes back as the same type with the same mes
     CHECK_THROWS_MATCHES(pool.apply(throw_kind, Kind::underflow), std::underflow_error, Catch::Message("underflow"));
 }
 
-TEST_CASE("the exact type is kept, not only a base of it") {
+TEST_CASE("the exact type is kept, not only a base of it", "[errors]") {
     procpool::Pool pool(1);
     try {
         pool.apply(throw_kind, Kind::runtime);
@@ -120,7 +120,7 @@ TEST_CASE("the exact type is kept, not only a base of it") {
     }
 }
 
-TEST_CASE("other exceptions become RemoteError with the type's readable name") {
+TEST_CASE("other exceptions become RemoteError with the type's readable name", "[errors]") {
     procpool::Pool pool(1);
     try {
         pool.apply([](int) -> int { throw CustomError("custom message"); }, 0);
@@ -166,7 +166,8 @@ TEST_CASE("other exceptions become RemoteError with the type's readable name") {
     CHECK_THROWS_AS(pool.apply([](int) -> int { throw CustomError("x"); }, 0), std::runtime_error);
 }
 
-TEST_CASE("registered exception types come back as themselves, with their state, registered before or after the pool") {
+TEST_CASE("registered exception types come back as themselves, with their state, registered before or after the pool",
+          "[errors]") {
     procpool::register_exception<ParseError>();
     procpool::register_exception<ParseError>();  // twice: nothing happens
     procpool::Pool pool(2);
@@ -228,12 +229,12 @@ TEST_CASE("registered exception types come back as themselves, with their state,
     }
 }
 
-TEST_CASE("std::bad_alloc comes back as std::bad_alloc") {
+TEST_CASE("std::bad_alloc comes back as std::bad_alloc", "[errors]") {
     procpool::Pool pool(1);
     CHECK_THROWS_AS(pool.apply([](int) -> int { throw std::bad_alloc(); }, 0), std::bad_alloc);
 }
 
-TEST_CASE("an exception in map fails the map with that exception", "[threads]") {
+TEST_CASE("an exception in map fails the map with that exception", "[errors][threads]") {
     procpool::Pool pool(2);
     auto f = [](int x) {
         if (x == 77) throw std::domain_error("seventy-seven");
@@ -249,7 +250,7 @@ TEST_CASE("an exception in map fails the map with that exception", "[threads]") 
     CHECK(pool.map(f, std::views::iota(0, 10)).size() == 10);  // the pool goes on
 }
 
-TEST_CASE("an exception thrown while reading map's input reaches the caller as it is") {
+TEST_CASE("an exception thrown while reading map's input reaches the caller as it is", "[errors]") {
     procpool::Pool pool(2);
     auto broken = std::views::iota(0, 100) | std::views::transform([](int x) {
                       if (x == 42) throw std::overflow_error("input 42");
@@ -258,7 +259,7 @@ TEST_CASE("an exception thrown while reading map's input reaches the caller as i
     CHECK_THROWS_MATCHES(pool.map([](int x) { return x; }, broken), std::overflow_error, Catch::Message("input 42"));
 }
 
-TEST_CASE("a large map whose input throws while its result vector is being sized reaches the caller") {
+TEST_CASE("a large map whose input throws while its result vector is being sized reaches the caller", "[errors]") {
     // 4 M results (16 MB) are sized on a second thread while the input is read: the error must still come through,
     // after that thread is done, and the pool must go on.
     procpool::Pool pool(2);
@@ -295,7 +296,7 @@ struct ThrowsStdError {  // a serialize() that throws a std exception of its own
     }
 };
 
-TEST_CASE("a serialize() that throws gives SerializationError naming the type and the original exception") {
+TEST_CASE("a serialize() that throws gives SerializationError naming the type and the original exception", "[errors]") {
     procpool::Pool pool(1);
     const auto check = [](const auto& call, const char* direction, const char* original) {
         try {
@@ -324,7 +325,7 @@ TEST_CASE("a serialize() that throws gives SerializationError naming the type an
     CHECK(pool.apply([](ThrowsStdError v) { return v.value; }, ThrowsStdError{5}) == 5);
 }
 
-TEST_CASE("a value that cannot be encoded fails with SerializationError") {
+TEST_CASE("a value that cannot be encoded fails with SerializationError", "[errors]") {
     procpool::Pool pool(1);
     // In the parent: the argument cannot be encoded, so apply_async throws before anything is queued.
     CHECK_THROWS_AS(pool.apply_async([](ThrowsOnEncode v) { return v.value; }, ThrowsOnEncode{-1}),

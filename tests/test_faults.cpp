@@ -46,7 +46,7 @@ procpool::PoolOptions with_timeout(std::size_t processes, std::chrono::milliseco
 
 // ---- hard timeouts ------------------------------------------------------------------------------------------------
 
-TEST_CASE("a task past task_timeout fails with TaskTimeout, its worker is replaced, others complete") {
+TEST_CASE("a task past task_timeout fails with TaskTimeout, its worker is replaced, others complete", "[faults]") {
     procpool::Pool pool(with_timeout(2, 300ms));
     const std::vector<pid_t> before = pool.worker_pids();
     auto stuck = pool.apply_async(sleep_ms, 60'000);
@@ -67,7 +67,7 @@ TEST_CASE("a task past task_timeout fails with TaskTimeout, its worker is replac
     CHECK(pool.apply(sleep_ms, 1) == 1);
 }
 
-TEST_CASE("a task that ignores SIGTERM is killed with SIGKILL after the grace period") {
+TEST_CASE("a task that ignores SIGTERM is killed with SIGKILL after the grace period", "[faults]") {
     procpool::Pool pool(with_timeout(1, 200ms));
     auto stubborn = pool.apply_async([] {
         std::signal(SIGTERM, SIG_IGN);
@@ -78,14 +78,14 @@ TEST_CASE("a task that ignores SIGTERM is killed with SIGKILL after the grace pe
     CHECK(pool.apply(sleep_ms, 1) == 1);
 }
 
-TEST_CASE("the timeout applies to each item of a chunk, not to the chunk") {
+TEST_CASE("the timeout applies to each item of a chunk, not to the chunk", "[faults]") {
     procpool::Pool pool(with_timeout(2, 150ms));
     // 20 items of 30 ms in chunks of 20: each chunk takes 600 ms, no item takes more than 30 ms.
     const std::vector<int> results = pool.map(sleep_ms, std::vector<int>(20, 30), {.chunksize = 20});
     CHECK(results == std::vector<int>(20, 30));
 }
 
-TEST_CASE("in a chunk, the item that hangs times out and every other item completes") {
+TEST_CASE("in a chunk, the item that hangs times out and every other item completes", "[faults]") {
     procpool::Pool pool(with_timeout(2, 250ms));
     auto f = [](int x) {
         if (x == 7) std::this_thread::sleep_for(60s);
@@ -107,13 +107,13 @@ TEST_CASE("in a chunk, the item that hangs times out and every other item comple
     CHECK(timeouts == 1);
 }
 
-TEST_CASE("a timed-out map fails with TaskTimeout and the pool goes on") {
+TEST_CASE("a timed-out map fails with TaskTimeout and the pool goes on", "[faults]") {
     procpool::Pool pool(with_timeout(2, 200ms));
     CHECK_THROWS_AS(pool.map(sleep_ms, std::vector<int>{1, 2, 10'000, 3}), procpool::TaskTimeout);
     CHECK(pool.map(sleep_ms, std::vector<int>{1, 2, 3}) == std::vector<int>{1, 2, 3});
 }
 
-TEST_CASE("a task whose arguments are still arriving is not timed out on the previous item's clock") {
+TEST_CASE("a task whose arguments are still arriving is not timed out on the previous item's clock", "[faults]") {
     procpool::Pool pool(with_timeout(1, 1000ms));
     pool.apply(sleep_ms, 1);
     for (int round = 0; round < 3; ++round) {
@@ -125,7 +125,7 @@ TEST_CASE("a task whose arguments are still arriving is not timed out on the pre
 
 // ---- recycling ----------------------------------------------------------------------------------------------------
 
-TEST_CASE("max_tasks_per_child replaces workers after N items and loses nothing") {
+TEST_CASE("max_tasks_per_child replaces workers after N items and loses nothing", "[faults]") {
     procpool::Pool pool(procpool::PoolOptions{.processes = 2, .max_tasks_per_child = 5});
     const std::vector<pid_t> pids = pool.map([](int) { return worker_pid(); }, std::views::iota(0, 60),
                                              {.chunksize = 1});
@@ -140,7 +140,7 @@ TEST_CASE("max_tasks_per_child replaces workers after N items and loses nothing"
     }
 }
 
-TEST_CASE("with max_tasks_per_child, queued tasks run and close() then join() does not hang") {
+TEST_CASE("with max_tasks_per_child, queued tasks run and close() then join() does not hang", "[faults]") {
     procpool::Pool pool(procpool::PoolOptions{.processes = 2, .max_tasks_per_child = 1});
     std::vector<procpool::AsyncResult<int>> results;
     for (int i = 0; i < 30; ++i) results.push_back(pool.apply_async([](int x) { return x + 1; }, i));
@@ -152,7 +152,7 @@ TEST_CASE("with max_tasks_per_child, queued tasks run and close() then join() do
 
 // ---- worker_pids() after a fault ----------------------------------------------------------------------------------
 
-TEST_CASE("worker_pids() returns size() pids once a crash, a timeout or a recycling was reported") {
+TEST_CASE("worker_pids() returns size() pids once a crash, a timeout or a recycling was reported", "[faults]") {
     procpool::Pool crashing(procpool::PoolOptions{.processes = 2, .task_timeout = 100ms});
     std::set<pid_t> seen;
     for (int round = 0; round < 10; ++round) {
@@ -185,7 +185,7 @@ volatile std::sig_atomic_t* g_term_marker = nullptr;    // in shared memory: set
 void program_term_handler(int) { *g_term_marker = 1; }  // a shutdown handler that only records and returns
 }  // namespace
 
-TEST_CASE("workers run with the default action for SIGTERM, whatever handler or mask the program set") {
+TEST_CASE("workers run with the default action for SIGTERM, whatever handler or mask the program set", "[faults]") {
     void* shared = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     REQUIRE(shared != MAP_FAILED);
     g_term_marker = static_cast<volatile std::sig_atomic_t*>(shared);
@@ -228,7 +228,8 @@ TEST_CASE("workers run with the default action for SIGTERM, whatever handler or 
 
 // ---- parent death -------------------------------------------------------------------------------------------------
 
-TEST_CASE("when the pool's process is killed with SIGKILL, its fork server and workers exit within a second") {
+TEST_CASE("when the pool's process is killed with SIGKILL, its fork server and workers exit within a second",
+          "[faults]") {
     int fds[2];
     REQUIRE(::pipe(fds) == 0);
     const pid_t parent = ::fork();
@@ -305,7 +306,7 @@ struct CrashOnEncode {
 };
 }  // namespace
 
-TEST_CASE("a crash while decoding the task fails that task") {
+TEST_CASE("a crash while decoding the task fails that task", "[faults]") {
     procpool::Pool pool(2);
     auto bad = pool.apply_async([](CrashOnDecode v) { return v.value; }, CrashOnDecode{666});
     auto good = pool.apply_async([](CrashOnDecode v) { return v.value; }, CrashOnDecode{1});
@@ -318,7 +319,7 @@ TEST_CASE("a crash while decoding the task fails that task") {
     CHECK(good.get() == 1);
 }
 
-TEST_CASE("a crash while encoding the result fails that task") {
+TEST_CASE("a crash while encoding the result fails that task", "[faults]") {
     procpool::Pool pool(2);
     auto bad = pool.apply_async([](int v) { return CrashOnEncode{v}; }, 666);
     auto good = pool.apply_async([](int v) { return CrashOnEncode{v}; }, 2);
@@ -331,7 +332,7 @@ TEST_CASE("a crash while encoding the result fails that task") {
     CHECK(good.get().value == 2);
 }
 
-TEST_CASE("a worker that dies after sending its result fails nothing") {
+TEST_CASE("a worker that dies after sending its result fails nothing", "[faults]") {
     procpool::Pool pool(1);
     const pid_t first = pool.worker_pids().front();
     // The task arms a timer and returns: SIGALRM kills the idle worker 50 ms after the result was sent.
@@ -350,7 +351,7 @@ TEST_CASE("a worker that dies after sending its result fails nothing") {
     CHECK(pool.apply(sleep_ms, 1) == 1);
 }
 
-TEST_CASE("a crash is reported within a second of the worker's death") {
+TEST_CASE("a crash is reported within a second of the worker's death", "[faults]") {
     procpool::Pool pool(2);
     auto crashing = pool.apply_async([] {
         std::this_thread::sleep_for(100ms);
@@ -377,7 +378,7 @@ void install_without_restart(int signal) {
 }
 }  // namespace
 
-TEST_CASE("signals delivered without SA_RESTART, to the parent and the workers, change nothing") {
+TEST_CASE("signals delivered without SA_RESTART, to the parent and the workers, change nothing", "[faults]") {
     install_without_restart(SIGUSR1);
     procpool::Pool pool(procpool::PoolOptions{.processes = 2, .initializer = [] { install_without_restart(SIGUSR1); }});
     std::atomic<bool> stop{false};
@@ -411,7 +412,7 @@ TEST_CASE("signals delivered without SA_RESTART, to the parent and the workers, 
 
 // ---- a fork that fails at start -----------------------------------------------------------------------------------
 
-TEST_CASE("if fork fails for a worker, the constructor throws and the workers already started are reaped") {
+TEST_CASE("if fork fails for a worker, the constructor throws and the workers already started are reaped", "[faults]") {
     // As an unprivileged user with RLIMIT_NPROC = 4: this process, the fork server and two workers fit; the
     // third worker's fork fails with EAGAIN.
     const pid_t child = ::fork();
@@ -440,7 +441,7 @@ TEST_CASE("if fork fails for a worker, the constructor throws and the workers al
     CHECK(WEXITSTATUS(status) == 0);
 }
 
-TEST_CASE("tasks queued for a replacement worker whose fork failed are not lost") {
+TEST_CASE("tasks queued for a replacement worker whose fork failed are not lost", "[faults]") {
     // As an unprivileged user: the fork server's RLIMIT_NPROC is dropped to 1 so the replacement of a killed
     // worker cannot be forked, then raised again: the pool retries and every task completes.
     const pid_t child = ::fork();
@@ -487,7 +488,7 @@ TEST_CASE("tasks queued for a replacement worker whose fork failed are not lost"
 
 // ---- the memory cap -----------------------------------------------------------------------------------------------
 
-TEST_CASE("a task allocating past memory_limit fails with std::bad_alloc and the pool goes on") {
+TEST_CASE("a task allocating past memory_limit fails with std::bad_alloc and the pool goes on", "[faults]") {
     procpool::PoolOptions options;
     options.processes = 2;
     options.memory_limit = std::size_t{256} << 20;

@@ -61,7 +61,7 @@ static_assert(std::ranges::input_range<CountingInput>);
 
 }  // namespace
 
-TEST_CASE("imap yields results in input order", "[threads]") {
+TEST_CASE("imap yields results in input order", "[imap][threads]") {
     procpool::Pool pool(3);
     std::vector<int> got;
     for (int value : pool.imap(
@@ -77,7 +77,7 @@ TEST_CASE("imap yields results in input order", "[threads]") {
     CHECK(got == expected);
 }
 
-TEST_CASE("imap_unordered yields every result exactly once, in completion order", "[threads]") {
+TEST_CASE("imap_unordered yields every result exactly once, in completion order", "[imap][threads]") {
     procpool::Pool pool(2);
     std::vector<int> got;
     for (int value : pool.imap_unordered(
@@ -94,7 +94,7 @@ TEST_CASE("imap_unordered yields every result exactly once, in completion order"
     for (int i = 0; i < 40; ++i) CHECK(got[i] == i);
 }
 
-TEST_CASE("imap with every chunk size") {
+TEST_CASE("imap with every chunk size", "[imap]") {
     procpool::Pool pool(2);
     for (std::size_t chunksize : {std::size_t{0}, std::size_t{1}, std::size_t{3}, std::size_t{1000}}) {
         INFO("chunksize " << chunksize);
@@ -114,7 +114,7 @@ TEST_CASE("imap with every chunk size") {
     }
 }
 
-TEST_CASE("imap reads an infinite input only as results are consumed, and a break stops it", "[threads]") {
+TEST_CASE("imap reads an infinite input only as results are consumed, and a break stops it", "[imap][threads]") {
     procpool::Pool pool(2);
     CountingInput::State state;
     long taken = 0;
@@ -133,7 +133,7 @@ TEST_CASE("imap reads an infinite input only as results are consumed, and a brea
     CHECK(pool.apply(square, 4) == 16);         // the pool is fine
 }
 
-TEST_CASE("imap read-ahead stays bounded while the reader is slow") {
+TEST_CASE("imap read-ahead stays bounded while the reader is slow", "[imap]") {
     procpool::Pool pool(2);
     CountingInput::State state;
     auto results = pool.imap([](long x) { return x; }, CountingInput(&state), {.chunksize = 1});
@@ -146,7 +146,7 @@ TEST_CASE("imap read-ahead stays bounded while the reader is slow") {
     CHECK(*it == 1);
 }
 
-TEST_CASE("breaking out of a slow imap returns at once without waiting for running tasks", "[threads]") {
+TEST_CASE("breaking out of a slow imap returns at once without waiting for running tasks", "[imap][threads]") {
     procpool::Pool pool(2);
     const auto start = std::chrono::steady_clock::now();
     for (int value : pool.imap(
@@ -161,7 +161,8 @@ TEST_CASE("breaking out of a slow imap returns at once without waiting for runni
     CHECK(std::chrono::steady_clock::now() - start < 1s);
 }
 
-TEST_CASE("an exception from the input range reaches the reader as it is, after every result read before it") {
+TEST_CASE("an exception from the input range reaches the reader as it is, after every result read before it",
+          "[imap]") {
     procpool::Pool pool(2);
     CountingInput::State state;
     state.throw_at = 50;
@@ -199,7 +200,7 @@ int sqr(int x) { return x * x; }
 
 }  // namespace
 
-TEST_CASE("imap: an input that throws, with chunksizes 1, 2 and 4 (CPython's handle_iterable_exception)") {
+TEST_CASE("imap: an input that throws, with chunksizes 1, 2 and 4 (CPython's handle_iterable_exception)", "[imap]") {
     procpool::Pool pool(2);
     for (const std::size_t chunksize : {std::size_t{1}, std::size_t{2}, std::size_t{4}}) {
         CAPTURE(chunksize);
@@ -223,7 +224,8 @@ TEST_CASE("imap: an input that throws, with chunksizes 1, 2 and 4 (CPython's han
     }
 }
 
-TEST_CASE("imap_unordered: an input that throws, with chunksizes 1, 2 and 4 (CPython's handle_iterable_exception)") {
+TEST_CASE("imap_unordered: an input that throws, with chunksizes 1, 2 and 4 (CPython's handle_iterable_exception)",
+          "[imap]") {
     procpool::Pool pool(2);
     for (const std::size_t chunksize : {std::size_t{1}, std::size_t{2}, std::size_t{4}}) {
         CAPTURE(chunksize);
@@ -249,7 +251,7 @@ TEST_CASE("imap_unordered: an input that throws, with chunksizes 1, 2 and 4 (CPy
     }
 }
 
-TEST_CASE("MapOptions::buffersize bounds what imap reads ahead, and the default is a few thousand items") {
+TEST_CASE("MapOptions::buffersize bounds what imap reads ahead, and the default is a few thousand items", "[imap]") {
     procpool::Pool pool(2);
     using Range = decltype(pool.imap([](long x) { return x; }, std::views::iota(0L)));
     CHECK(Range::default_buffersize(2) == 4096);
@@ -293,7 +295,7 @@ TEST_CASE("MapOptions::buffersize bounds what imap reads ahead, and the default 
     CHECK(worst <= 32);
 }
 
-TEST_CASE("a buffersize below the chunksize, or given to map, is refused") {
+TEST_CASE("a buffersize below the chunksize, or given to map, is refused", "[imap]") {
     procpool::Pool pool(1);
     CHECK_THROWS_AS(pool.imap(sqr, std::views::iota(0, 10), {.chunksize = 8, .buffersize = 4}), std::invalid_argument);
     CHECK_THROWS_AS(pool.imap_unordered(sqr, std::views::iota(0, 10), {.chunksize = 2, .buffersize = 1}),
@@ -305,7 +307,7 @@ TEST_CASE("a buffersize below the chunksize, or given to map, is refused") {
     CHECK(pool.map(sqr, std::views::iota(0, 3)) == std::vector<int>{0, 1, 4});
 }
 
-TEST_CASE("a failing item throws when dereferenced and iteration goes on past it", "[threads]") {
+TEST_CASE("a failing item throws when dereferenced and iteration goes on past it", "[imap][threads]") {
     procpool::Pool pool(2);
     std::vector<int> values;
     int failures = 0;
@@ -328,14 +330,14 @@ TEST_CASE("a failing item throws when dereferenced and iteration goes on past it
     CHECK(std::is_sorted(values.begin(), values.end()));
 }
 
-TEST_CASE("imap of a void function yields one entry per item") {
+TEST_CASE("imap of a void function yields one entry per item", "[imap]") {
     procpool::Pool pool(2);
     int n = 0;
     for ([[maybe_unused]] std::monostate done : pool.imap([](int) {}, std::views::iota(0, 10))) ++n;
     CHECK(n == 10);
 }
 
-TEST_CASE("imap ranges work as ranges and with strings") {
+TEST_CASE("imap ranges work as ranges and with strings", "[imap]") {
     procpool::Pool pool(2);
     std::vector<std::string> words{"a", "bb", "ccc"};
     auto lengths = pool.imap([](const std::string& s) { return s + "!"; }, words);
@@ -344,7 +346,7 @@ TEST_CASE("imap ranges work as ranges and with strings") {
     CHECK(got == std::vector<std::string>{"a!", "bb!", "ccc!"});
 }
 
-TEST_CASE("an imap range made before close() still runs but one made after throws", "[threads]") {
+TEST_CASE("an imap range made before close() still runs but one made after throws", "[imap][threads]") {
     procpool::Pool pool(2);
     auto results = pool.imap(square, std::views::iota(0, 100));
     pool.close();
@@ -360,7 +362,7 @@ long twice(long x) { return 2 * x; }
 long plus_one(long x) { return x + 1; }
 }  // namespace
 
-TEST_CASE("an imap range is movable: chained as a temporary, piped into a view, move-assigned") {
+TEST_CASE("an imap range is movable: chained as a temporary, piped into a view, move-assigned", "[imap]") {
     procpool::Pool pool(2);
     long chained = 0;
     for (long v : pool.imap(plus_one, pool.imap(twice, std::views::iota(0L, 100L)))) chained += v;
@@ -389,7 +391,8 @@ struct Sample {
 };
 }  // namespace
 
-TEST_CASE("in one large chunk of raw-byte items, each failing item fails alone and every other value is its own") {
+TEST_CASE("in one large chunk of raw-byte items, each failing item fails alone and every other value is its own",
+          "[imap]") {
     // Items and results that are raw bytes run through the worker's block loop: results are written in place and
     // a failed item leaves no gap, so a value landing at the wrong index would show here.
     procpool::Pool pool(1);

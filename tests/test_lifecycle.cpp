@@ -36,7 +36,7 @@ void check_no_processes_left(const std::vector<pid_t>& workers) {
 
 }  // namespace
 
-TEST_CASE("the destructor finishes queued work: nothing is lost", "[threads]") {
+TEST_CASE("the destructor finishes queued work: nothing is lost", "[lifecycle][threads]") {
     std::vector<procpool::AsyncResult<int>> results;
     std::vector<pid_t> workers;
     {
@@ -51,7 +51,7 @@ TEST_CASE("the destructor finishes queued work: nothing is lost", "[threads]") {
     check_no_processes_left(workers);
 }
 
-TEST_CASE("close() then join(): queued work runs, then every process exits", "[threads]") {
+TEST_CASE("close() then join(): queued work runs, then every process exits", "[lifecycle][threads]") {
     procpool::Pool pool(2);
     const std::vector<pid_t> workers = pool.worker_pids();
     auto result = pool.map_async(slow_square, std::views::iota(0, 100));
@@ -69,13 +69,14 @@ TEST_CASE("close() then join(): queued work runs, then every process exits", "[t
     pool.join();
 }
 
-TEST_CASE("join() before close() throws PoolStateError") {
+TEST_CASE("join() before close() throws PoolStateError", "[lifecycle]") {
     procpool::Pool pool(1);
     CHECK_THROWS_AS(pool.join(), procpool::PoolStateError);
     CHECK(pool.apply(slow_square, 3) == 9);  // still usable
 }
 
-TEST_CASE("terminate() returns at once with thousands of tasks queued and unfinished results fail", "[threads]") {
+TEST_CASE("terminate() returns at once with thousands of tasks queued and unfinished results fail",
+          "[lifecycle][threads]") {
     procpool::Pool pool(2);
     const std::vector<pid_t> workers = pool.worker_pids();
     std::vector<procpool::AsyncResult<int>> results;
@@ -100,7 +101,7 @@ TEST_CASE("terminate() returns at once with thousands of tasks queued and unfini
     pool.terminate();  // idempotent
 }
 
-TEST_CASE("terminate() kills tasks that are running") {
+TEST_CASE("terminate() kills tasks that are running", "[lifecycle]") {
     procpool::Pool pool(2);
     auto stuck = pool.apply_async([] {
         for (;;) std::this_thread::sleep_for(1s);
@@ -112,7 +113,7 @@ TEST_CASE("terminate() kills tasks that are running") {
     CHECK_THROWS_AS(stuck.get(), procpool::PoolStateError);
 }
 
-TEST_CASE("many pools one after another leave nothing behind") {
+TEST_CASE("many pools one after another leave nothing behind", "[lifecycle]") {
     std::vector<pid_t> all;
     for (int round = 0; round < 30; ++round) {
         procpool::Pool pool(2);
@@ -123,7 +124,7 @@ TEST_CASE("many pools one after another leave nothing behind") {
     check_no_processes_left(all);
 }
 
-TEST_CASE("after join() and after terminate(), worker_pids() is empty") {
+TEST_CASE("after join() and after terminate(), worker_pids() is empty", "[lifecycle]") {
     // The fork server's reports of its workers' exits come just before it exits itself: a pool that stopped
     // listening at that point listed some dead workers (about one join in seven, when it happened).
     for (int round = 0; round < 200; ++round) {
@@ -140,7 +141,7 @@ TEST_CASE("after join() and after terminate(), worker_pids() is empty") {
     }
 }
 
-TEST_CASE("several pools at once", "[threads]") {
+TEST_CASE("several pools at once", "[lifecycle][threads]") {
     procpool::Pool a(2);
     procpool::Pool b(1);
     auto ra = a.map_async(slow_square, std::views::iota(0, 50));
@@ -149,14 +150,14 @@ TEST_CASE("several pools at once", "[threads]") {
     CHECK(rb.get().back() == 99 * 99);
 }
 
-TEST_CASE("a pool moved into another object keeps working and the moved-from one throws") {
+TEST_CASE("a pool moved into another object keeps working and the moved-from one throws", "[lifecycle]") {
     procpool::Pool first(1);
     procpool::Pool second(std::move(first));
     CHECK(second.apply(slow_square, 5) == 25);
     CHECK_THROWS_AS(first.apply(slow_square, 5), procpool::PoolStateError);  // NOLINT(bugprone-use-after-move)
 }
 
-TEST_CASE("a pool used in a process forked after it was built refuses politely") {
+TEST_CASE("a pool used in a process forked after it was built refuses politely", "[lifecycle]") {
     procpool::Pool pool(1);
     const pid_t child = ::fork();
     if (child == 0) {
@@ -175,7 +176,8 @@ TEST_CASE("a pool used in a process forked after it was built refuses politely")
     CHECK(pool.apply(slow_square, 2) == 4);
 }
 
-TEST_CASE("waiting in a forked process for a result of the parent's pool throws instead of blocking for good") {
+TEST_CASE("waiting in a forked process for a result of the parent's pool throws instead of blocking for good",
+          "[lifecycle]") {
     procpool::Pool pool(2);
     auto slow = pool.apply_async([] {
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -224,7 +226,7 @@ TEST_CASE("waiting in a forked process for a result of the parent's pool throws 
     CHECK(pool.worker_pids() == workers);
 }
 
-TEST_CASE("output a task printed is not lost when its worker exits, nor duplicated by forks") {
+TEST_CASE("output a task printed is not lost when its worker exits, nor duplicated by forks", "[lifecycle]") {
     // Run the scenario in a child with stdout on a pipe, so the test sees exactly what was written.
     int fds[2];
     REQUIRE(::pipe(fds) == 0);
@@ -262,7 +264,7 @@ TEST_CASE("output a task printed is not lost when its worker exits, nor duplicat
     for (int i = 0; i < 4; ++i) CHECK(count("task" + std::to_string(i) + ";") == 1);
 }
 
-TEST_CASE("an idle pool sleeps instead of spinning") {
+TEST_CASE("an idle pool sleeps instead of spinning", "[lifecycle]") {
     procpool::Pool pool(2);
     pool.apply(slow_square, 1);
     const std::vector<pid_t> workers = pool.worker_pids();
@@ -286,7 +288,7 @@ TEST_CASE("an idle pool sleeps instead of spinning") {
     CHECK(after - before <= 2);  // clock ticks (1/100 s) over a second, for both workers
 }
 
-TEST_CASE("terminate() from another thread ends a join() that waits for a hung task", "[threads]") {
+TEST_CASE("terminate() from another thread ends a join() that waits for a hung task", "[lifecycle][threads]") {
     procpool::Pool pool(1);
     auto hung = pool.apply_async([] {
         for (;;) std::this_thread::sleep_for(1s);
@@ -302,7 +304,7 @@ TEST_CASE("terminate() from another thread ends a join() that waits for a hung t
 }
 
 TEST_CASE("terminate() racing deliveries to imap_unordered never duplicates an item nor hangs the reader",
-          "[threads]") {
+          "[lifecycle][threads]") {
     std::mt19937 rng(99);
     for (int round = 0; round < 30; ++round) {
         procpool::Pool pool(2);
@@ -336,7 +338,7 @@ TEST_CASE("terminate() racing deliveries to imap_unordered never duplicates an i
     }
 }
 
-TEST_CASE("get() returns only after the result's callbacks have run", "[threads]") {
+TEST_CASE("get() returns only after the result's callbacks have run", "[lifecycle][threads]") {
     procpool::Pool pool(2);
     for (int i = 0; i < 20; ++i) {
         std::atomic<bool> done{false};
@@ -350,7 +352,7 @@ TEST_CASE("get() returns only after the result's callbacks have run", "[threads]
     }
 }
 
-TEST_CASE("a process forked after the pool was built can destroy its copy of the pool") {
+TEST_CASE("a process forked after the pool was built can destroy its copy of the pool", "[lifecycle]") {
     auto* pool = new procpool::Pool(1);
     const pid_t child = ::fork();
     if (child == 0) {
@@ -364,7 +366,7 @@ TEST_CASE("a process forked after the pool was built can destroy its copy of the
     delete pool;
 }
 
-TEST_CASE("terminate() from a callback run by a thread that waits for the result returns", "[threads]") {
+TEST_CASE("terminate() from a callback run by a thread that waits for the result returns", "[lifecycle][threads]") {
     // Callbacks run in the thread that receives the result: the service thread, or a thread of yours that polls
     // the rings while it waits in wait()/get(). A terminate() there must not wait for the service thread, which
     // may itself wait to become the poller, which that thread is. Repeated until the result landed while the caller

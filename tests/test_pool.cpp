@@ -42,7 +42,7 @@ struct Prefixer {  // a serializable function object: its std::string travels th
 
 }  // namespace
 
-TEST_CASE("a pool forks its workers when built and reports them") {
+TEST_CASE("a pool forks its workers when built and reports them", "[pool]") {
     procpool::Pool pool(3);
     CHECK(pool.size() == 3);
     const std::vector<pid_t> pids = pool.worker_pids();
@@ -54,12 +54,12 @@ TEST_CASE("a pool forks its workers when built and reports them") {
     }
 }
 
-TEST_CASE("the default pool has one worker per usable CPU") {
+TEST_CASE("the default pool has one worker per usable CPU", "[pool]") {
     procpool::Pool pool;
     CHECK(pool.size() == procpool::detail::usable_cpu_count());
 }
 
-TEST_CASE("apply runs the function in another process and returns its value", "[threads]") {
+TEST_CASE("apply runs the function in another process and returns its value", "[pool][threads]") {
     procpool::Pool pool(2);
     CHECK(pool.apply(square, 12) == 144);
     CHECK(pool.apply(add, 40L, 2L) == 42);
@@ -70,7 +70,7 @@ TEST_CASE("apply runs the function in another process and returns its value", "[
     CHECK(std::find(pids.begin(), pids.end(), worker) != pids.end());
 }
 
-TEST_CASE("callables: function pointers, captureless and capturing lambdas, function objects") {
+TEST_CASE("callables: function pointers, captureless and capturing lambdas, function objects", "[pool]") {
     procpool::Pool pool(2);
     CHECK(pool.apply(&square, 3) == 9);
     const int offset = 1000;
@@ -82,7 +82,7 @@ TEST_CASE("callables: function pointers, captureless and capturing lambdas, func
     CHECK(pool.apply(std::plus<int>{}, 2, 3) == 5);
 }
 
-TEST_CASE("arguments are copied at submission: later changes are not seen") {
+TEST_CASE("arguments are copied at submission: later changes are not seen", "[pool]") {
     procpool::Pool pool(1);
     std::vector<int> data{1, 2, 3};
     auto result = pool.apply_async([](const std::vector<int>& v) { return std::accumulate(v.begin(), v.end(), 0); },
@@ -91,14 +91,14 @@ TEST_CASE("arguments are copied at submission: later changes are not seen") {
     CHECK(result.get() == 6);
 }
 
-TEST_CASE("C strings are sent as std::string") {
+TEST_CASE("C strings are sent as std::string", "[pool]") {
     procpool::Pool pool(1);
     CHECK(pool.apply([](const std::string& s) { return s.size(); }, "hello") == 5);
     const char* text = "abc";
     CHECK(pool.apply([](std::string s) { return s + s; }, text) == "abcabc");
 }
 
-TEST_CASE("a map over files: std::filesystem::path arguments and results") {
+TEST_CASE("a map over files: std::filesystem::path arguments and results", "[pool]") {
     namespace fs = std::filesystem;
     const fs::path dir = fs::temp_directory_path() / ("procpool-paths-" + std::to_string(::getpid()));
     fs::create_directories(dir);
@@ -128,7 +128,8 @@ struct Window {  // a trivially copyable struct with a pointer: fine to a global
 const int g_table[3] = {1, 2, 3};
 }  // namespace
 
-TEST_CASE("a callable or argument that points into the caller's stack is refused with std::invalid_argument") {
+TEST_CASE("a callable or argument that points into the caller's stack is refused with std::invalid_argument",
+          "[pool]") {
     procpool::Pool pool(2);
     int factor = 3;
     const auto refused = [](auto&& submit) {
@@ -175,7 +176,7 @@ TEST_CASE("a callable or argument that points into the caller's stack is refused
     CHECK(pool.apply([shared](int x) { return x + shared.value(); }, 1) == 6);
 }
 
-TEST_CASE("void tasks") {
+TEST_CASE("void tasks", "[pool]") {
     procpool::Pool pool(2);
     pool.apply([](int) {}, 1);
     procpool::AsyncResult<void> result = pool.apply_async([] {});
@@ -188,7 +189,7 @@ TEST_CASE("void tasks") {
     pool.map_async([](int) {}, std::vector<int>{1}).get();
 }
 
-TEST_CASE("AsyncResult: get, get(timeout), wait, ready, successful", "[threads]") {
+TEST_CASE("AsyncResult: get, get(timeout), wait, ready, successful", "[pool][threads]") {
     procpool::Pool pool(2);
     auto slow = pool.apply_async(
         [](int ms) {
@@ -220,7 +221,7 @@ TEST_CASE("AsyncResult: get, get(timeout), wait, ready, successful", "[threads]"
     CHECK_THROWS_AS(empty.get(), procpool::PoolStateError);
 }
 
-TEST_CASE("AsyncResult callbacks run once, in this process, for success and for error", "[threads]") {
+TEST_CASE("AsyncResult callbacks run once, in this process, for success and for error", "[pool][threads]") {
     procpool::Pool pool(2);
     std::atomic<int> successes{0};
     std::atomic<int> errors{0};
@@ -255,7 +256,7 @@ TEST_CASE("AsyncResult callbacks run once, in this process, for success and for 
     CHECK(test_support::eventually([&] { return void_called.load(); }));
 }
 
-TEST_CASE("map returns results in input order for any input range", "[threads]") {
+TEST_CASE("map returns results in input order for any input range", "[pool][threads]") {
     procpool::Pool pool(3);
     std::vector<int> input(1000);
     std::iota(input.begin(), input.end(), -500);
@@ -273,7 +274,7 @@ TEST_CASE("map returns results in input order for any input range", "[threads]")
     CHECK(pool.map(square, evens).size() == 10);
 }
 
-TEST_CASE("map with every chunk size: 1, automatic, larger than the input") {
+TEST_CASE("map with every chunk size: 1, automatic, larger than the input", "[pool]") {
     procpool::Pool pool(2);
     std::vector<long> input(2500);
     std::iota(input.begin(), input.end(), 0L);
@@ -287,7 +288,7 @@ TEST_CASE("map with every chunk size: 1, automatic, larger than the input") {
     }
 }
 
-TEST_CASE("empty inputs give empty results") {
+TEST_CASE("empty inputs give empty results", "[pool]") {
     procpool::Pool pool(2);
     CHECK(pool.map(square, std::vector<int>{}).empty());
     CHECK(pool.map_async(square, std::vector<int>{}).get().empty());
@@ -297,7 +298,7 @@ TEST_CASE("empty inputs give empty results") {
     CHECK(count == 0);
 }
 
-TEST_CASE("map_async returns at once and delivers the whole vector", "[threads]") {
+TEST_CASE("map_async returns at once and delivers the whole vector", "[pool][threads]") {
     procpool::Pool pool(2);
     auto result = pool.map_async(
         [](int x) {
@@ -314,7 +315,7 @@ TEST_CASE("map_async returns at once and delivers the whole vector", "[threads]"
     CHECK(moved.size() == 200);
 }
 
-TEST_CASE("starmap unpacks tuples, pairs and arrays") {
+TEST_CASE("starmap unpacks tuples, pairs and arrays", "[pool]") {
     procpool::Pool pool(2);
     const std::vector<std::tuple<long, long>> pairs{{1, 2}, {3, 4}, {5, 6}};
     CHECK(pool.starmap(add, pairs) == std::vector<long>{3, 7, 11});
@@ -330,7 +331,7 @@ TEST_CASE("starmap unpacks tuples, pairs and arrays") {
     CHECK(pool.starmap_async(add, pairs).get() == std::vector<long>{3, 7, 11});
 }
 
-TEST_CASE("work is spread over all workers") {
+TEST_CASE("work is spread over all workers", "[pool]") {
     procpool::Pool pool(3);
     const std::vector<pid_t> pids = pool.map(
         [](int) {
@@ -342,7 +343,7 @@ TEST_CASE("work is spread over all workers") {
     CHECK(distinct.size() == 3);
 }
 
-TEST_CASE("a long task does not hold back short tasks queued behind it", "[threads]") {
+TEST_CASE("a long task does not hold back short tasks queued behind it", "[pool][threads]") {
     // One worker gets a long task with a short one already queued behind it; the idle worker must take the short
     // one over instead of waiting for the long one to finish.
     procpool::Pool pool(2);
@@ -367,7 +368,7 @@ TEST_CASE("a long task does not hold back short tasks queued behind it", "[threa
     CHECK(long_task.get() == 1);
 }
 
-TEST_CASE("submissions from many threads at once", "[threads]") {
+TEST_CASE("submissions from many threads at once", "[pool][threads]") {
     procpool::Pool pool(2);
     std::vector<std::thread> threads;
     std::atomic<long> total{0};
@@ -384,7 +385,7 @@ TEST_CASE("submissions from many threads at once", "[threads]") {
     CHECK(total == 4 * per_thread_apply + 200L * (0 + 1 + 2 + 3) + 4 * squares);
 }
 
-TEST_CASE("the initializer runs once in each worker before its first task") {
+TEST_CASE("the initializer runs once in each worker before its first task", "[pool]") {
     static int initialized = 0;  // each worker has its own copy
     procpool::Pool pool(procpool::PoolOptions{.processes = 2, .initializer = [] { initialized += 41; }});
     const std::vector<int> seen = pool.map([](int) { return initialized; }, std::views::iota(0, 50), {.chunksize = 1});
@@ -392,7 +393,7 @@ TEST_CASE("the initializer runs once in each worker before its first task") {
     CHECK(initialized == 0);  // not in the parent
 }
 
-TEST_CASE("bad pool options throw std::invalid_argument") {
+TEST_CASE("bad pool options throw std::invalid_argument", "[pool]") {
     CHECK_THROWS_AS(procpool::Pool(0), std::invalid_argument);
     CHECK_THROWS_AS(procpool::Pool(procpool::PoolOptions{.processes = 0}), std::invalid_argument);
     CHECK_THROWS_AS(procpool::Pool(procpool::PoolOptions{.processes = 1, .max_tasks_per_child = 0}),
@@ -405,7 +406,7 @@ TEST_CASE("bad pool options throw std::invalid_argument") {
     CHECK_THROWS_AS(procpool::Pool(odd_ring), std::invalid_argument);
 }
 
-TEST_CASE("code written against the pool template works with Pool") {
+TEST_CASE("code written against the pool template works with Pool", "[pool]") {
     auto total = []<class P>(P& pool) {
         auto values = pool.map([](int x) { return x * 2; }, std::views::iota(1, 4));
         return std::accumulate(values.begin(), values.end(), 0);

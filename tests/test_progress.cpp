@@ -50,7 +50,7 @@ struct Recorder {
 
 }  // namespace
 
-TEST_CASE("map reports progress with a known total and ends with one final report", "[threads]") {
+TEST_CASE("map reports progress with a known total and ends with one final report", "[progress][threads]") {
     procpool::Pool pool(2);
     Recorder recorder;
     std::vector<int> items(200);
@@ -73,7 +73,7 @@ TEST_CASE("map reports progress with a known total and ends with one final repor
     }
 }
 
-TEST_CASE("a failing map still gives its final report", "[threads]") {
+TEST_CASE("a failing map still gives its final report", "[progress][threads]") {
     procpool::Pool pool(2);
     Recorder recorder;
     std::vector<int> items{1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
@@ -82,7 +82,7 @@ TEST_CASE("a failing map still gives its final report", "[threads]") {
     recorder.check_well_formed();
 }
 
-TEST_CASE("starmap and map_async report progress", "[threads]") {
+TEST_CASE("starmap and map_async report progress", "[progress][threads]") {
     procpool::Pool pool(2);
     Recorder starmap_recorder;
     std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}, {5, 6}};
@@ -97,7 +97,7 @@ TEST_CASE("starmap and map_async report progress", "[threads]") {
     CHECK(async_recorder.reports.back().done == 3);
 }
 
-TEST_CASE("imap reports progress: a total for sized ranges, none for unbounded ones", "[threads]") {
+TEST_CASE("imap reports progress: a total for sized ranges, none for unbounded ones", "[progress][threads]") {
     procpool::Pool pool(2);
     SECTION("sized") {
         Recorder recorder;
@@ -128,14 +128,14 @@ TEST_CASE("imap reports progress: a total for sized ranges, none for unbounded o
     }
 }
 
-TEST_CASE("a throwing progress callback does not break the map", "[threads]") {
+TEST_CASE("a throwing progress callback does not break the map", "[progress][threads]") {
     procpool::Pool pool(2);
     std::vector<int> items{1, 2, 3, 4};
     auto throwing = [](const procpool::ProgressInfo&) { throw std::runtime_error("drawing failed"); };
     CHECK(pool.map(slow_square, items, {.progress = throwing}) == std::vector<int>{1, 4, 9, 16});
 }
 
-TEST_CASE("progress_bar draws percentage, counts and rate") {
+TEST_CASE("progress_bar draws percentage, counts and rate", "[progress]") {
     // The drawing itself, on a file: not a terminal, so periodic lines.
     std::FILE* file = std::tmpfile();
     REQUIRE(file != nullptr);

@@ -16,8 +16,8 @@ using namespace procpool::detail;
 namespace {
 
 struct SharedRing {
-    explicit SharedRing(std::uint64_t capacity)
-        : capacity(capacity), region(boost::interprocess::anonymous_shared_memory(sizeof(RingState) + capacity)) {
+    explicit SharedRing(std::uint64_t bytes)
+        : capacity(bytes), region(boost::interprocess::anonymous_shared_memory(sizeof(RingState) + bytes)) {
         state = new (region.get_address()) RingState();
         data = static_cast<std::byte*>(region.get_address()) + sizeof(RingState);
     }
@@ -52,7 +52,7 @@ std::vector<std::byte> read_message(RingConsumer& consumer, RingState& state) {
 
 }  // namespace
 
-TEST_CASE("messages from 0 bytes to several times the ring size arrive intact and in order") {
+TEST_CASE("messages from 0 bytes to several times the ring size arrive intact and in order", "[ring]") {
     SharedRing ring(1 << 14);
     constexpr int kMessages = 20000;
     const pid_t child = ::fork();
@@ -84,7 +84,7 @@ TEST_CASE("messages from 0 bytes to several times the ring size arrive intact an
     CHECK(WEXITSTATUS(status) == 0);
 }
 
-TEST_CASE("a non-blocking producer never splits a message that fits and never overwrites unread data") {
+TEST_CASE("a non-blocking producer never splits a message that fits and never overwrites unread data", "[ring]") {
     SharedRing ring(4096);
     RingProducer producer(ring.state, ring.data, ring.capacity);
     RingConsumer consumer(ring.state, ring.data, ring.capacity);
@@ -111,7 +111,7 @@ TEST_CASE("a non-blocking producer never splits a message that fits and never ov
     CHECK_FALSE(consumer.peek());
 }
 
-TEST_CASE("a ring survives its consumer being killed at any point and can be reset for a new one") {
+TEST_CASE("a ring survives its consumer being killed at any point and can be reset for a new one", "[ring]") {
     SharedRing ring(1 << 13);
     for (int round = 0; round < 20; ++round) {
         const pid_t child = ::fork();

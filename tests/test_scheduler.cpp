@@ -38,9 +38,11 @@ bool settles(Done&& done) {
 
 }  // namespace
 
-// ---- the chunk policy ------------------------------------------------------------------------------------------------
+// ---- the chunk policy
+// ------------------------------------------------------------------------------------------------
 
-TEST_CASE("chunk policy: map chunks shrink towards the end, follow the time target, and fit a task's size", "[scheduler]") {
+TEST_CASE("chunk policy: map chunks shrink towards the end, follow the time target, and fit a task's size",
+          "[scheduler]") {
     ChunkPolicy::MapInputs in;
     in.workers = 2;
     in.max_task_bytes = 1 << 20;
@@ -149,7 +151,8 @@ TEST_CASE("crash attribution: which items a dead worker held", "[scheduler]") {
     }
 }
 
-// ---- dispatch, rebalancing, budgets, deaths and timeouts through the fake --------------------------------------------
+// ---- dispatch, rebalancing, budgets, deaths and timeouts through the fake
+// --------------------------------------------
 
 TEST_CASE("dispatch keeps every worker two tasks deep before tasks were timed, least loaded first", "[scheduler]") {
     FakePool pool(procpool::PoolOptions{.processes = 3});
@@ -186,7 +189,8 @@ TEST_CASE("rebalancing: an idle worker takes over a task queued behind another's
     CHECK(std::count_if(runs.begin(), runs.end(), [](const auto& r) { return r.slot == 1; }) == 3);
 }
 
-TEST_CASE("budgets: max_tasks_per_child gives a worker that many items, then an exit, then a replacement", "[scheduler]") {
+TEST_CASE("budgets: max_tasks_per_child gives a worker that many items, then an exit, then a replacement",
+          "[scheduler]") {
     FakePool pool(procpool::PoolOptions{.processes = 1, .max_tasks_per_child = 3});
     FakeTransport& fake = transport_of(pool);
     auto result = pool.map_async([](int x) { return x; }, std::views::iota(0, 7), {.chunksize = 1});

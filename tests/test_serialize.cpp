@@ -78,7 +78,7 @@ void serialize(Archive& ar, Legacy& value) {
 }
 }  // namespace thirdparty
 
-TEST_CASE("arithmetic types and enums round-trip exactly") {
+TEST_CASE("arithmetic types and enums round-trip exactly", "[serialize]") {
     CHECK(round_trip(42) == 42);
     CHECK(round_trip(std::numeric_limits<std::int64_t>::min()) == std::numeric_limits<std::int64_t>::min());
     CHECK(round_trip(std::numeric_limits<std::uint64_t>::max()) == std::numeric_limits<std::uint64_t>::max());
@@ -91,7 +91,7 @@ TEST_CASE("arithmetic types and enums round-trip exactly") {
     CHECK(nan != nan);
 }
 
-TEST_CASE("strings of every size, including embedded zeros and wide characters") {
+TEST_CASE("strings of every size, including embedded zeros and wide characters", "[serialize]") {
     CHECK(round_trip(std::string()).empty());
     CHECK(round_trip(std::string("hello")) == "hello");
     const std::string with_zero("a\0b", 3);
@@ -102,7 +102,7 @@ TEST_CASE("strings of every size, including embedded zeros and wide characters")
     CHECK(round_trip(large) == large);
 }
 
-TEST_CASE("standard containers and their nesting") {
+TEST_CASE("standard containers and their nesting", "[serialize]") {
     CHECK(round_trip(std::vector<int>{1, 2, 3}) == std::vector<int>{1, 2, 3});
     CHECK(round_trip(std::vector<bool>{true, false, true}) == std::vector<bool>{true, false, true});
     CHECK(round_trip(std::deque<std::string>{"a", "bb"}) == std::deque<std::string>{"a", "bb"});
@@ -134,7 +134,8 @@ TEST_CASE("standard containers and their nesting") {
     CHECK(round_trip(nested) == nested);
 }
 
-TEST_CASE("std::filesystem::path, chrono time points, complex numbers and bitsets travel as themselves") {
+TEST_CASE("std::filesystem::path, chrono time points, complex numbers and bitsets travel as themselves",
+          "[serialize]") {
     namespace fs = std::filesystem;
     const fs::path path = "/data/run 7/résultat.csv";
     CHECK(round_trip(path) == path);
@@ -161,7 +162,7 @@ TEST_CASE("std::filesystem::path, chrono time points, complex numbers and bitset
     STATIC_REQUIRE(procpool::Serializable<std::chrono::system_clock::time_point>);
 }
 
-TEST_CASE("trivially copyable structs and user types") {
+TEST_CASE("trivially copyable structs and user types", "[serialize]") {
     CHECK(round_trip(Point{1.5, -2.0, 7}) == Point{1.5, -2.0, 7});
     CHECK(round_trip(std::vector<Point>{{1, 2, 3}, {4, 5, 6}}) == std::vector<Point>{{1, 2, 3}, {4, 5, 6}});
     const Person person{"Ada", 36, {"math", "engines"}};
@@ -174,7 +175,7 @@ TEST_CASE("trivially copyable structs and user types") {
     STATIC_REQUIRE(procpool::Serializable<std::map<int, std::vector<Point>>>);
 }
 
-TEST_CASE("the Serializable concept rejects what cannot travel") {
+TEST_CASE("the Serializable concept rejects what cannot travel", "[serialize]") {
     STATIC_REQUIRE_FALSE(procpool::Serializable<int*>);
     STATIC_REQUIRE_FALSE(procpool::Serializable<std::string_view>);
     STATIC_REQUIRE_FALSE(procpool::Serializable<std::vector<int*>>);
@@ -188,7 +189,7 @@ TEST_CASE("the Serializable concept rejects what cannot travel") {
     STATIC_REQUIRE_FALSE(procpool::Serializable<std::ifstream>);
 }
 
-TEST_CASE("truncated and corrupt data throw SerializationError instead of reading past the end") {
+TEST_CASE("truncated and corrupt data throw SerializationError instead of reading past the end", "[serialize]") {
     const procpool::detail::Buffer bytes = procpool::to_bytes(std::vector<std::string>{"abc", "defg"});
     for (std::size_t cut = 0; cut < bytes.size(); ++cut) {
         CHECK_THROWS_AS(procpool::from_bytes<std::vector<std::string>>(bytes.view().first(cut)),
@@ -211,7 +212,7 @@ TEST_CASE("truncated and corrupt data throw SerializationError instead of readin
     CHECK_THROWS_AS((procpool::from_bytes<std::variant<int, double>>(variant.view())), procpool::SerializationError);
 }
 
-TEST_CASE("Buffer grows across the mapped threshold without losing bytes") {
+TEST_CASE("Buffer grows across the mapped threshold without losing bytes", "[serialize]") {
     procpool::detail::Buffer buffer;
     std::uint64_t written = 0;
     while (buffer.size() < (5u << 20)) {
@@ -231,7 +232,8 @@ TEST_CASE("Buffer grows across the mapped threshold without losing bytes") {
     CHECK(copy.size() == 0);  // NOLINT(bugprone-use-after-move): the moved-from state is specified
 }
 
-TEST_CASE("large byte runs are copied exactly at every alignment and length around the streaming threshold") {
+TEST_CASE("large byte runs are copied exactly at every alignment and length around the streaming threshold",
+          "[serialize]") {
     using procpool::detail::kStreamingCopyBytes;
     constexpr std::size_t kGuard = 64;
     const std::size_t lengths[] = {0,

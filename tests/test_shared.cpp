@@ -39,7 +39,7 @@ struct Sample {
 
 // ---- SharedArray / SharedValue -------------------------------------------------------------------------------------
 
-TEST_CASE("a SharedArray made before or after the pool is the same memory in the workers") {
+TEST_CASE("a SharedArray made before or after the pool is the same memory in the workers", "[shared]") {
     procpool::SharedArray<double> before(100);
     procpool::Pool pool(2);
     procpool::SharedArray<long> after(1000);
@@ -57,7 +57,7 @@ TEST_CASE("a SharedArray made before or after the pool is the same memory in the
     CHECK(pool.apply([after] { return after[7]; }) == -7);
 }
 
-TEST_CASE("SharedArray construction, access and bounds") {
+TEST_CASE("SharedArray construction, access and bounds", "[shared]") {
     procpool::SharedArray<int> zeros(5);
     CHECK(zeros.size() == 5);
     CHECK(std::all_of(zeros.begin(), zeros.end(), [](int v) { return v == 0; }));
@@ -78,7 +78,7 @@ TEST_CASE("SharedArray construction, access and bounds") {
     CHECK(empty.empty());
 }
 
-TEST_CASE("4 workers x 10 000 increments under a Lock give an exact count") {
+TEST_CASE("4 workers x 10 000 increments under a Lock give an exact count", "[shared]") {
     procpool::Pool pool(4);
     procpool::SharedValue<long> counter(0);
     procpool::Lock lock;
@@ -105,7 +105,7 @@ TEST_CASE("4 workers x 10 000 increments under a Lock give an exact count") {
     CHECK(cells[0] == 20000);
 }
 
-TEST_CASE("Lock: timed acquire, owner checks, Lockable") {
+TEST_CASE("Lock: timed acquire, owner checks, Lockable", "[shared]") {
     procpool::Pool pool(1);
     procpool::Lock lock;
     lock.acquire();
@@ -132,7 +132,8 @@ TEST_CASE("Lock: timed acquire, owner checks, Lockable") {
     CHECK_FALSE(a.held());
 }
 
-TEST_CASE("get_lock() fits std::lock_guard, std::scoped_lock and std::unique_lock, in the parent and in tasks") {
+TEST_CASE("get_lock() fits std::lock_guard, std::scoped_lock and std::unique_lock, in the parent and in tasks",
+          "[shared]") {
     procpool::Pool pool(2);
     procpool::SharedValue<long> v(0);
     procpool::SharedArray<int> a(4);
@@ -172,7 +173,7 @@ TEST_CASE("get_lock() fits std::lock_guard, std::scoped_lock and std::unique_loc
     CHECK(v.value() == 20000);
 }
 
-TEST_CASE("shared objects are handles: a lambda capturing them by value needs no mutable") {
+TEST_CASE("shared objects are handles: a lambda capturing them by value needs no mutable", "[shared]") {
     procpool::Pool pool(2);
     procpool::Lock lock;
     procpool::RLock rlock;
@@ -216,7 +217,7 @@ TEST_CASE("shared objects are handles: a lambda capturing them by value needs no
     CHECK(drained == 5050);
 }
 
-TEST_CASE("try_lock and a timed acquire of a Lock this thread holds return false, as lock.acquire(False)") {
+TEST_CASE("try_lock and a timed acquire of a Lock this thread holds return false, as lock.acquire(False)", "[shared]") {
     procpool::Pool pool(1);
     procpool::Lock lock;
     lock.acquire();
@@ -247,7 +248,7 @@ TEST_CASE("try_lock and a timed acquire of a Lock this thread holds return false
     CHECK_FALSE(rlock.held());
 }
 
-TEST_CASE("RLock can be taken again by its holder") {
+TEST_CASE("RLock can be taken again by its holder", "[shared]") {
     procpool::Pool pool(1);
     procpool::RLock lock;
     CHECK(pool.apply([lock]() mutable {
@@ -268,7 +269,7 @@ TEST_CASE("RLock can be taken again by its holder") {
 
 // ---- Semaphore ----------------------------------------------------------------------------------------------------
 
-TEST_CASE("a Semaphore bounds the number of concurrent holders") {
+TEST_CASE("a Semaphore bounds the number of concurrent holders", "[shared]") {
     procpool::Pool pool(4);
     procpool::Semaphore slots(2);
     procpool::SharedArray<int> state(2);  // [holders now, most holders seen]
@@ -291,7 +292,7 @@ TEST_CASE("a Semaphore bounds the number of concurrent holders") {
     CHECK(slots.value() == 2);
 }
 
-TEST_CASE("Semaphore timed acquire, and BoundedSemaphore refuses to be over-released") {
+TEST_CASE("Semaphore timed acquire, and BoundedSemaphore refuses to be over-released", "[shared]") {
     procpool::Pool pool(1);
     procpool::Semaphore none(0);
     CHECK_FALSE(pool.apply([none]() mutable { return none.acquire(30ms); }));
@@ -311,7 +312,7 @@ TEST_CASE("Semaphore timed acquire, and BoundedSemaphore refuses to be over-rele
 
 // ---- Event / Condition --------------------------------------------------------------------------------------------
 
-TEST_CASE("an Event wakes every waiting process") {
+TEST_CASE("an Event wakes every waiting process", "[shared]") {
     procpool::Pool pool(3);
     procpool::Event go;
     CHECK_FALSE(go.is_set());
@@ -326,7 +327,7 @@ TEST_CASE("an Event wakes every waiting process") {
     CHECK_FALSE(pool.apply([go]() mutable { return go.wait(20ms); }));
 }
 
-TEST_CASE("Condition: consumers wait for a value a producer notifies") {
+TEST_CASE("Condition: consumers wait for a value a producer notifies", "[shared]") {
     procpool::Pool pool(3);
     procpool::Condition condition;
     procpool::SharedValue<int> ready(0);
@@ -354,7 +355,7 @@ TEST_CASE("Condition: consumers wait for a value a producer notifies") {
 
 // ---- Barrier ------------------------------------------------------------------------------------------------------
 
-TEST_CASE("a Barrier releases its parties together, round after round, with distinct indices") {
+TEST_CASE("a Barrier releases its parties together, round after round, with distinct indices", "[shared]") {
     procpool::Pool pool(3);
     procpool::Barrier barrier(3);
     procpool::SharedArray<int> arrivals(10);
@@ -378,7 +379,7 @@ TEST_CASE("a Barrier releases its parties together, round after round, with dist
     for (const auto& mine : indices) CHECK(mine.size() == 10);
 }
 
-TEST_CASE("a Barrier whose party died while waiting is broken and says so") {
+TEST_CASE("a Barrier whose party died while waiting is broken and says so", "[shared]") {
     procpool::Barrier barrier(3);
     const pid_t party = ::fork();
     if (party == 0) {
@@ -407,7 +408,7 @@ TEST_CASE("a Barrier whose party died while waiting is broken and says so") {
     CHECK(barrier.n_waiting() == 0);
 }
 
-TEST_CASE("Barrier: a timed wait breaks the barrier, abort() breaks it, reset() mends it") {
+TEST_CASE("Barrier: a timed wait breaks the barrier, abort() breaks it, reset() mends it", "[shared]") {
     procpool::Barrier barrier(2);
     CHECK_THROWS_AS(barrier.wait(30ms), procpool::BrokenBarrierError);
     CHECK(barrier.broken());
@@ -429,7 +430,7 @@ TEST_CASE("Barrier: a timed wait breaks the barrier, abort() breaks it, reset() 
 
 // ---- Queue --------------------------------------------------------------------------------------------------------
 
-TEST_CASE("Queue: producers and consumers in several processes, every item once, checksums match") {
+TEST_CASE("Queue: producers and consumers in several processes, every item once, checksums match", "[shared]") {
     procpool::Pool pool(4);
     procpool::Queue<std::pair<int, std::string>> queue;
     constexpr int kPerProducer = 2000;
@@ -458,7 +459,7 @@ TEST_CASE("Queue: producers and consumers in several processes, every item once,
     CHECK(queue.empty());
 }
 
-TEST_CASE("Queue: any serializable type, FIFO order, try_get, timed get, size") {
+TEST_CASE("Queue: any serializable type, FIFO order, try_get, timed get, size", "[shared]") {
     procpool::Queue<Sample> queue;
     CHECK(queue.empty());
     CHECK_FALSE(queue.try_get());
@@ -481,7 +482,7 @@ TEST_CASE("Queue: any serializable type, FIFO order, try_get, timed get, size") 
     CHECK(pool.apply([big]() mutable { return big.get().size(); }) == (8u << 20));
 }
 
-TEST_CASE("a bounded Queue makes put() wait while it is full") {
+TEST_CASE("a bounded Queue makes put() wait while it is full", "[shared]") {
     procpool::Queue<int> queue(2);
     CHECK(queue.try_put(1));
     CHECK(queue.try_put(2));
@@ -503,7 +504,7 @@ TEST_CASE("a bounded Queue makes put() wait while it is full") {
 
 // ---- threads of one process ---------------------------------------------------------------------------------------
 
-TEST_CASE("threads of one process share a Lock, a SharedValue, a SharedArray and a Queue", "[threads]") {
+TEST_CASE("threads of one process share a Lock, a SharedValue, a SharedArray and a Queue", "[shared][threads]") {
     procpool::SharedValue<long> counter(0);
     procpool::SharedArray<long> cells(4);
     procpool::Lock lock;
@@ -535,7 +536,7 @@ TEST_CASE("threads of one process share a Lock, a SharedValue, a SharedArray and
 
 // ---- deaths -------------------------------------------------------------------------------------------------------
 
-TEST_CASE("a process killed while holding a lock: the next acquirer gets it and is told") {
+TEST_CASE("a process killed while holding a lock: the next acquirer gets it and is told", "[shared]") {
     procpool::Lock lock;
     procpool::RLock rlock;
     procpool::Condition condition;
@@ -578,7 +579,7 @@ TEST_CASE("a process killed while holding a lock: the next acquirer gets it and 
     array_lock.release();
 }
 
-TEST_CASE("processes killed while waiting on each object do not block the others") {
+TEST_CASE("processes killed while waiting on each object do not block the others", "[shared]") {
     procpool::Semaphore semaphore(0);
     procpool::Event event;
     procpool::Condition condition;
@@ -635,7 +636,7 @@ TEST_CASE("processes killed while waiting on each object do not block the others
     CHECK(full_queue.try_put(2));
 }
 
-TEST_CASE("processes killed at random inside Queue put/get leave it consistent and usable") {
+TEST_CASE("processes killed at random inside Queue put/get leave it consistent and usable", "[shared]") {
     procpool::Queue<std::string> queue;
     procpool::SharedValue<long> taken(0);  // items consumers took (they die with some in hand)
     std::mt19937 rng(5);
@@ -676,7 +677,7 @@ TEST_CASE("processes killed at random inside Queue put/get leave it consistent a
 
 // ---- lifetime -----------------------------------------------------------------------------------------------------
 
-TEST_CASE("an object a queued task refers to stays alive until the task ran, then is freed") {
+TEST_CASE("an object a queued task refers to stays alive until the task ran, then is freed", "[shared]") {
     procpool::Pool pool(1);
     auto blocker = pool.apply_async([] { std::this_thread::sleep_for(200ms); });
     // The only handle is in a temporary lambda and in the argument: both are gone when apply_async returns.
@@ -691,7 +692,7 @@ TEST_CASE("an object a queued task refers to stays alive until the task ran, the
     blocker.get();
 }
 
-TEST_CASE("a handle to an object freed by its owner is detected, not followed") {
+TEST_CASE("a handle to an object freed by its owner is detected, not followed", "[shared]") {
     procpool::Pool pool(1);
     // A worker makes an array and returns a handle to it: the worker owned it, and freed it when the task ended.
     CHECK_THROWS_AS(pool.apply([] { return procpool::SharedArray<int>(10); }), procpool::SerializationError);
@@ -717,7 +718,7 @@ TEST_CASE("a handle to an object freed by its owner is detected, not followed") 
     CHECK(only[2] == 7);
 }
 
-TEST_CASE("nothing is left in /dev/shm by shared objects, pools or dead processes") {
+TEST_CASE("nothing is left in /dev/shm by shared objects, pools or dead processes", "[shared]") {
     const std::set<std::string> before = test_support::dev_shm_entries();
     {
         procpool::Pool pool(2);

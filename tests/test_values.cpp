@@ -63,7 +63,7 @@ void check_echo(procpool::Pool& pool, const T& value) {
 
 }  // namespace
 
-TEST_CASE("every listed type goes to a worker and comes back unchanged") {
+TEST_CASE("every listed type goes to a worker and comes back unchanged", "[values]") {
     procpool::Pool pool(2);
     check_echo(pool, 7);
     check_echo(pool, -3.75);
@@ -88,7 +88,7 @@ TEST_CASE("every listed type goes to a worker and comes back unchanged") {
     check_echo(pool, Record{"rec", {{"s", {1.0, 2.0}}}, Particle{{0, 0, 1}, 1.0f, 2}});
 }
 
-TEST_CASE("deeply nested containers") {
+TEST_CASE("deeply nested containers", "[values]") {
     procpool::Pool pool(2);
     using Deep = std::vector<std::map<std::string, std::vector<std::tuple<int, std::optional<std::set<std::string>>,
                                                                           std::variant<double, std::vector<int>>>>>>;
@@ -104,7 +104,7 @@ TEST_CASE("deeply nested containers") {
     CHECK(pool.apply(echo<Deep>, deep) == deep);
 }
 
-TEST_CASE("64 MiB strings travel both ways, through rings much smaller than them") {
+TEST_CASE("64 MiB strings travel both ways, through rings much smaller than them", "[values]") {
     procpool::Pool pool(2);
     std::string big(64u << 20, '\0');
     for (std::size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<char>('a' + (i / 4096) % 26);
@@ -118,7 +118,7 @@ TEST_CASE("64 MiB strings travel both ways, through rings much smaller than them
     CHECK(made.find_first_not_of('z') == std::string::npos);
 }
 
-TEST_CASE("many large values in one map, with tiny rings") {
+TEST_CASE("many large values in one map, with tiny rings", "[values]") {
     procpool::PoolOptions options;
     options.processes = 2;
     options.ring_bytes = 4096;
@@ -144,7 +144,7 @@ TEST_CASE("many large values in one map, with tiny rings") {
     }
 }
 
-TEST_CASE("a mix of small and large results in one imap keeps order") {
+TEST_CASE("a mix of small and large results in one imap keeps order", "[values]") {
     procpool::Pool pool(3);
     std::size_t index = 0;
     for (const std::string& s :
@@ -194,7 +194,8 @@ bool filled_with(const std::string& s, std::size_t size, char c) {
 }
 }  // namespace
 
-TEST_CASE("results larger than a ring fragment arrive intact through the result area or, while it is read, the ring") {
+TEST_CASE("results larger than a ring fragment arrive intact through the result area or, while it is read, the ring",
+          "[values]") {
     // A worker puts such a result in its result area unless the parent is still reading the previous one there;
     // then it streams it through the ring. A worker that wrote into the area while the parent read it would
     // corrupt the payload read after the pause.
@@ -282,7 +283,7 @@ long long resident_bytes(std::uintptr_t address) {
 }
 }  // namespace
 
-TEST_CASE("after a large result, a worker encodes the next large results straight into its result area") {
+TEST_CASE("after a large result, a worker encodes the next large results straight into its result area", "[values]") {
     if (!result_areas_here()) return;
     procpool::Pool pool(1);
     const std::uintptr_t area = result_area_of(pool);  // a large result: the worker's last message was large
@@ -345,7 +346,7 @@ TEST_CASE("after a large result, a worker encodes the next large results straigh
     CHECK(filled_with(pool.apply([] { return std::string(1 << 20, 'z'); }), 1 << 20, 'z'));
 }
 
-TEST_CASE("values that outgrow a half of the result area leave no more than its warm pages behind") {
+TEST_CASE("values that outgrow a half of the result area leave no more than its warm pages behind", "[values]") {
     if (!result_areas_here()) return;
     using procpool::detail::ResultAreas;
     procpool::Pool pool(1);
@@ -363,7 +364,8 @@ TEST_CASE("values that outgrow a half of the result area leave no more than its 
 }
 
 TEST_CASE(
-    "the next pool of the same shape reuses a finished pool's shared memory, emptied, and a forked process does not") {
+    "the next pool of the same shape reuses a finished pool's shared memory, emptied, and a forked process does not",
+    "[values]") {
     if (!result_areas_here()) return;
     std::uintptr_t area = 0;
     {
@@ -406,7 +408,7 @@ TEST_CASE(
     CHECK(squares[9'999] == 9'999 * 9'999);
 }
 
-TEST_CASE("the shared memory of a pool whose fork server was killed is not reused") {
+TEST_CASE("the shared memory of a pool whose fork server was killed is not reused", "[values]") {
     if (!result_areas_here()) return;
     std::uintptr_t area = 0;
     {

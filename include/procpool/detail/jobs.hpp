@@ -339,6 +339,8 @@ private:
                                               [](std::uint64_t index, const Chunk& c) { return index < c.first; });
                 if (chunk == chunks_.begin()) return;
                 --chunk;
+                PROCPOOL_ASSERT(first >= chunk->first && first - chunk->first + entries.size() <= chunk->slots.size(),
+                                "the items of one result message fall in one chunk");
                 for (std::size_t i = 0; i < entries.size(); ++i) {
                     Slot& slot = chunk->slots[first - chunk->first + i];
                     slot.resolved = true;

@@ -19,6 +19,7 @@
 #include <optional>
 #include <span>
 
+#include "procpool/detail/assert.hpp"
 #include "procpool/detail/futex.hpp"
 #include "procpool/detail/platform.hpp"
 
@@ -116,6 +117,7 @@ public:
             progressed = true;
             done = written == total;
         }
+        PROCPOOL_ASSERT(tail_ - head_cache_ <= capacity_, "a ring never holds more than its capacity");
         if (progressed) state_->tail.store(tail_, std::memory_order_release);
         return done;
     }

@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <utility>
 
+#include "procpool/detail/assert.hpp"
 #include "procpool/detail/buffer.hpp"
 #include "procpool/detail/exceptions.hpp"
 #include "procpool/detail/process.hpp"
@@ -114,7 +115,8 @@ private:
             *reinterpret_cast<std::uint32_t*>(first.payload + offsetof(TaskHeader, claim)));
         std::uint32_t expected = kUnclaimed;
         if (!claim.compare_exchange_strong(expected, kTaken, std::memory_order_acq_rel)) {
-            release(first);  // revoked by the parent; revoked tasks are always a single fragment
+            PROCPOOL_ASSERT(first.first() && first.last(), "the parent revokes only single-fragment tasks");
+            release(first);  // revoked by the parent
             return;
         }
         // No item has started yet: clear the previous item's start time first, or the parent could time this

@@ -93,6 +93,7 @@ auto Scheduler<Transport>::next_task_locked(const WorkerSlot& w) -> std::optiona
         } else {
             task.segment = front.take_front(n);
         }
+        PROCPOOL_ASSERT(job->unsent_items >= n, "a job's unsent items count what its segments hold");
         job->unsent_items -= n;
         ++job->tasks_sent;
         if (job->ready.empty()) {
