@@ -150,6 +150,58 @@ TEST_CASE("with max_tasks_per_child, queued tasks run and close() then join() do
     CHECK(test_support::child_pids().empty());
 }
 
+// ---- retries ------------------------------------------------------------------------------------------------------
+
+TEST_CASE("retries: an item that crashes once succeeds on a retry; one that always crashes fails after them", "[faults]") {
+    procpool::Pool pool(procpool::PoolOptions{.processes = 2, .retries = 2});
+    procpool::SharedArray<int> runs(40);
+    // Items 3, 17 and 30 crash on their first run only (a flaky input), item 25 aborts every time.
+    const auto flaky = [runs](int i) {
+        const int attempt = std::atomic_ref<int>(runs[static_cast<std::size_t>(i)]).fetch_add(1);
+        if ((i == 3 || i == 17 || i == 30) && attempt == 0) std::raise(SIGKILL);
+        return i * 2;
+    };
+    const std::vector<int> out = pool.map(flaky, std::views::iota(0, 40), {.chunksize = 4});
+    for (int i = 0; i < 40; ++i) CHECK(out[static_cast<std::size_t>(i)] == i * 2);
+    CHECK(runs[3] == 2);
+    CHECK(runs[17] == 2);
+    CHECK(runs[30] == 2);
+    CHECK(runs[4] == 1);  // items after a crash in the same chunk ran once: they were never started before
+    procpool::SharedArray<int> aborts(1);
+    try {
+        pool.apply([aborts](int) -> int {
+            std::atomic_ref<int>(aborts[0]).fetch_add(1);
+            std::abort();
+        }, 0);
+        FAIL("no exception");
+    } catch (const procpool::WorkerCrashed& e) {
+        CHECK(e.signal() == SIGABRT);
+    }
+    CHECK(aborts[0] == 3);  // the first run and 2 retries
+    // Exceptions are results, never retried.
+    procpool::SharedArray<int> throws(1);
+    CHECK_THROWS_AS(pool.apply([throws](int) -> int {
+        std::atomic_ref<int>(throws[0]).fetch_add(1);
+        throw std::runtime_error("no");
+    }, 0), std::runtime_error);
+    CHECK(throws[0] == 1);
+}
+
+TEST_CASE("retries: an item past its timeout once succeeds on a retry", "[faults]") {
+    procpool::Pool pool(procpool::PoolOptions{.processes = 2, .task_timeout = 200ms, .retries = 1});
+    procpool::SharedArray<int> runs(4);
+    const std::vector<int> out = pool.map(
+        [runs](int i) {
+            if (std::atomic_ref<int>(runs[static_cast<std::size_t>(i)]).fetch_add(1) == 0 && i == 2) sleep_ms(10000);
+            return i;
+        },
+        std::views::iota(0, 4), {.chunksize = 1});
+    CHECK(out == std::vector<int>{0, 1, 2, 3});
+    CHECK(runs[2] == 2);
+    // Without retries left it fails with TaskTimeout.
+    CHECK_THROWS_AS(pool.apply(sleep_ms, 10000), procpool::TaskTimeout);
+}
+
 // ---- worker_pids() after a fault ----------------------------------------------------------------------------------
 
 TEST_CASE("worker_pids() returns size() pids once a crash, a timeout or a recycling was reported", "[faults]") {

@@ -26,7 +26,14 @@ using test_support::FakeTransport;
 
 namespace {
 
-using FakePool = procpool::BasicPool<FakeTransport>;
+/// A pool over the fake. Its end terminates: a test that failed half-way leaves work the fake will never run, and
+/// close() + join() would wait for it.
+struct FakePool : procpool::BasicPool<FakeTransport> {
+    using BasicPool::BasicPool;
+    FakePool(const FakePool&) = delete;
+    FakePool& operator=(const FakePool&) = delete;
+    ~FakePool() { terminate(); }
+};
 
 FakeTransport& transport_of(FakePool& pool) { return procpool::detail::PoolAccess::core(pool).transport; }
 
@@ -247,4 +254,24 @@ TEST_CASE("a task past task_timeout: its worker is signalled and the late item f
     REQUIRE(settles([&] { return fake.queued(0) == 1; }));  // `next` went to the replacement
     CHECK(fake.run_next(0) == FakeTransport::Step::ran);
     CHECK(next.get(5s) == 2);
+}
+
+TEST_CASE("a retried item goes to another worker when there is one", "[scheduler]") {
+    FakePool pool(procpool::PoolOptions{.processes = 2, .retries = 1});
+    FakeTransport& fake = transport_of(pool);
+    auto result = pool.map_async([](int x) { return x; }, std::views::iota(0, 2), {.chunksize = 1});
+    REQUIRE(settles([&] { return fake.queued(0) == 1 && fake.queued(1) == 1; }));
+    const std::uint64_t first_task = fake.writes().front().task;
+    REQUIRE(fake.start_next(0, 0));
+    fake.kill(0, SIGKILL);
+    // The item is retried: not on slot 0 (replaced, idle) but on slot 1, behind the task already there.
+    const bool retried = settles([&] { return fake.writes().size() == 3; });
+    REQUIRE(retried);
+    const FakeTransport::Write retry = fake.writes().back();
+    CHECK(retry.slot == 1);
+    CHECK(retry.task != first_task);
+    CHECK(fake.queued(0) == 0);
+    while (fake.run_next(1) == FakeTransport::Step::ran) {
+    }
+    CHECK(result.get(5s) == std::vector<int>{0, 1});
 }

@@ -33,6 +33,11 @@ struct PoolOptions {
     /// Capacity in bytes of each worker's task ring and result ring (a power of two, at least 4096). Values larger
     /// than a ring stream through it; a bigger ring only lowers the number of hand-offs for large values.
     std::size_t ring_bytes = std::size_t{1} << 18;
+    /// Re-runs an item whose worker crashed, or was killed past task_timeout, up to this many times (on another
+    /// worker when there is one) before it fails with WorkerCrashed or TaskTimeout. For idempotent tasks: an item
+    /// that died half-way may have done part of its work. 0 (the default): never. Over MPI each rank retries on its
+    /// own workers. (An exception a task throws is its result, never retried.)
+    std::size_t retries = 0;
 };
 
 /// How far a map has got, for a progress report.

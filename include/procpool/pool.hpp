@@ -166,6 +166,7 @@ private:
         settings.max_tasks_per_child = options.max_tasks_per_child;
         settings.task_timeout = options.task_timeout;
         settings.has_initializer = static_cast<bool>(options.initializer);
+        settings.retries = options.retries;
         return std::make_shared<Core>(std::move(config), settings);
     }
 

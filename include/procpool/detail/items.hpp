@@ -106,14 +106,19 @@ private:
 /// A run of a job's items waiting to be sent: items [block_first, block_first + count) of `block`, which are the
 /// job's items [job_first, job_first + count).
 struct Segment {
+    /// avoid_slot when any worker may take it.
+    static constexpr std::uint32_t kAnySlot = ~std::uint32_t{0};
+
     std::shared_ptr<const ItemBlock> block;
     std::uint64_t block_first = 0;
     std::uint64_t count = 0;
     std::uint64_t job_first = 0;
+    /// A retried item's segment avoids the worker slot it died in, when another worker can take it.
+    std::uint32_t avoid_slot = kAnySlot;
 
     /// Splits off and returns the first `n` items.
     Segment take_front(std::uint64_t n) {
-        Segment front{block, block_first, n, job_first};
+        Segment front{block, block_first, n, job_first, avoid_slot};
         block_first += n;
         count -= n;
         job_first += n;

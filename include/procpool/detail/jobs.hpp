@@ -17,6 +17,7 @@
 #include <optional>
 #include <span>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -77,6 +78,7 @@ public:
     std::vector<std::shared_ptr<const void>> keep_alive;  // a copy of a callable holding shared-object handles
     ProgressTracker progress;                             // MapOptions::progress, if any
     bool code_pointer_callable = false;                   // the callable's bytes are a function pointer
+    std::unordered_map<std::uint64_t, std::uint32_t> retries_used;  // by job index: PoolOptions::retries spent
 
 private:
     TaskEntry entry_;

@@ -68,6 +68,7 @@ struct SchedulerSettings {
     std::optional<std::size_t> max_tasks_per_child;
     std::optional<std::chrono::milliseconds> task_timeout;
     bool has_initializer = false;
+    std::size_t retries = 0;  // PoolOptions::retries
     std::chrono::nanoseconds service_spin = std::chrono::microseconds(50);  // the service thread polls before it sleeps
     std::chrono::nanoseconds chunk_target = ChunkPolicy::kMapChunkTarget;
     std::chrono::nanoseconds queue_target = ChunkPolicy::kQueueTarget;
@@ -188,8 +189,9 @@ private:
     // ---- dispatch (mutex_ held; dispatch.hpp) ----
     void dispatch_locked();
     [[nodiscard]] std::size_t depth_locked() const noexcept;
-    [[nodiscard]] std::optional<std::size_t> pick_worker_locked() const noexcept;
-    std::optional<Task> next_task_locked(const WorkerSlot& w);
+    [[nodiscard]] std::optional<std::size_t> pick_worker_locked(const std::vector<bool>& passed) const noexcept;
+    std::optional<Task> next_task_locked(std::size_t slot, bool& avoided);
+    [[nodiscard]] bool another_worker_free_locked(std::size_t slot) const noexcept;
     [[nodiscard]] std::uint64_t chunk_size_locked(const JobBase& job, const Segment& front) const noexcept;
     void write_task_locked(std::size_t slot, Task& task);
     void rebalance_locked();
@@ -218,6 +220,8 @@ private:
     void requeue_unstarted_locked(std::size_t slot);
     void requeue_front_locked(JobSegments& back_to_queue);
     void requeue_or_fail_locked(std::size_t slot, const WorkerEvent& report);
+    void fail_or_retry_locked(std::size_t slot, std::shared_ptr<JobBase> job, Segment segment,
+                              const std::exception_ptr& error, JobSegments& retried);
     std::int64_t check_timeouts_locked(std::int64_t now);
     std::int64_t kill_late_workers_locked(std::int64_t now);
     void break_locked(const std::string& reason, std::exception_ptr cause = nullptr);

@@ -16,11 +16,18 @@ void Scheduler<Transport>::dispatch_locked() {
         WorkerSlot& w = workers_[slot];
         if (!w.inflight.empty() && !w.inflight.back().fully_written()) write_task_locked(slot, w.inflight.back());
     }
-    // 2. Hand out new tasks, least loaded worker first, most recently active among equals (it is still awake).
+    // 2. Hand out new tasks, least loaded worker first, most recently active among equals (it is still awake). A
+    //    worker the next item is to avoid (it died there and is retried) is passed over this time.
+    std::vector<bool> passed(workers_.size());
     for (;;) {
-        const std::optional<std::size_t> slot = pick_worker_locked();
+        const std::optional<std::size_t> slot = pick_worker_locked(passed);
         if (!slot) break;
-        std::optional<Task> task = next_task_locked(workers_[*slot]);
+        bool avoided = false;
+        std::optional<Task> task = next_task_locked(*slot, avoided);
+        if (avoided) {
+            passed[*slot] = true;
+            continue;
+        }
         if (!task) break;
         WorkerSlot& w = workers_[*slot];
         w.budget -= task->segment.count;
@@ -49,12 +56,12 @@ std::size_t Scheduler<Transport>::depth_locked() const noexcept {
 }
 
 template <class Transport>
-std::optional<std::size_t> Scheduler<Transport>::pick_worker_locked() const noexcept {
+std::optional<std::size_t> Scheduler<Transport>::pick_worker_locked(const std::vector<bool>& passed) const noexcept {
     const std::size_t depth = depth_locked();
     std::optional<std::size_t> best;
     for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
         const WorkerSlot& w = workers_[slot];
-        if (!w.usable() || w.budget == 0 || w.inflight.size() >= depth) continue;
+        if (passed[slot] || !w.usable() || w.budget == 0 || w.inflight.size() >= depth) continue;
         if (!w.inflight.empty() && !w.inflight.back().fully_written()) continue;
         if (!best) {
             best = slot;
@@ -69,8 +76,20 @@ std::optional<std::size_t> Scheduler<Transport>::pick_worker_locked() const noex
     return best;
 }
 
+/// True when a worker other than `slot` can be given work now or soon (alive, not being killed, with budget).
 template <class Transport>
-auto Scheduler<Transport>::next_task_locked(const WorkerSlot& w) -> std::optional<Task> {
+bool Scheduler<Transport>::another_worker_free_locked(std::size_t slot) const noexcept {
+    for (std::size_t other = 0; other < workers_.size(); ++other) {
+        if (other != slot && workers_[other].usable() && workers_[other].budget != 0) return true;
+    }
+    return false;
+}
+
+/// The next task for the worker in `slot`, cut from the front job's next segment; nothing when no job has unsent
+/// items, or (`avoided`) when that segment is a retried item that avoids this slot and another worker can take it.
+template <class Transport>
+auto Scheduler<Transport>::next_task_locked(std::size_t slot, bool& avoided) -> std::optional<Task> {
+    const WorkerSlot& w = workers_[slot];
     while (!jobs_.empty()) {
         std::shared_ptr<JobBase>& job = jobs_.front();
         if (job->cancelled()) {
@@ -83,6 +102,10 @@ auto Scheduler<Transport>::next_task_locked(const WorkerSlot& w) -> std::optiona
             continue;
         }
         Segment& front = job->ready.front();
+        if (front.avoid_slot == slot && another_worker_free_locked(slot)) {
+            avoided = true;
+            return std::nullopt;
+        }
         const std::uint64_t n = std::min<std::uint64_t>({chunk_size_locked(*job, front), front.count, w.budget});
         Task task;
         task.id = ++last_task_id_;
@@ -179,8 +202,9 @@ void Scheduler<Transport>::rebalance_locked() {
         if (!idle || !victim) return;
         WorkerSlot& from = workers_[*victim];
         Task& last = from.inflight.back();
+        // (A retried item stays off the worker slot it died in, as in next_task_locked().)
         if (!last.fully_written() || last.fragmented || last.segment.count > workers_[*idle].budget ||
-            !transport_.revoke(*victim, last.position)) {
+            last.segment.avoid_slot == *idle || !transport_.revoke(*victim, last.position)) {
             return;
         }
         Task moved = std::move(last);

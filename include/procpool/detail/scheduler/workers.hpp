@@ -155,27 +155,52 @@ void Scheduler<Transport>::requeue_or_fail_locked(std::size_t slot, const Worker
     }
     const std::vector<TaskFate> fates = attribute_death(held, facts);
 
-    JobSegments back_to_queue;
-    JobSegments crashed;
-    JobSegments timed_out;
+    std::exception_ptr crash;
+    std::exception_ptr timeout;
+    JobSegments back_to_queue;  // items to run (again), in their original order
     for (std::size_t i = 0; i < w.inflight.size(); ++i) {
         Task& task = w.inflight[i];
         Segment rest = task.segment;
         rest.take_front(task.delivered);
         PROCPOOL_ASSERT(fates[i].failed() <= rest.count, "a dead worker's failed items are among its undelivered ones");
-        if (fates[i].crashed != 0) crashed.emplace_back(task.job, rest.take_front(fates[i].crashed));
-        if (fates[i].timed_out) timed_out.emplace_back(task.job, rest.take_front(1));
+        if (fates[i].crashed != 0) {
+            if (!crash) crash = std::make_exception_ptr(WorkerCrashed(report.pid, report.signal, report.exit_code));
+            fail_or_retry_locked(slot, task.job, rest.take_front(fates[i].crashed), crash, back_to_queue);
+        }
+        if (fates[i].timed_out) {
+            if (!timeout) timeout = std::make_exception_ptr(TaskTimeout(report.pid, *settings_.task_timeout));
+            fail_or_retry_locked(slot, task.job, rest.take_front(1), timeout, back_to_queue);
+        }
         if (rest.count != 0) back_to_queue.emplace_back(task.job, std::move(rest));
     }
     w.inflight.clear();
     requeue_front_locked(back_to_queue);  // in the original order, ahead of everything else
-    if (!crashed.empty()) {
-        const auto error = std::make_exception_ptr(WorkerCrashed(report.pid, report.signal, report.exit_code));
-        for (auto& [job, segment] : crashed) failures_.push_back(Failure{std::move(job), segment, error});
+}
+
+/// Items of `segment` whose worker died in `slot` running them: each that has PoolOptions::retries left goes to
+/// `retried` (alone, avoiding `slot`), the others fail with `error`.
+template <class Transport>
+void Scheduler<Transport>::fail_or_retry_locked(std::size_t slot, std::shared_ptr<JobBase> job, Segment segment,
+                                                const std::exception_ptr& error, JobSegments& retried) {
+    if (settings_.retries == 0) {
+        failures_.push_back(Failure{std::move(job), std::move(segment), error});
+        return;
     }
-    if (!timed_out.empty()) {
-        const auto error = std::make_exception_ptr(TaskTimeout(report.pid, *settings_.task_timeout));
-        for (auto& [job, segment] : timed_out) failures_.push_back(Failure{std::move(job), segment, error});
+    while (segment.count != 0) {
+        // The run of items from here that have no retry left fails as one; the next item with one left is retried.
+        std::uint64_t failing = 0;
+        while (failing < segment.count) {
+            const auto used = job->retries_used.find(segment.job_first + failing);
+            const std::uint32_t spent = used == job->retries_used.end() ? 0 : used->second;
+            if (spent < settings_.retries) break;  // this one is retried
+            ++failing;
+        }
+        if (failing != 0) failures_.push_back(Failure{job, segment.take_front(failing), error});
+        if (segment.count == 0) break;
+        Segment item = segment.take_front(1);
+        ++job->retries_used[item.job_first];
+        item.avoid_slot = static_cast<std::uint32_t>(slot);
+        retried.emplace_back(job, std::move(item));
     }
 }
 
