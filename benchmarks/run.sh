@@ -3,7 +3,7 @@
 # multiprocessing.Pool on the same workloads and (where MPI is installed) the MPI pool, in one run, and writes
 #   benchmarks/results/<date>-<host>.{cpp.json,cpp-kept.json,python.jsonl,mpi.jsonl,scaling.tsv,md}  raw figures
 #                                                                          and the report
-#   benchmarks/results/speedup.svg                                                    the plot the README shows
+#   benchmarks/results/speedup.svg                                          the plot benchmarks/README.md shows
 # Usage: benchmarks/run.sh [python workload ...]. Run it on a quiet machine: the figures are wall-clock times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +25,9 @@ mkdir -p benchmarks/results
 echo "benchmarks: procpool (C++) ..." >&2
 build/release/benchmarks/bench_pool --benchmark_format=json --benchmark_repetitions=3 \
     --benchmark_report_aggregates_only=false > "$out.cpp.json"
-# Large results once more with glibc told to keep freed memory (see the README): the same binary, only the
-# allocator's policy differs, so the two rows show what fresh pages cost the parent on this machine.
+# Large results once more with glibc told to keep freed memory (benchmarks/README.md; docs/guide.md, "Large results
+# and the allocator"): the same binary, only the allocator's policy differs, so the two rows show what fresh pages
+# cost the parent on this machine.
 kept_tunables="glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 echo "benchmarks: 10 MiB results with GLIBC_TUNABLES=$kept_tunables ..." >&2
 GLIBC_TUNABLES="$kept_tunables" build/release/benchmarks/bench_pool --benchmark_format=json \

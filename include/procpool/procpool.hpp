@@ -3,7 +3,7 @@
 //     procpool::Pool pool;                                    // one worker per CPU
 //     std::vector<long> squares = pool.map([](long x) { return x * x; }, std::views::iota(0L, 1000L));
 //
-// See README.md for the manual.
+// The manual is docs/guide.md (and the other pages of docs/); README.md is the overview.
 #pragma once
 
 #include "procpool/async_result.hpp"

@@ -1,5 +1,6 @@
-// Prelude of the README's code fragments (tests/readme/check_readme.py): what a fragment may use without
-// declaring it. A fragment is compiled after this file, inside `void readme_block_N(procpool::Pool& pool) { ... }`.
+// Prelude of the code fragments of the documentation pages (README.md, docs/*.md, benchmarks/README.md; see
+// tests/readme/check_readme.py and docs/testing.md): what a fragment may use without declaring it. A fragment is
+// compiled after this file, inside `void readme_block_N(procpool::Pool& pool) { ... }`.
 // Keep it small: add a declaration here only when several fragments use it and showing it would distract.
 // No include guard: it is included once, first, and precompiled (a #pragma once would warn when precompiling).
 

@@ -1,9 +1,10 @@
 // procpool internals: a mutex in shared memory that survives the death of its holder.
 //
-// Boost.Interprocess's interprocess_mutex is not usable here (see NOTES: 1.74 blocks forever after an owner
-// death, 1.81 becomes unrecoverable for everyone). This is a PTHREAD_PROCESS_SHARED + PTHREAD_MUTEX_ROBUST
-// pthread mutex: when a holder dies the kernel hands the mutex to the next locker with EOWNERDEAD, which makes it
-// consistent at once (so it never becomes ENOTRECOVERABLE) and records that the previous holder died.
+// Boost.Interprocess's interprocess_mutex is not usable here: it is not robust (Boost 1.74's blocks forever after
+// an owner dies, 1.81's becomes unrecoverable for everyone; docs/design.md, "Shared objects: the shared heap").
+// This is a PTHREAD_PROCESS_SHARED + PTHREAD_MUTEX_ROBUST pthread mutex: when a holder dies the kernel hands the
+// mutex to the next locker with EOWNERDEAD, which makes it consistent at once (so it never becomes
+// ENOTRECOVERABLE) and records that the previous holder died.
 #pragma once
 
 #include <atomic>
