@@ -152,7 +152,8 @@ TEST_CASE("with max_tasks_per_child, queued tasks run and close() then join() do
 
 // ---- retries ------------------------------------------------------------------------------------------------------
 
-TEST_CASE("retries: an item that crashes once succeeds on a retry; one that always crashes fails after them", "[faults]") {
+TEST_CASE("retries: an item that crashes once succeeds on a retry; one that always crashes fails after them",
+          "[faults]") {
     procpool::Pool pool(procpool::PoolOptions{.processes = 2, .retries = 2});
     procpool::SharedArray<int> runs(40);
     // Items 3, 17 and 30 crash on their first run only (a flaky input), item 25 aborts every time.
@@ -169,10 +170,12 @@ TEST_CASE("retries: an item that crashes once succeeds on a retry; one that alwa
     CHECK(runs[4] == 1);  // items after a crash in the same chunk ran once: they were never started before
     procpool::SharedArray<int> aborts(1);
     try {
-        pool.apply([aborts](int) -> int {
-            std::atomic_ref<int>(aborts[0]).fetch_add(1);
-            std::abort();
-        }, 0);
+        pool.apply(
+            [aborts](int) -> int {
+                std::atomic_ref<int>(aborts[0]).fetch_add(1);
+                std::abort();
+            },
+            0);
         FAIL("no exception");
     } catch (const procpool::WorkerCrashed& e) {
         CHECK(e.signal() == SIGABRT);
@@ -180,10 +183,13 @@ TEST_CASE("retries: an item that crashes once succeeds on a retry; one that alwa
     CHECK(aborts[0] == 3);  // the first run and 2 retries
     // Exceptions are results, never retried.
     procpool::SharedArray<int> throws(1);
-    CHECK_THROWS_AS(pool.apply([throws](int) -> int {
-        std::atomic_ref<int>(throws[0]).fetch_add(1);
-        throw std::runtime_error("no");
-    }, 0), std::runtime_error);
+    CHECK_THROWS_AS(pool.apply(
+                        [throws](int) -> int {
+                            std::atomic_ref<int>(throws[0]).fetch_add(1);
+                            throw std::runtime_error("no");
+                        },
+                        0),
+                    std::runtime_error);
     CHECK(throws[0] == 1);
 }
 

@@ -163,10 +163,14 @@ private:
         detail::validate(options);
         typename Transport::Config config = Transport::make_config(options);
         detail::SchedulerSettings settings;
-        settings.max_tasks_per_child = options.max_tasks_per_child;
-        settings.task_timeout = options.task_timeout;
         settings.has_initializer = static_cast<bool>(options.initializer);
-        settings.retries = options.retries;
+        // The scheduler stops and replaces workers only where the transport lets it; elsewhere make_config() has
+        // refused these options, or passed them to the worker pools behind the transport (MPI ranks).
+        if constexpr (detail::ReplaceableWorkers<Transport>) {
+            settings.max_tasks_per_child = options.max_tasks_per_child;
+            settings.task_timeout = options.task_timeout;
+            settings.retries = options.retries;
+        }
         return std::make_shared<Core>(std::move(config), settings);
     }
 

@@ -1,7 +1,7 @@
 // procpool internals: the bulk arena, shared memory where a pool's large encoded inputs live.
 //
 // A map over large items (or over millions of small ones) would otherwise copy its encoded input twice more on
-// the way to the workers: into the task ring ring, and out of it again to reassemble a message that came in
+// the way to the workers: into the task ring, and out of it again to reassemble a message that came in
 // fragments. Encoded input blocks from 64 KiB (one ring fragment) to 256 MiB are written here instead, once, and
 // a task message carries only the address of its items: the worker decodes them in place. The arena is one
 // MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE reservation made before a pool forks its first process (like the

@@ -1,8 +1,8 @@
 // procpool internals: the fork transport, the parent's side of the shared-memory rings and the fork server.
 //
-// The scheduler (detail/scheduler.hpp) is written against this interface; the MPI transport provides the same one.
+// It implements the contract of detail/transport.hpp with every capability there; the MPI transport implements it too.
 // Members that touch a slot's rings are called with the scheduler's lock held (ring endpoints are single-threaded);
-// drain() and the report calls are only used by the service thread.
+// drain() and the report calls are only used by the poller.
 #pragma once
 
 #include <algorithm>
@@ -149,7 +149,7 @@ public:
         return layout_.slot(base_, slot)->status;
     }
 
-    // ---- worker -> parent (service thread only) ------------------------------------------------------------------
+    // ---- worker -> parent (the poller only) ------------------------------------------------------------------
     /// Hands every complete message waiting in `slot`'s result ring to `handler(kind, bytes)`; the bytes are only valid
     /// during the call. Returns true if anything was read.
     template <class Handler>
@@ -293,26 +293,6 @@ public:
     /// Blocks until the fork server has exited and reaps it (every worker is gone then). One thread at a time.
     void wait_workers_gone() noexcept { wait_server_exit(); }
 
-    /// True while the fork server runs. Never blocks, never reaps (wait_server_exit() does, and may run meanwhile
-    /// in another thread: the pidfd stays open until the transport is destroyed).
-    [[nodiscard]] bool server_alive() const noexcept {
-        if (server_pid_.load() <= 0) return false;
-        pollfd exited{server_pidfd_, POLLIN, 0};
-        return ::poll(&exited, 1, 0) != 1;  // readable once it has exited (EINTR: look again next time)
-    }
-    /// True once the fork server is about to exit (it rang the parent's doorbell after saying so); it may still be
-    /// tearing down its address space. wait_server_exit() reaps it.
-    [[nodiscard]] bool server_exiting() const noexcept {
-        return control_->server_exiting.load(std::memory_order_acquire) != 0;
-    }
-    /// Blocks until the fork server has exited and reaps it, through its pidfd (a pid the program reaped itself
-    /// might name another child by now). One thread at a time.
-    void wait_server_exit() noexcept {
-        const pid_t pid = server_pid_.load();
-        if (pid > 0) server_exited_normally_ = reap_through_pidfd(server_pidfd_, pid);
-        server_pid_.store(-1);
-    }
-
     // ---- waiting ------------------------------------------------------------------------------------------------
     /// True when a worker posted a message, the fork server a report, or a worker freed task ring space the parent
     /// waits for: something for the thread that polls the rings. Any thread of the parent may ask, also while
@@ -336,6 +316,26 @@ public:
     void unmute_doorbell() noexcept { control_->parent_bell.unmute(); }
 
 private:
+    /// True while the fork server runs. Never blocks, never reaps (wait_server_exit() does, and may run meanwhile
+    /// in another thread: the pidfd stays open until the transport is destroyed).
+    [[nodiscard]] bool server_alive() const noexcept {
+        if (server_pid_.load() <= 0) return false;
+        pollfd exited{server_pidfd_, POLLIN, 0};
+        return ::poll(&exited, 1, 0) != 1;  // readable once it has exited (EINTR: look again next time)
+    }
+    /// True once the fork server is about to exit (it rang the parent's doorbell after saying so); it may still be
+    /// tearing down its address space. wait_server_exit() reaps it.
+    [[nodiscard]] bool server_exiting() const noexcept {
+        return control_->server_exiting.load(std::memory_order_acquire) != 0;
+    }
+    /// Blocks until the fork server has exited and reaps it, through its pidfd (a pid the program reaped itself
+    /// might name another child by now). One thread at a time.
+    void wait_server_exit() noexcept {
+        const pid_t pid = server_pid_.load();
+        if (pid > 0) server_exited_normally_ = reap_through_pidfd(server_pidfd_, pid);
+        server_pid_.store(-1);
+    }
+
     std::atomic<std::uint32_t>& claim_word(std::size_t slot, std::uint64_t position) noexcept {
         std::byte* at = layout_.task_ring_data(base_, slot) + (position & (config_.ring_bytes - 1)) +
                         sizeof(FragmentHeader) + offsetof(TaskHeader, claim);

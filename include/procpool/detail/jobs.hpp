@@ -51,9 +51,9 @@ public:
     virtual ~JobBase() = default;
 
     /// Decodes the results of items [first, first + count): `errors` (sorted by index) failed, the others have
-    /// their values in `values`, in order. Called by the service thread only, without the scheduler's lock.
-    /// The job moves out the errors it hands on, so the thread that consumes an exception drops its last
-    /// reference (not the delivering thread, while the consumer may still be reading it).
+    /// their values in `values`, in order. Called by the poller only (detail/scheduler/polling.hpp), without the
+    /// scheduler's lock. The job moves out the errors it hands on, so the thread that consumes an exception drops its
+    /// last reference (not the delivering thread, while the consumer may still be reading it).
     virtual void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors,
                          InputArchive& values) = 0;
     /// Fails items [first, first + count) with `error` (a crash, a timeout, terminate()).

@@ -236,7 +236,7 @@ public:
     }
 
     explicit MpiTransport(Config config)
-        : config_(config), world_(MpiWorld::instance()), mutex_(world_.mutex), task_ring_(config.workers) {
+        : config_(config), world_(MpiWorld::instance()), mutex_(world_.mutex), received_(config.workers) {
         std::lock_guard lock(mutex_);
         if (world_.finished || std::count(world_.exit_sent.begin(), world_.exit_sent.end(), true) != 0) {
             throw PoolStateError("procpool: the MPI worker ranks were already stopped (one pool per session)");
@@ -280,7 +280,7 @@ public:
     template <class Handler>
     bool drain(std::size_t slot, Handler&& handler) {
         receive_all();
-        std::deque<Received>& queue = task_ring_[slot];
+        std::deque<Received>& queue = received_[slot];
         bool any = false;
         while (true) {
             Received message;
@@ -299,7 +299,7 @@ public:
     [[nodiscard]] bool pending() {
         receive_all();
         std::lock_guard lock(mutex_);
-        for (const auto& queue : task_ring_) {
+        for (const auto& queue : received_) {
             if (!queue.empty()) return true;
         }
         return false;
@@ -375,7 +375,7 @@ private:
             std::byte* into = message.bytes.extend(static_cast<std::size_t>(count));
             MPI_Recv(into, count, MPI_BYTE, status.MPI_SOURCE, status.MPI_TAG, config_.comm, MPI_STATUS_IGNORE);
             const auto slot = static_cast<std::size_t>(status.MPI_SOURCE - 1);
-            if (slot < task_ring_.size()) task_ring_[slot].push_back(std::move(message));
+            if (slot < received_.size()) received_[slot].push_back(std::move(message));
         }
     }
 
@@ -383,7 +383,7 @@ private:
     MpiWorld& world_;
     std::mutex& mutex_;  // the world's: every MPI call (MPI_THREAD_SERIALIZED)
     std::list<Send> sends_;
-    std::vector<std::deque<Received>> task_ring_;
+    std::vector<std::deque<Received>> received_;
 };
 
 static_assert(Transport<MpiTransport> && !StreamingWrites<MpiTransport> && !RevocableQueue<MpiTransport> &&

@@ -68,7 +68,7 @@ struct SchedulerSettings {
     std::optional<std::size_t> max_tasks_per_child;
     std::optional<std::chrono::milliseconds> task_timeout;
     bool has_initializer = false;
-    std::size_t retries = 0;  // PoolOptions::retries
+    std::size_t retries = 0;                                                // PoolOptions::retries
     std::chrono::nanoseconds service_spin = std::chrono::microseconds(50);  // the service thread polls before it sleeps
     std::chrono::nanoseconds chunk_target = ChunkPolicy::kMapChunkTarget;
     std::chrono::nanoseconds queue_target = ChunkPolicy::kQueueTarget;
@@ -259,6 +259,9 @@ Scheduler<Transport>::Scheduler(Transport& transport, SchedulerSettings settings
     : transport_(transport), settings_(settings), workers_(transport.size()), generation_(fork_generation()) {
     const auto& pids = transport_.initial_pids();
     PROCPOOL_ASSERT(pids.size() == workers_.size(), "a transport reports one pid per worker slot");
+    PROCPOOL_ASSERT(ReplaceableWorkers<Transport> ||
+                        (!settings_.task_timeout && !settings_.max_tasks_per_child && settings_.retries == 0),
+                    "timeouts, recycling and retries need workers the scheduler can stop and replace");
     for (std::size_t i = 0; i < workers_.size(); ++i) {
         workers_[i].pid = pids[i];
         workers_[i].phase = Phase::running;

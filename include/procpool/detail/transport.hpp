@@ -4,13 +4,16 @@
 // A transport is every `Transport` member below, plus the capabilities it has: each is a concept the scheduler
 // tests with `if constexpr`, so a transport implements only what it can do and nothing empty. A new transport
 // states what it is with static_asserts beside its class (see the end of fork_transport.hpp and mpi_transport.hpp),
-// and tests/test_scheduler.cpp drives the scheduler through an in-process fake that has every capability.
+// and tests/test_scheduler.cpp drives the scheduler through an in-process fake (tests/fake_transport.hpp) with
+// the capabilities its decisions depend on (RevocableQueue, ReplaceableWorkers).
 //
 // Threads. The scheduler calls the members that touch one worker's queue of tasks (write, revoke, claimed,
 // task_ring_head, status, respawn, signal) with its lock held, so they need no lock of their own. The members that
 // read what workers sent (drain, take_space_freed, reports_pending, poll_report) are called by one thread at a time,
 // the poller: the service thread, or a caller waiting for a result that polls itself. pending(), wait(), wake() and
-// the doorbell members may be called by any thread at any time.
+// the doorbell members may be called by any thread at any time. shutdown(), terminate() and workers_gone() may be
+// called with or without the scheduler's lock held (terminate() is, when the pool breaks), and from any thread;
+// wait_workers_gone() from one thread at a time, without the lock.
 //
 // Messages. The wire format is the tasks' (detail/task.hpp): a task message (TaskHeader, callable, items) goes to a
 // worker, result messages (ResultHeader, error records, values) come back, plus an exit message (kExitMessage, no

@@ -11,7 +11,7 @@ namespace procpool::detail {
 template <class Transport>
 void Scheduler<Transport>::dispatch_locked() {
     if (state_ == State::terminated || state_ == State::broken) return;
-    // 1. Finish messages that did not fit in an task ring at once.
+    // 1. Finish messages that did not fit in a task ring at once.
     for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
         WorkerSlot& w = workers_[slot];
         if (!w.inflight.empty() && !w.inflight.back().fully_written()) write_task_locked(slot, w.inflight.back());

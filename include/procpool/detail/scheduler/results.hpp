@@ -82,7 +82,7 @@ void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::
 }
 
 /// Applies the results read since the last call: time estimates, then one dispatch for all of them.
-/// Poll-role holder only.
+/// Poller only.
 template <class Transport>
 void Scheduler<Transport>::finish_completions() {
     if (completions_.empty()) return;
