@@ -7,6 +7,7 @@
 #pragma once
 
 #include "procpool/async_result.hpp"
+#include "procpool/containers.hpp"
 #include "procpool/errors.hpp"
 #include "procpool/imap.hpp"
 #include "procpool/options.hpp"
