@@ -91,4 +91,13 @@ public:
     using Error::Error;
 };
 
+// ---- pipes (pipe.hpp) and managed segments (managed_segment.hpp) -------------------------------------------------
+
+/// Connection::recv() on a pipe end whose peer (the process that last used the other end) has died and left
+/// nothing more to receive (poll() returns true then). Like Python's EOFError from Connection.recv().
+class BrokenPipeError : public Error {
+public:
+    using Error::Error;
+};
+
 }  // namespace procpool

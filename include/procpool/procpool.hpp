@@ -11,6 +11,7 @@
 #include "procpool/errors.hpp"
 #include "procpool/imap.hpp"
 #include "procpool/options.hpp"
+#include "procpool/pipe.hpp"
 #include "procpool/pool.hpp"
 #include "procpool/progress.hpp"
 #include "procpool/serialize.hpp"
