@@ -598,3 +598,31 @@ TEST_CASE("processes killed at random inside thousands of dict and list operatio
     CHECK(d.empty());
     CHECK(l.empty());
 }
+
+// ---- nothing left behind ------------------------------------------------------------------------------------------
+
+TEST_CASE("nothing is left in /dev/shm by dicts, lists, pipes and managed segments, or by dead processes") {
+    const std::set<std::string> before = test_support::dev_shm_entries();
+    {
+        const procpool::SharedDict<int, std::string> dict;
+        const procpool::SharedList<int> list;
+        auto [left, right] = procpool::make_pipe<int>();
+        procpool::Pool pool(2);
+        const procpool::ManagedSegment segment(1 << 20);
+        pool.map(
+            [dict, list, right, segment](int i) {
+                dict.set(i, std::to_string(i));
+                list.append(i);
+                right.send(i);
+                *segment.find_or_construct<int>("n")(0) += 0;
+            },
+            std::views::iota(0, 50));
+        long sum = 0;
+        for (int i = 0; i < 50; ++i) sum += left.recv();
+        CHECK(sum == 49 * 50 / 2);
+        ::kill(pool.worker_pids().front(), SIGKILL);
+        CHECK(pool.apply([dict] { return dict.size(); }) == 50);
+        CHECK(list.size() == 50);
+    }
+    CHECK(test_support::dev_shm_entries() == before);
+}

@@ -10,6 +10,7 @@
 #include "procpool/containers.hpp"
 #include "procpool/errors.hpp"
 #include "procpool/imap.hpp"
+#include "procpool/managed_segment.hpp"
 #include "procpool/options.hpp"
 #include "procpool/pipe.hpp"
 #include "procpool/pool.hpp"
