@@ -24,6 +24,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -117,6 +118,8 @@ struct DictState {
     std::uint64_t next_order;  // order of the next new key (moved past every entry's before its commit)
     Journal journal;
 };
+static_assert(std::is_standard_layout_v<DictState> && std::is_trivially_destructible_v<DictState>,
+              "a dict's state lives in shared memory: no pointers, no destructor");
 
 class DictTable {
 public:
@@ -307,6 +310,8 @@ struct ListState {
     std::uint64_t size;   // commit word of append()
     Journal journal;
 };
+static_assert(std::is_standard_layout_v<ListState> && std::is_trivially_destructible_v<ListState>,
+              "a list's state lives in shared memory: no pointers, no destructor");
 
 class ListTable {
 public:

@@ -30,6 +30,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "procpool/async_result.hpp"
@@ -110,6 +111,9 @@ struct PipeState {
     std::atomic<std::int64_t> checked_at[2];  // when (monotonic ns)
     Journal journal;
 };
+static_assert(std::is_standard_layout_v<PipeState> && std::is_trivially_destructible_v<PipeState> &&
+                  std::atomic<std::uint64_t>::is_always_lock_free,
+              "a pipe's state lives in shared memory: no pointers, no destructor, lock-free atomics");
 
 class PipeCore {
 public:
