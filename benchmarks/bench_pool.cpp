@@ -603,6 +603,80 @@ void BM_queue_throughput(benchmark::State& state) {
 }
 BENCHMARK(BM_queue_throughput)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
 
+// 11. Pipes: a round trip through make_pipe<int>() to a worker that echoes (Python: multiprocessing.Pipe()).
+void BM_pipe_round_trip(benchmark::State& state) {
+    auto [parent_end, worker_end] = procpool::make_pipe<int>();
+    procpool::Pool pool(1);
+    auto echo = pool.apply_async([worker_end] {
+        for (int v = worker_end.recv(); v >= 0; v = worker_end.recv()) worker_end.send(v);
+    });
+    constexpr int kTrips = 20'000;
+    for (int i = 0; i < 1000; ++i) {  // untimed: the worker has claimed its end and runs
+        parent_end.send(i);
+        benchmark::DoNotOptimize(parent_end.recv());
+    }
+    std::vector<double> samples;
+    for (auto _ : state) {
+        const auto start = Clock::now();
+        for (int i = 0; i < kTrips; ++i) {
+            parent_end.send(i);
+            benchmark::DoNotOptimize(parent_end.recv());
+        }
+        samples.push_back(seconds_since(start) * 1e6 / kTrips);
+    }
+    parent_end.send(-1);
+    echo.get();
+    report(state, "pipe_round_trip", median(samples), "us");
+}
+BENCHMARK(BM_pipe_round_trip)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// 12. Shared dicts: SharedDict against Python's Manager().dict() (python_pool.py runs the same operations), from
+// 1 process (the caller) and from 2 (pool workers, started before the clock): set, get, and `d[k] += 1` on one key
+// (update() here; Python needs a Manager().Lock() around it to count right). Keys "k0".."k999", long values.
+enum DictOp { kDictSet, kDictGet, kDictIncrement };
+constexpr int kDictOps = 200'000;  // per process
+
+void dict_ops(const procpool::SharedDict<std::string, long>& d, int op, int n) {
+    std::string key;
+    for (int i = 0; i < n; ++i) {
+        key = "k" + std::to_string(i % 1000);
+        switch (op) {
+            case kDictSet: d.set(key, i); break;
+            case kDictGet: benchmark::DoNotOptimize(d.get(key)); break;
+            default: benchmark::DoNotOptimize(d.update("counter", [](long& v) { ++v; })); break;
+        }
+    }
+}
+
+void BM_shared_dict(benchmark::State& state) {
+    const int op = static_cast<int>(state.range(0));
+    const int processes = static_cast<int>(state.range(1));
+    const procpool::SharedDict<std::string, long> d;
+    for (int i = 0; i < 1000; ++i) d.set("k" + std::to_string(i), i);
+    procpool::Pool pool(2);
+    auto run = [&] {
+        if (processes == 1) {
+            dict_ops(d, op, kDictOps);
+        } else {
+            pool.map([d, op](int) { dict_ops(d, op, kDictOps); }, std::views::iota(0, processes), {.chunksize = 1});
+        }
+    };
+    run();  // untimed: pages faulted in, workers running
+    std::vector<double> rates;
+    for (auto _ : state) {
+        const auto start = Clock::now();
+        run();
+        rates.push_back(kDictOps * processes / seconds_since(start));
+    }
+    const char* names[] = {"set", "get", "increment"};
+    report(state, std::string("dict_") + names[op] + (processes == 1 ? "_1proc" : "_2procs"), median(rates), "ops/s");
+}
+BENCHMARK(BM_shared_dict)
+    ->ArgsProduct({{kDictSet, kDictGet, kDictIncrement}, {1, 2}})
+    ->Iterations(3)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
 }  // namespace
 
 BENCHMARK_MAIN();

@@ -199,6 +199,82 @@ def bench_queue(_workers):
     emit("queue_throughput", statistics.median(rates), "items/s", rates)
 
 
+def pipe_echo(conn):
+    for value in iter(conn.recv, None):
+        conn.send(value)
+
+
+def bench_pipe(_workers):
+    """A round trip through multiprocessing.Pipe() to a process that echoes (bench_pool.cpp's BM_pipe_round_trip)."""
+    parent, child = mp.Pipe()
+    echo = mp.Process(target=pipe_echo, args=(child,))
+    echo.start()
+    for i in range(1000):
+        parent.send(i)
+        parent.recv()
+    samples = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for i in range(20000):
+            parent.send(i)
+            parent.recv()
+        samples.append((time.perf_counter() - start) * 1e6 / 20000)
+    parent.send(None)
+    echo.join()
+    emit("pipe_round_trip", statistics.median(samples), "us", samples)
+
+
+def dict_ops(d, lock, op, n):
+    """The operations bench_pool.cpp's BM_shared_dict times: set, get, or d[k] += 1 on one key under the lock."""
+    for i in range(n):
+        key = f"k{i % 1000}"
+        if op == "set":
+            d[key] = i
+        elif op == "get":
+            d.get(key)
+        else:
+            with lock:
+                d["counter"] += 1
+
+
+def dict_process(d, lock, op, n, ready, go):
+    dict_ops(d, lock, op, 10)  # connects this process to the manager before the clock starts
+    ready.set()
+    go.wait()
+    dict_ops(d, lock, op, n)
+
+
+def bench_manager_dict(_workers):
+    """Manager().dict() (the Python guides' way to share a dict), from 1 process (this one) and from 2."""
+    with mp.Manager() as manager:
+        d = manager.dict({f"k{i}": i for i in range(1000)})
+        d["counter"] = 0
+        lock = manager.Lock()
+        for op, n in (("set", 5000), ("get", 5000), ("increment", 1000)):
+            for processes in (1, 2):
+                rates = []
+                for _ in range(3):
+                    if processes == 1:
+                        start = time.perf_counter()
+                        dict_ops(d, lock, op, n)
+                    else:
+                        go = mp.Event()
+                        ready = [mp.Event() for _ in range(processes)]
+                        children = [mp.Process(target=dict_process, args=(d, lock, op, n, ready[p], go))
+                                    for p in range(processes)]
+                        for child in children:
+                            child.start()
+                        for r in ready:
+                            r.wait()
+                        start = time.perf_counter()
+                        go.set()
+                        for child in children:
+                            child.join()
+                    rates.append(processes * n / (time.perf_counter() - start))
+                name = f"dict_{op}_{processes}proc" + ("s" if processes > 1 else "")
+                emit(name, statistics.median(rates), "ops/s", rates)
+
+
 WORKLOADS = {
     "apply_round_trip": bench_apply_round_trip,
     "apply_after_caller_work": lambda workers: bench_apply_round_trip(workers, caller_work_us=20, calls=2000),
@@ -211,6 +287,8 @@ WORKLOADS = {
     "skew": bench_skew,
     "lock": bench_lock,
     "queue": bench_queue,
+    "pipe": bench_pipe,
+    "manager_dict": bench_manager_dict,
 }
 
 

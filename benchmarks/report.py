@@ -14,7 +14,7 @@ import platform
 import statistics
 import sys
 
-HIGHER_IS_BETTER = {"tasks/s", "items/s", "GB/s"}  # for the others (us, ms, ns, x ideal) lower is better
+HIGHER_IS_BETTER = {"tasks/s", "items/s", "GB/s", "ops/s"}  # for the others (us, ms, ns, x ideal) lower is better
 BASELINES = ("threads", "serial")  # bench_pool.cpp reports them as workloads "<workload>_threads", "<workload>_serial"
 
 
@@ -126,6 +126,37 @@ def write_plot_data(path, rows):
             f.write("\n\n")
 
 
+DICT_PREFIX = "dict_"
+
+
+def write_dict_table(ours, python):
+    """SharedDict against Manager().dict(): one row per operation and number of processes (bench_pool.cpp's
+    BM_shared_dict, python_pool.py's bench_manager_dict)."""
+    rows = [(w, u, v) for w, (u, v) in ours.items() if w.startswith(DICT_PREFIX)]
+    if not rows:
+        return
+    print("\n## Shared dict: procpool's SharedDict against Python's Manager().dict()\n")
+    print("Total operations per second of all processes; keys \"k0\"..\"k999\", int values; the increment is "
+          "`d.update(k, ++)` in procpool and `with lock: d[k] += 1` (a `Manager().Lock()`) in Python.\n")
+    print("| operation | processes | procpool | Python `Manager().dict()` | procpool vs Python |")
+    print("|---|---:|---:|---:|---:|")
+    for workload, unit, value in rows:
+        operation, processes = workload[len(DICT_PREFIX):].rsplit("_", 1)
+        theirs = python.get(workload, {}).get("value") or None
+        print(f"| {operation} | {processes.rstrip('procs')} | {per_second(value)} | {per_second(theirs)} | "
+              f"{ratio(unit, value, theirs)} |")
+
+
+def per_second(value):
+    """A rate as "6.21 M/s", "25.1 k/s"."""
+    if value is None:
+        return "n/a"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g} {suffix}/s"
+    return f"{value:.3g} /s"
+
+
 def take_option(args, name):
     """Removes `name VALUE` from args and returns VALUE (None if absent)."""
     if name not in args:
@@ -160,7 +191,7 @@ def main():
           " | procpool vs threads |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for workload, (unit, value) in ours.items():
-        if workload.startswith("cpu_scaling"):
+        if workload.startswith("cpu_scaling") or workload.startswith(DICT_PREFIX):
             continue
         theirs = python.get(workload, {}).get("value") or None
         baseline = baselines.get(workload, {})
@@ -170,6 +201,7 @@ def main():
     if any(KEPT_SUFFIX in workload for workload in ours):
         print(f"\nRows with `{KEPT_SUFFIX}`: the same benchmarks run once more by run.sh with glibc told to keep freed "
               "memory (its GLIBC_TUNABLES: one arena, blocks under 32 MiB from the heap, no trimming).")
+    write_dict_table(ours, python)
     scaling = [(w, v) for w, v in ours.items() if w.startswith("cpu_scaling")]
     ten_ms = [r for r in rows if r[0] == "10.0ms"]
     if ten_ms:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command that regenerates the benchmark results and the plot. It runs procpool's benchmarks, Python's
-# multiprocessing.Pool on the same workloads and (where MPI is installed) the MPI pool, in one run, and writes
+# multiprocessing (Pool, Queue, Pipe, Manager().dict()) on the same workloads and (where MPI is installed) the MPI
+# pool, in one run, and writes
 #   benchmarks/results/<date>-<host>.{cpp.json,cpp-kept.json,python.jsonl,mpi.jsonl,scaling.tsv,md}  raw figures
 #                                                                          and the report
 #   benchmarks/results/speedup.svg                                          the plot benchmarks/README.md shows

@@ -247,6 +247,56 @@ TEST_CASE("bulk arena: core dumps leave the reservation out, and the shared heap
     CHECK(heap_flags.find(" dd") != std::string::npos);
 }
 
+TEST_CASE("shared mappings made through Boost.Interprocess reserve, share, give back and stay in their maker",
+          "[bulk_arena]") {
+    using procpool::detail::SharedMapping;
+    const std::set<std::string> shm_before = test_support::dev_shm_entries();
+    // A reservation far larger than this machine's memory: only MAP_NORESERVE lets it through ("nr").
+    SharedMapping reserved = SharedMapping::reserve(std::size_t{64} << 30);
+    REQUIRE(reserved);
+    CHECK(reserved.size() == (std::size_t{64} << 30));
+    const std::string flags = vm_flags(reserved.data());
+    INFO(flags);
+    CHECK(flags.find(" nr") != std::string::npos);
+    CHECK(flags.find(" dd") != std::string::npos);
+    CHECK(test_support::mapping_holding(reinterpret_cast<std::uintptr_t>(reserved.data())).permissions == "rw-s");
+    // Pages written in a child are the parent's; MADV_REMOVE gives them back (they read as zeros again).
+    std::byte* data = reserved.data();
+    std::memset(data, 1, 8 * MiB);
+    const pid_t child = ::fork();
+    if (child == 0) {
+        data[4 * MiB] = std::byte{42};
+        ::_exit(0);  // the child's copy of `reserved` is forgotten, not unmapped (it never runs a destructor here)
+    }
+    REQUIRE(::waitpid(child, nullptr, 0) == child);
+    CHECK(data[4 * MiB] == std::byte{42});
+    CHECK(resident_fraction(data, 8 * MiB) == 1.0);
+    REQUIRE(::madvise(data, 8 * MiB, MADV_REMOVE) == 0);
+    CHECK(resident_fraction(data, 8 * MiB) == 0.0);
+    CHECK(data[4 * MiB] == std::byte{0});
+    // A committed mapping (the rings) is shared too.
+    SharedMapping committed = SharedMapping::commit(MiB);
+    REQUIRE(committed);
+    CHECK(test_support::mapping_holding(reinterpret_cast<std::uintptr_t>(committed.data())).permissions == "rw-s");
+    // A SharedMapping a forked child destroys is forgotten there, not unmapped (a child may have mapped something
+    // else at that address), and the parent's stays mapped.
+    const auto address = reinterpret_cast<std::uintptr_t>(committed.data());
+    const pid_t forgetter = ::fork();
+    if (forgetter == 0) {
+        { SharedMapping moved(std::move(committed)); }  // destroyed here, in the child
+        ::_exit(test_support::mapping_holding(address).exists() ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(forgetter, &status, 0) == forgetter);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(test_support::mapping_holding(address).exists());
+    // In its maker it is unmapped with the last SharedMapping; nothing ever appeared in /dev/shm.
+    { SharedMapping gone(std::move(committed)); }
+    CHECK_FALSE(test_support::mapping_holding(address).exists());
+    CHECK(test_support::dev_shm_entries() == shm_before);
+}
+
 TEST_CASE("only shareable buffers larger than a ring fragment live in the arena", "[bulk_arena][arena]") {
     arena();
     constexpr std::size_t kThreshold = Buffer::kShareableThreshold;

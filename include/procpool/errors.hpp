@@ -100,4 +100,20 @@ public:
     using Error::Error;
 };
 
+// ---- shared dicts, lists, pipes and managed segments (containers.hpp, pipe.hpp, managed_segment.hpp) -------------
+
+/// Connection::recv() on a pipe end whose peer (the process that last used the other end) has died and left
+/// nothing more to receive (poll() returns true then). Like Python's EOFError from Connection.recv().
+class BrokenPipeError : public Error {
+public:
+    using Error::Error;
+};
+
+/// A ManagedSegment whose allocator or name index was held by a process that died: Boost.Interprocess' heap may be
+/// half-updated, so every use of the segment from then on throws this instead of reading it.
+class BrokenSegmentError : public Error {
+public:
+    using Error::Error;
+};
+
 }  // namespace procpool

@@ -7,9 +7,12 @@
 #pragma once
 
 #include "procpool/async_result.hpp"
+#include "procpool/containers.hpp"
 #include "procpool/errors.hpp"
 #include "procpool/imap.hpp"
+#include "procpool/managed_segment.hpp"
 #include "procpool/options.hpp"
+#include "procpool/pipe.hpp"
 #include "procpool/pool.hpp"
 #include "procpool/progress.hpp"
 #include "procpool/register_exception.hpp"

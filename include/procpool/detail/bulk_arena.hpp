@@ -3,10 +3,10 @@
 // A map over large items (or over millions of small ones) would otherwise copy its encoded input twice more on
 // the way to the workers: into the task ring, and out of it again to reassemble a message that came in
 // fragments. Encoded input blocks from 64 KiB (one ring fragment) to 256 MiB are written here instead, once, and
-// a task message carries only the address of its items: the worker decodes them in place. The arena is one
-// MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE reservation made before a pool forks its first process (like the
-// shared heap), so every worker of every pool sees it at the same address; pages exist only where they were
-// written.
+// a task message carries only the address of its items: the worker decodes them in place. The arena is one shared
+// MAP_NORESERVE reservation (a Boost.Interprocess mapped_region, shared_reservation.hpp) made before a pool forks
+// its first process (like the shared heap), so every worker of every pool sees it at the same address; pages exist
+// only where they were written.
 //
 // Only the process that made the arena allocates from it (its allocator state is private to that process): in a
 // forked child, a worker or any other, allocate() declines, release() does nothing and contains() is false, so an
@@ -161,19 +161,19 @@ public:
 private:
     using Ranges = std::map<std::size_t, std::size_t>;  // offset -> length, free, no two adjacent
 
-    BulkArena(std::byte* base, std::size_t capacity) : base_(base), capacity_(capacity), owner_(::getpid()) {
-        cold_.emplace(0, capacity);
+    explicit BulkArena(SharedMapping mapping)
+        : mapping_(std::move(mapping)), base_(mapping_.data()), capacity_(mapping_.size()), owner_(::getpid()) {
+        cold_.emplace(0, capacity_);
     }
 
     static BulkArena* make() noexcept {
         if (!address_space_is_free()) return nullptr;  // inputs then stream through the rings
-        const SharedReservation reservation = reserve_shared_address_space(std::size_t{32} << 30);
-        if (reservation.data == nullptr) return nullptr;
+        SharedMapping mapping = reserve_shared_address_space(std::size_t{32} << 30);
+        if (!mapping) return nullptr;
         try {
-            return new BulkArena(reservation.data, reservation.size);  // never destroyed, like the shared heap
+            return new BulkArena(std::move(mapping));  // never destroyed, like the shared heap
         } catch (...) {
-            ::munmap(reservation.data, reservation.size);
-            return nullptr;
+            return nullptr;  // (the mapping is unmapped with `mapping`)
         }
     }
 
@@ -222,6 +222,7 @@ private:
         }
     }
 
+    SharedMapping mapping_;
     std::byte* const base_;
     const std::size_t capacity_;
     const pid_t owner_;

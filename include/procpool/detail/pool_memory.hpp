@@ -1,10 +1,11 @@
 // procpool internals: a fork pool's shared memory (its rings and its result areas), kept for the next pool.
 //
-// Mapping it (one committed shared mapping for the control block and the rings, ~256 MiB of reserved address space
-// per worker for the result areas, their madvise() calls, the checks whether reserving is free) and unmapping it
-// again, with the rings' pages faulted in afresh each time, is ~7% of starting, using once and stopping a Pool(2)
-// on a 2-vCPU VM. So a pool that ended cleanly hands its memory to a one-entry cache, and the next pool with the
-// same number of workers and the same ring size takes it: its blocks constructed anew, its result areas emptied.
+// Mapping it (one committed shared mapping for the control block and the rings, Boost.Interprocess'
+// anonymous_shared_memory; ~256 MiB of reserved address space per worker for the result areas, their madvise()
+// calls, the checks whether reserving is free) and unmapping it again, with the rings' pages faulted in afresh
+// each time, is ~7% of starting, using once and stopping a Pool(2) on a 2-vCPU VM. So a pool that ended cleanly
+// hands its memory to a one-entry cache, and the next pool with the same number of workers and the same ring size
+// takes it: its blocks constructed anew, its result areas emptied.
 //
 // Only memory no other process writes any more is kept: the fork server exited normally, which it does only after
 // reaping every worker. While kept it is left out of forks, and a process forked meanwhile never reuses it (nor
@@ -25,6 +26,7 @@
 #include "procpool/detail/process.hpp"
 #include "procpool/detail/result_area.hpp"
 #include "procpool/detail/shared_layout.hpp"
+#include "procpool/detail/shared_reservation.hpp"
 
 namespace procpool::detail {
 
@@ -68,13 +70,11 @@ public:
         }
     }
 
+    // (The rings are unmapped with mapping_, in the process that mapped them only.)
     PoolMemory(PoolMemory&& other) noexcept
-        : layout_(other.layout_), base_(std::exchange(other.base_, nullptr)), areas_(std::move(other.areas_)),
-          generation_(other.generation_), pid_(other.pid_) {}
+        : layout_(other.layout_), mapping_(std::move(other.mapping_)), base_(std::exchange(other.base_, nullptr)),
+          areas_(std::move(other.areas_)) {}
     PoolMemory& operator=(PoolMemory&&) = delete;
-    ~PoolMemory() {
-        if (base_ != nullptr && ours()) ::munmap(base_, layout_.bytes());
-    }
 
     /// The control block, slot blocks and rings (layout_.bytes() bytes).
     [[nodiscard]] void* base() const noexcept { return base_; }
@@ -82,17 +82,14 @@ public:
     [[nodiscard]] const ResultAreas& areas() const noexcept { return areas_; }
 
 private:
-    explicit PoolMemory(const SharedLayout& layout) : layout_(layout), areas_(layout.slots()) {
-        void* p = ::mmap(nullptr, layout.bytes(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) {
-            throw std::system_error(errno, std::generic_category(), "procpool: could not map the pool's rings");
-        }
-        base_ = p;
+    explicit PoolMemory(const SharedLayout& layout)
+        : layout_(layout), mapping_(SharedMapping::commit(layout.bytes())), base_(mapping_.data()),
+          areas_(layout.slots()) {
         layout.construct(base_);
     }
 
     /// Made in this process (not inherited through a fork: fork_generation() misses a raw clone or _Fork()).
-    [[nodiscard]] bool ours() const noexcept { return generation_ == fork_generation() && pid_ == ::getpid(); }
+    [[nodiscard]] bool ours() const noexcept { return mapping_.ours(); }
 
     static std::atomic<PoolMemory*>& kept_slot() noexcept {
         static std::atomic<PoolMemory*> slot{nullptr};  // never destroyed with something in it: exit unmaps it all
@@ -100,10 +97,9 @@ private:
     }
 
     SharedLayout layout_;
+    SharedMapping mapping_;  // anonymous_shared_memory (shared_reservation.hpp)
     void* base_ = nullptr;
     ResultAreas areas_;
-    unsigned generation_ = fork_generation();
-    pid_t pid_ = ::getpid();
 };
 
 }  // namespace procpool::detail

@@ -58,19 +58,14 @@ public:
 
     ResultAreas() = default;
     /// Reserves areas for `slots` workers, or none where address space is not free (then every result streams).
-    explicit ResultAreas(std::size_t slots) noexcept {
-        if (slots == 0 || slots > SIZE_MAX / kBytesPerSlot || !address_space_is_free()) return;
-        base_ = reserve_shared(slots * kBytesPerSlot);
-        if (base_ != nullptr) slots_ = slots;
-    }
+    explicit ResultAreas(std::size_t slots) noexcept
+        : mapping_(reserve(slots)), base_(mapping_.data()), slots_(base_ != nullptr ? slots : 0) {}
+    // (Unmapped with mapping_ in the process that reserved it only: a process forked later has no areas
+    // (keep_out_of_later_forks), and may have mapped something else there.)
     ResultAreas(ResultAreas&& other) noexcept
-        : base_(std::exchange(other.base_, nullptr)), slots_(std::exchange(other.slots_, 0)),
-          generation_(other.generation_) {}
+        : mapping_(std::move(other.mapping_)), base_(std::exchange(other.base_, nullptr)),
+          slots_(std::exchange(other.slots_, 0)) {}
     ResultAreas& operator=(ResultAreas&&) = delete;
-    ~ResultAreas() {
-        // A process forked later has no areas (keep_out_of_later_forks), and may have mapped something else there.
-        if (base_ != nullptr && fork_generation() == generation_) ::munmap(base_, slots_ * kBytesPerSlot);
-    }
 
     /// Keeps the areas out of processes this one forks from now on (other pools' fork servers, the program's own
     /// children): only this pool's fork server and its workers use them, and a child holding a mapping would keep
@@ -109,9 +104,14 @@ public:
     }
 
 private:
+    static SharedMapping reserve(std::size_t slots) noexcept {
+        if (slots == 0 || slots > SIZE_MAX / kBytesPerSlot || !address_space_is_free()) return {};
+        return SharedMapping::reserve(slots * kBytesPerSlot);
+    }
+
+    SharedMapping mapping_;
     std::byte* base_ = nullptr;
     std::size_t slots_ = 0;
-    unsigned generation_ = fork_generation();
 };
 
 }  // namespace procpool::detail

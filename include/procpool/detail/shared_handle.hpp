@@ -23,6 +23,16 @@ enum ObjectKind : std::uint32_t {
     kQueueObject,
     kQueueMessage,
     kExceptionTable,  // the exception registry's table (detail/exception_registry.hpp)
+    // containers.hpp, pipe.hpp, managed_segment.hpp (numbered apart, so the lists above can grow)
+    kDictObject = 32,
+    kDictTable,
+    kDictEntry,
+    kListObject,
+    kListTable,
+    kListEntry,
+    kPipeObject,
+    kPipeMessage,
+    kSegmentObject,
 };
 
 /// A handle's reference to an object in the shared heap: the block, its generation (a stale handle is caught when

@@ -5,8 +5,9 @@
 // process unmaps it. It is made before a pool forks its first process (Pool's constructor makes sure), so every
 // worker sees it at the same address, and objects allocated in it later (after the pool) are visible in them too:
 // that is what lets a shared object made after the pool reach its workers, zero-copy, with no file descriptor
-// passing. (Boost.Interprocess's anonymous_shared_memory cannot reserve without committing: 64 GiB committed up
-// front fails under the kernel's overcommit heuristics. Hence a plain mmap with MAP_NORESERVE.)
+// passing. The reservation is a Boost.Interprocess mapped_region of /dev/zero with MAP_NORESERVE
+// (shared_reservation.hpp): anonymous_shared_memory cannot reserve without committing, and 64 GiB committed up
+// front fails under the kernel's overcommit heuristics.
 //
 // The allocator keeps one free list per power-of-two size class and a bump pointer, under a robust mutex. Each
 // change is one word written last, so a process dying in the middle leaks at most the block it was handling: the
@@ -160,13 +161,11 @@ public:
     [[nodiscard]] std::uint64_t high_water() const noexcept { return header()->top; }
 
 private:
-    SharedHeap() {
-        const SharedReservation reservation = reserve_shared_address_space(std::size_t{64} << 30);
-        if (reservation.data == nullptr) throw std::bad_alloc();
-        base_ = reservation.data;
+    SharedHeap() : mapping_(reserve_shared_address_space(std::size_t{64} << 30)), base_(mapping_.data()) {
+        if (base_ == nullptr) throw std::bad_alloc();
         auto* h = new (base_) HeapHeader();
         h->magic = kHeapMagic;
-        h->capacity = reservation.size;
+        h->capacity = mapping_.size();
         h->lock.init(false);
         h->top = (sizeof(HeapHeader) + 127) / 128 * 128;
     }
@@ -191,6 +190,7 @@ private:
         return std::launder(reinterpret_cast<BlockHeader*>(base_ + block));
     }
 
+    SharedMapping mapping_;  // never unmapped: the heap lives as long as the program
     std::byte* base_ = nullptr;
 };
 
