@@ -59,7 +59,7 @@ struct Name {
 
 // ---- SharedDict ---------------------------------------------------------------------------------------------------
 
-TEST_CASE("SharedDict: every member in one process") {
+TEST_CASE("SharedDict: every member in one process", "[containers]") {
     const procpool::SharedDict<std::string, std::vector<int>> d;
     CHECK(d.empty());
     CHECK(d.size() == 0);
@@ -120,7 +120,8 @@ TEST_CASE("SharedDict: every member in one process") {
     CHECK_FALSE(alias == procpool::SharedDict<std::string, std::vector<int>>());
 }
 
-TEST_CASE("SharedDict: keys are equal when their encodings are the same bytes, of any serializable types") {
+TEST_CASE("SharedDict: keys are equal when their encodings are the same bytes, of any serializable types",
+          "[containers]") {
     const procpool::SharedDict<Name, int> names;
     names.set(Name{"ada", 1}, 1);
     names.set(Name{"ada", 2}, 2);  // not_encoded differs: the same key
@@ -144,7 +145,7 @@ TEST_CASE("SharedDict: keys are equal when their encodings are the same bytes, o
     CHECK(big.get("large") == std::optional<std::string>("small now"));
 }
 
-TEST_CASE("SharedDict with 100 000 keys: resizes, finds every key, and is not O(n) per operation") {
+TEST_CASE("SharedDict with 100 000 keys: resizes, finds every key, and is not O(n) per operation", "[containers]") {
     const procpool::SharedDict<long, long> d;
     const auto start = std::chrono::steady_clock::now();
     for (long i = 0; i < 100'000; ++i) d.set(i, i * 3);
@@ -169,7 +170,7 @@ TEST_CASE("SharedDict with 100 000 keys: resizes, finds every key, and is not O(
     CHECK(d.empty());
 }
 
-TEST_CASE("SharedDict made before or after the pool, as an argument or a capture, across processes") {
+TEST_CASE("SharedDict made before or after the pool, as an argument or a capture, across processes", "[containers]") {
     const procpool::SharedDict<std::string, long> before;
     procpool::Pool pool(3);
     const procpool::SharedDict<int, std::string> after;
@@ -191,7 +192,7 @@ TEST_CASE("SharedDict made before or after the pool, as an argument or a capture
     CHECK(before.empty());
 }
 
-TEST_CASE("SharedDict::update from 4 processes: d[k] += 1 without lost updates") {
+TEST_CASE("SharedDict::update from 4 processes: d[k] += 1 without lost updates", "[containers]") {
     procpool::Pool pool(4);
     const procpool::SharedDict<std::string, long> counts;
     constexpr int kRounds = 5000;
@@ -208,7 +209,8 @@ TEST_CASE("SharedDict::update from 4 processes: d[k] += 1 without lost updates")
     CHECK(counts.size() == 5);
 }
 
-TEST_CASE("a process killed inside update's fn, or stopped there by task_timeout: nothing changed, the next goes on") {
+TEST_CASE("a process killed inside update's fn, or stopped there by task_timeout: nothing changed, the next goes on",
+          "[containers]") {
     const procpool::SharedDict<std::string, long> d;
     d.set("x", 1);
     const pid_t child = ::fork();
@@ -239,7 +241,7 @@ TEST_CASE("a process killed inside update's fn, or stopped there by task_timeout
 
 // ---- SharedList ---------------------------------------------------------------------------------------------------
 
-TEST_CASE("SharedList: every member in one process") {
+TEST_CASE("SharedList: every member in one process", "[containers]") {
     const procpool::SharedList<std::string> l;
     CHECK(l.size() == 0);
     CHECK(l.empty());
@@ -271,7 +273,7 @@ TEST_CASE("SharedList: every member in one process") {
     CHECK(alias == l);
 }
 
-TEST_CASE("SharedList made before or after the pool: appends from several processes, each once") {
+TEST_CASE("SharedList made before or after the pool: appends from several processes, each once", "[containers]") {
     const procpool::SharedList<Stamp> before;
     procpool::Pool pool(3);
     const procpool::SharedList<int> after;
@@ -306,7 +308,7 @@ TEST_CASE("SharedList made before or after the pool: appends from several proces
 
 // ---- threads ------------------------------------------------------------------------------------------------------
 
-TEST_CASE("threads of one process share a SharedDict and a SharedList", "[threads]") {
+TEST_CASE("threads of one process share a SharedDict and a SharedList", "[containers][threads]") {
     const procpool::SharedDict<int, long> d;
     const procpool::SharedList<int> l;
     std::vector<std::thread> threads;
@@ -331,7 +333,8 @@ TEST_CASE("threads of one process share a SharedDict and a SharedList", "[thread
 
 // ---- the journal, step by step ------------------------------------------------------------------------------------
 
-TEST_CASE("a change cut short before, at or after its commit is undone or finished by the next locker") {
+TEST_CASE("a change cut short before, at or after its commit is undone or finished by the next locker",
+          "[containers]") {
     using namespace procpool::detail;
     SharedHeap& heap = SharedHeap::instance();
     const std::uint64_t state_offset = heap.allocate(sizeof(DictState), kDictObject);
@@ -511,7 +514,8 @@ void check_round(const procpool::SharedDict<std::string, Stamp>& d, const procpo
 
 }  // namespace
 
-TEST_CASE("processes killed at random inside thousands of dict and list operations leave both consistent") {
+TEST_CASE("processes killed at random inside thousands of dict and list operations leave both consistent",
+          "[containers]") {
     const procpool::SharedDict<std::string, Stamp> d;
     const procpool::SharedList<Stamp> l;
     for (std::size_t s = 0; s < kSlots; ++s) l.append(Stamp::of(0));
@@ -552,9 +556,9 @@ TEST_CASE("processes killed at random inside thousands of dict and list operatio
             for (int w = 0; w < 2; ++w) {
                 writers.push_back(pool.apply_async(
                     [d, l, done](int this_round, int writer) {
-                        for (long i = 0;; ++i) {
-                            chaos_step(d, l, this_round, writer, i);
-                            std::atomic_ref<long>(done[static_cast<std::size_t>(writer)]).store(i + 1);
+                        for (long step = 0;; ++step) {
+                            chaos_step(d, l, this_round, writer, step);
+                            std::atomic_ref<long>(done[static_cast<std::size_t>(writer)]).store(step + 1);
                         }
                     },
                     round, w));
@@ -601,7 +605,8 @@ TEST_CASE("processes killed at random inside thousands of dict and list operatio
 
 // ---- nothing left behind ------------------------------------------------------------------------------------------
 
-TEST_CASE("nothing is left in /dev/shm by dicts, lists, pipes and managed segments, or by dead processes") {
+TEST_CASE("nothing is left in /dev/shm by dicts, lists, pipes and managed segments, or by dead processes",
+          "[containers]") {
     const std::set<std::string> before = test_support::dev_shm_entries();
     {
         const procpool::SharedDict<int, std::string> dict;

@@ -229,6 +229,34 @@ TEST_CASE("registered exception types come back as themselves, with their state,
     }
 }
 
+TEST_CASE("procpool's own errors thrown in a task come back as themselves, with their fields", "[errors]") {
+    procpool::Pool pool(1);
+    CHECK_THROWS_AS(pool.apply([](int) -> int { throw procpool::BrokenBarrierError("broken"); }, 0),
+                    procpool::BrokenBarrierError);
+    CHECK_THROWS_AS(pool.apply([](int) -> int { throw procpool::BrokenPipeError("gone"); }, 0),
+                    procpool::BrokenPipeError);
+    CHECK_THROWS_AS(pool.apply([](int) -> int { throw procpool::BrokenSegmentError("torn"); }, 0),
+                    procpool::BrokenSegmentError);
+    CHECK_THROWS_AS(pool.apply([](int) -> int { throw procpool::TimeoutError("late"); }, 0), procpool::TimeoutError);
+    try {  // (a task that ran a pool of its own, say)
+        pool.apply([](int) -> int { throw procpool::WorkerCrashed(1234, SIGSEGV, 0, "rank 3 on node07"); }, 0);
+        FAIL("no exception");
+    } catch (const procpool::WorkerCrashed& e) {
+        CHECK(e.pid() == 1234);
+        CHECK(e.signal() == SIGSEGV);
+        CHECK(e.where() == "rank 3 on node07");
+        CHECK(std::string(e.what()).find("on rank 3 on node07") != std::string::npos);
+    }
+    try {
+        pool.apply([](int) -> int { throw procpool::TaskTimeout(99, std::chrono::milliseconds(250), "rank 1"); }, 0);
+        FAIL("no exception");
+    } catch (const procpool::TaskTimeout& e) {
+        CHECK(e.pid() == 99);
+        CHECK(e.timeout() == std::chrono::milliseconds(250));
+        CHECK(e.where() == "rank 1");
+    }
+}
+
 TEST_CASE("std::bad_alloc comes back as std::bad_alloc", "[errors]") {
     procpool::Pool pool(1);
     CHECK_THROWS_AS(pool.apply([](int) -> int { throw std::bad_alloc(); }, 0), std::bad_alloc);

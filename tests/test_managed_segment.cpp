@@ -53,7 +53,8 @@ bool refused(Use use) {
 
 }  // namespace
 
-TEST_CASE("Boost.Interprocess containers in a ManagedSegment made before or after the pool, zero-copy") {
+TEST_CASE("Boost.Interprocess containers in a ManagedSegment made before or after the pool, zero-copy",
+          "[managed_segment]") {
     const procpool::ManagedSegment before(4 << 20);
     procpool::Pool pool(2);
     const procpool::ManagedSegment after(4 << 20);
@@ -81,7 +82,7 @@ TEST_CASE("Boost.Interprocess containers in a ManagedSegment made before or afte
     }
 }
 
-TEST_CASE("ManagedSegment: named objects, raw memory, sizes") {
+TEST_CASE("ManagedSegment: named objects, raw memory, sizes", "[managed_segment]") {
     const procpool::ManagedSegment segment(1 << 20);
     CHECK(segment.get_size() == (1u << 20));
     const std::size_t free_at_start = segment.get_free_memory();
@@ -107,7 +108,7 @@ TEST_CASE("ManagedSegment: named objects, raw memory, sizes") {
     CHECK(copy.find<double>("array").first == array);
 }
 
-TEST_CASE("Lock and RLock meet Boost.Interprocess' mutex interface: scoped_lock, try, timed") {
+TEST_CASE("Lock and RLock meet Boost.Interprocess' mutex interface: scoped_lock, try, timed", "[managed_segment]") {
     procpool::Lock lock;
     {
         bip::scoped_lock<procpool::Lock> guard(lock);
@@ -157,7 +158,8 @@ TEST_CASE("Lock and RLock meet Boost.Interprocess' mutex interface: scoped_lock,
     CHECK_FALSE(rlock.held());
 }
 
-TEST_CASE("a process that died holding a segment's lock breaks it: every later use throws BrokenSegmentError") {
+TEST_CASE("a process that died holding a segment's lock breaks it: every later use throws BrokenSegmentError",
+          "[managed_segment]") {
     const procpool::ManagedSegment segment(1 << 20);
     Ints* ints = segment.construct<Ints>("ints")(segment.get_allocator<int>());
     ints->push_back(1);
@@ -186,7 +188,8 @@ TEST_CASE("a process that died holding a segment's lock breaks it: every later u
     CHECK(pool.apply([segment] { return segment.broken(); }));
 }
 
-TEST_CASE("processes killed at random while allocating: each time the segment is whole or broken, never corrupt") {
+TEST_CASE("processes killed at random while allocating: each time the segment is whole or broken, never corrupt",
+          "[managed_segment]") {
     std::mt19937 rng(187);
     int broken = 0;
     int whole = 0;

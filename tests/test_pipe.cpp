@@ -46,7 +46,7 @@ pid_t spawn(Body body) {
 
 }  // namespace
 
-TEST_CASE("a pipe is duplex between the parent and a worker, in order, for any type and size") {
+TEST_CASE("a pipe is duplex between the parent and a worker, in order, for any type and size", "[pipe]") {
     auto [left, right] = procpool::make_pipe<Sample>();
     procpool::Pool pool(2);
     // The worker echoes what it receives, with its name changed, until it gets an empty sample.
@@ -78,7 +78,7 @@ TEST_CASE("a pipe is duplex between the parent and a worker, in order, for any t
     CHECK_FALSE(copy == right);
 }
 
-TEST_CASE("pipe ends made after the pool, passed as arguments, with timed recv and poll") {
+TEST_CASE("pipe ends made after the pool, passed as arguments, with timed recv and poll", "[pipe]") {
     procpool::Pool pool(1);
     auto [parent_end, worker_end] = procpool::make_pipe<int>();
     CHECK_FALSE(parent_end.poll());
@@ -101,7 +101,7 @@ TEST_CASE("pipe ends made after the pool, passed as arguments, with timed recv a
     CHECK(later.get(5s) == 7);
 }
 
-TEST_CASE("several threads send through one end and receive at the other: every message once", "[threads]") {
+TEST_CASE("several threads send through one end and receive at the other: every message once", "[pipe][threads]") {
     auto [a, b] = procpool::make_pipe<long>();
     std::vector<std::thread> senders;
     for (int t = 0; t < 3; ++t) {
@@ -126,7 +126,7 @@ TEST_CASE("several threads send through one end and receive at the other: every 
     CHECK_FALSE(b.poll());
 }
 
-TEST_CASE("a peer that died is reported: messages it sent first, then BrokenPipeError, never a hang") {
+TEST_CASE("a peer that died is reported: messages it sent first, then BrokenPipeError, never a hang", "[pipe]") {
     auto [mine, theirs] = procpool::make_pipe<int>();
     // A peer that sends two messages and exits.
     const pid_t sender = spawn([end = theirs] {
@@ -169,7 +169,8 @@ TEST_CASE("a peer that died is reported: messages it sent first, then BrokenPipe
     CHECK_FALSE(alone.poll());
 }
 
-TEST_CASE("a worker holding one end is stopped by task_timeout: BrokenPipeError, then a new task takes the end up") {
+TEST_CASE("a worker holding one end is stopped by task_timeout: BrokenPipeError, then a new task takes the end up",
+          "[pipe]") {
     procpool::Pool pool(procpool::PoolOptions{.processes = 1, .task_timeout = 300ms});
     auto [parent_end, worker_end] = procpool::make_pipe<std::string>();
     auto stuck = pool.apply_async([worker_end] {
@@ -192,7 +193,7 @@ TEST_CASE("a worker holding one end is stopped by task_timeout: BrokenPipeError,
     CHECK(parent_end.recv() == "back");
 }
 
-TEST_CASE("processes killed at random inside send and recv leave the pipe consistent and usable") {
+TEST_CASE("processes killed at random inside send and recv leave the pipe consistent and usable", "[pipe]") {
     auto [a, b] = procpool::make_pipe<std::string>();
     procpool::SharedValue<long> received(0);
     std::mt19937 rng(7);

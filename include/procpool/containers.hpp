@@ -407,7 +407,9 @@ T decode_bytes(Bytes bytes) {
 /// process killed inside a member leaves the dict consistent (see the file comment). Members throw std::bad_alloc
 /// when the shared heap is exhausted, and what encoding or decoding a K or V throws (SerializationError).
 template <class K, class V>
-class SharedDict {
+class SharedDict : public detail::SharedHandle<SharedDict<K, V>, detail::kDictObject> {
+    using Handle = detail::SharedHandle<SharedDict<K, V>, detail::kDictObject>;
+    using Handle::ref_;
     static_assert(Serializable<K> && Serializable<V>,
                   "procpool: SharedDict<K, V> needs keys and values procpool can serialize (arithmetic types, "
                   "std::string, standard containers, trivially copyable structs, types with a serialize() member)");
@@ -417,7 +419,7 @@ public:
     using mapped_type = V;
 
     /// An empty dict. Throws std::bad_alloc when the shared heap is exhausted.
-    SharedDict() : ref_(detail::SharedRef::create(sizeof(detail::DictState), detail::kDictObject, &destroy)) {
+    SharedDict() : Handle(detail::SharedRef::create(sizeof(detail::DictState), detail::kDictObject, &destroy)) {
         auto* s = new (ref_.address()) detail::DictState();
         s->mutex.init(false);
     }
@@ -532,21 +534,12 @@ public:
         return value;
     }
 
-    using procpool_handle_tag = void;
-    void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static SharedDict procpool_decode(InputArchive& ar) {
-        return SharedDict(detail::SharedRef::decode(ar, detail::kDictObject));
-    }
-    /// Handles are equal when they refer to the same dict.
-    friend bool operator==(const SharedDict& a, const SharedDict& b) noexcept { return a.ref_ == b.ref_; }
-
 private:
+    friend Handle;
     using Guard = detail::ContainerLock<detail::DictState, &detail::DictTable::repair>;
 
-    explicit SharedDict(detail::SharedRef ref) : ref_(std::move(ref)) {}
-    [[nodiscard]] detail::DictState& state() const noexcept {
-        return *std::launder(reinterpret_cast<detail::DictState*>(ref_.address()));
-    }
+    explicit SharedDict(detail::SharedRef ref) : Handle(std::move(ref)) {}
+    [[nodiscard]] detail::DictState& state() const noexcept { return this->template object<detail::DictState>(); }
     [[nodiscard]] std::uint64_t slot_entry(std::uint64_t index) const noexcept {
         return detail::load_word(detail::DictTable::slots(state().table)[index].entry);
     }
@@ -555,8 +548,6 @@ private:
         return out.view();
     }
     static void destroy(void* state) { detail::DictTable::destroy(*static_cast<detail::DictState*>(state)); }
-
-    detail::SharedRef ref_;
 };
 
 /// A list shared between processes, like Python's Manager().list(), for any T procpool can serialize.
@@ -565,7 +556,10 @@ private:
 /// any thread of any process. A process killed inside a member leaves the list consistent (see the file comment).
 /// Members throw std::bad_alloc when the shared heap is exhausted, and what encoding or decoding a T throws.
 template <class T>
-class SharedList {
+class SharedList : public detail::SharedHandle<SharedList<T>, detail::kListObject> {
+    using Handle = detail::SharedHandle<SharedList<T>, detail::kListObject>;
+    using Handle::ref_;
+
     static_assert(Serializable<T>,
                   "procpool: SharedList<T> needs a T procpool can serialize (arithmetic types, std::string, "
                   "standard containers, trivially copyable structs, types with a serialize() member)");
@@ -574,7 +568,7 @@ public:
     using value_type = T;
 
     /// An empty list. Throws std::bad_alloc when the shared heap is exhausted.
-    SharedList() : ref_(detail::SharedRef::create(sizeof(detail::ListState), detail::kListObject, &destroy)) {
+    SharedList() : Handle(detail::SharedRef::create(sizeof(detail::ListState), detail::kListObject, &destroy)) {
         auto* s = new (ref_.address()) detail::ListState();
         s->mutex.init(false);
     }
@@ -633,21 +627,12 @@ public:
         detail::ListTable::clear(state());
     }
 
-    using procpool_handle_tag = void;
-    void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static SharedList procpool_decode(InputArchive& ar) {
-        return SharedList(detail::SharedRef::decode(ar, detail::kListObject));
-    }
-    /// Handles are equal when they refer to the same list.
-    friend bool operator==(const SharedList& a, const SharedList& b) noexcept { return a.ref_ == b.ref_; }
-
 private:
+    friend Handle;
     using Guard = detail::ContainerLock<detail::ListState, &detail::ListTable::repair>;
 
-    explicit SharedList(detail::SharedRef ref) : ref_(std::move(ref)) {}
-    [[nodiscard]] detail::ListState& state() const noexcept {
-        return *std::launder(reinterpret_cast<detail::ListState*>(ref_.address()));
-    }
+    explicit SharedList(detail::SharedRef ref) : Handle(std::move(ref)) {}
+    [[nodiscard]] detail::ListState& state() const noexcept { return this->template object<detail::ListState>(); }
     static std::uint64_t make_entry(const T& value) {
         detail::Buffer encoded;
         detail::encode_into(encoded, value);
@@ -661,8 +646,6 @@ private:
         }
     }
     static void destroy(void* state) { detail::ListTable::destroy(*static_cast<detail::ListState*>(state)); }
-
-    detail::SharedRef ref_;
 };
 
 }  // namespace procpool

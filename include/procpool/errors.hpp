@@ -33,16 +33,21 @@ private:
 /// the worker is replaced and the pool goes on.
 class WorkerCrashed : public Error {
 public:
-    /// `signal` is the signal that killed the worker (0 if it exited); `exit_code` its exit status (0 if killed).
-    WorkerCrashed(pid_t pid, int signal, int exit_code)
-        : Error(describe(pid, signal, exit_code)), pid_(pid), signal_(signal), exit_code_(exit_code) {}
+    /// `signal` is the signal that killed the worker (0 if it exited); `exit_code` its exit status (0 if killed);
+    /// `where` the MPI rank and host it ran on (empty for a worker of this machine's pool).
+    WorkerCrashed(pid_t pid, int signal, int exit_code, std::string where = {})
+        : Error(describe(pid, signal, exit_code, where)), pid_(pid), signal_(signal), exit_code_(exit_code),
+          where_(std::move(where)) {}
     [[nodiscard]] pid_t pid() const noexcept { return pid_; }
     [[nodiscard]] int signal() const noexcept { return signal_; }
     [[nodiscard]] int exit_code() const noexcept { return exit_code_; }
+    /// Over MPI, the rank and host the worker ran on ("rank 2 on node07"); empty otherwise.
+    [[nodiscard]] const std::string& where() const noexcept { return where_; }
 
 private:
-    static std::string describe(pid_t pid, int signal, int exit_code) {
+    static std::string describe(pid_t pid, int signal, int exit_code, const std::string& where) {
         std::string text = "procpool: worker " + std::to_string(pid);
+        if (!where.empty()) text += " on " + where;
         if (signal != 0) {
             const char* name = sigabbrev_np(signal);
             text += " was killed by signal " + std::to_string(signal);
@@ -56,21 +61,26 @@ private:
     pid_t pid_;
     int signal_;
     int exit_code_;
+    std::string where_;
 };
 
 /// The task ran past PoolOptions::task_timeout; its worker was killed and replaced.
 class TaskTimeout : public Error {
 public:
-    TaskTimeout(pid_t pid, std::chrono::milliseconds timeout)
+    /// `where`: the MPI rank and host the worker ran on (empty for a worker of this machine's pool).
+    TaskTimeout(pid_t pid, std::chrono::milliseconds timeout, std::string where = {})
         : Error("procpool: task ran past its timeout of " + std::to_string(timeout.count()) + " ms; worker " +
-                std::to_string(pid) + " was killed"),
-          pid_(pid), timeout_(timeout) {}
+                std::to_string(pid) + (where.empty() ? std::string() : " on " + where) + " was killed"),
+          pid_(pid), timeout_(timeout), where_(std::move(where)) {}
     [[nodiscard]] pid_t pid() const noexcept { return pid_; }
     [[nodiscard]] std::chrono::milliseconds timeout() const noexcept { return timeout_; }
+    /// Over MPI, the rank and host the worker ran on; empty otherwise.
+    [[nodiscard]] const std::string& where() const noexcept { return where_; }
 
 private:
     pid_t pid_;
     std::chrono::milliseconds timeout_;
+    std::string where_;
 };
 
 /// AsyncResult::get(duration) ran out of time; the task keeps running.

@@ -145,7 +145,7 @@ struct RobustMutexFamily {
 /// Members check that the segment is not broken (else BrokenSegmentError) and are otherwise Boost's: thread- and
 /// process-safe, blocking only on the segment's locks; named construction throws what the constructor throws and
 /// boost::interprocess::bad_alloc when the segment is full.
-class ManagedSegment {
+class ManagedSegment : public detail::SharedHandle<ManagedSegment, detail::kSegmentObject> {
 public:
     using segment_manager =
         boost::interprocess::segment_manager<char, boost::interprocess::rbtree_best_fit<detail::RobustMutexFamily>,
@@ -157,7 +157,7 @@ public:
 
     /// A segment of `bytes` bytes (what its objects and Boost's bookkeeping share). Throws std::invalid_argument
     /// when that is too small for the segment manager, std::bad_alloc when the shared heap is exhausted.
-    explicit ManagedSegment(std::size_t bytes) : ref_(create(bytes)) {}
+    explicit ManagedSegment(std::size_t bytes) : SharedHandle(create(bytes)) {}
 
     /// Boost's segment manager (for what this class does not forward). Throws BrokenSegmentError.
     [[nodiscard]] segment_manager* get_segment_manager() const { return manager(); }
@@ -200,19 +200,12 @@ public:
     /// True once a process died holding one of the segment's locks: every other member throws BrokenSegmentError.
     [[nodiscard]] bool broken() const noexcept { return header().broken.load(std::memory_order_acquire) != 0; }
 
-    using procpool_handle_tag = void;
-    void procpool_encode(OutputArchive& ar) const { ref_.encode(ar); }
-    static ManagedSegment procpool_decode(InputArchive& ar) {
-        return ManagedSegment(detail::SharedRef::decode(ar, detail::kSegmentObject));
-    }
-    /// Handles are equal when they refer to the same segment.
-    friend bool operator==(const ManagedSegment& a, const ManagedSegment& b) noexcept { return a.ref_ == b.ref_; }
-
 private:
+    friend class detail::SharedHandle<ManagedSegment, detail::kSegmentObject>;
     using Buffer = boost::interprocess::basic_managed_external_buffer<
         char, boost::interprocess::rbtree_best_fit<detail::RobustMutexFamily>, boost::interprocess::iset_index>;
 
-    explicit ManagedSegment(detail::SharedRef ref) : ref_(std::move(ref)) {}
+    explicit ManagedSegment(detail::SharedRef ref) : SharedHandle(std::move(ref)) {}
 
     static detail::SharedRef create(std::size_t bytes) {
         if (bytes < segment_manager::get_min_size() + 64) {
@@ -235,15 +228,11 @@ private:
         return ref;
     }
 
-    [[nodiscard]] detail::SegmentHeader& header() const noexcept {
-        return *std::launder(reinterpret_cast<detail::SegmentHeader*>(ref_.address()));
-    }
+    [[nodiscard]] detail::SegmentHeader& header() const noexcept { return object<detail::SegmentHeader>(); }
     [[nodiscard]] segment_manager* manager() const {
         if (broken()) detail::throw_broken_segment();
         return std::launder(reinterpret_cast<segment_manager*>(ref_.address() + detail::kSegmentHeader));
     }
-
-    detail::SharedRef ref_;
 };
 
 }  // namespace procpool

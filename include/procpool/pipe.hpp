@@ -230,7 +230,8 @@ std::pair<Connection<T>, Connection<T>> make_pipe();
 
 /// One end of a pipe made by make_pipe<T>(): what it sends the other end receives, in order, and the other way round.
 /// Thread-safe: several threads and processes may use one end (each message goes to one receiver). See the top of
-/// pipe.hpp for which process is an end's peer.
+/// pipe.hpp for which process is an end's peer. (The one handle whose protocol is not detail::SharedHandle's: an end
+/// is a pipe and a side, and travels as both.)
 template <class T>
 class Connection {
     static_assert(Serializable<T>, "procpool: Connection<T> needs a T procpool can serialize");

@@ -7,6 +7,7 @@
 // (`throw 42;`) a what() that says what was thrown.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <cxxabi.h>
 #include <exception>
@@ -39,6 +40,29 @@ enum class ErrorKind : std::uint8_t {
     serialization,
     pool_state,
     registered,  // a type registered with register_exception(): type_name is its mangled name, payload its state
+    // procpool's own errors, each as itself (a task may meet them: a pipe's dead peer, a broken barrier...; over MPI a
+    // rank's pool reports its workers' crashes and timeouts with them). WorkerCrashed and TaskTimeout carry their
+    // fields in the payload.
+    worker_crashed,
+    task_timeout,
+    timeout_error,
+    broken_barrier,
+    broken_pipe,
+    broken_segment,
+    last_kind = broken_segment,
+};
+
+/// The payload of a WorkerCrashed or TaskTimeout record.
+struct WorkerFaultFields {
+    std::int32_t pid = 0;
+    std::int32_t signal = 0;      // WorkerCrashed
+    std::int32_t exit_code = 0;   // WorkerCrashed
+    std::int64_t timeout_ms = 0;  // TaskTimeout
+    std::string where;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(pid, signal, exit_code, timeout_ms, where);
+    }
 };
 
 struct ErrorRecord {
@@ -47,6 +71,16 @@ struct ErrorRecord {
     std::string message;
     std::string payload;  // ErrorKind::registered: the exception's encoded state
 };
+
+/// Whether records of `kind` carry a payload after their message.
+constexpr bool carries_payload(ErrorKind kind) noexcept {
+    return kind == ErrorKind::registered || kind == ErrorKind::worker_crashed || kind == ErrorKind::task_timeout;
+}
+
+inline std::string fields_payload(const WorkerFaultFields& fields) {
+    const Buffer bytes = to_bytes(fields);
+    return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
 
 /// What a thrown value that is not a std::exception was, for RemoteError::what(): "the task threw int 42". Call only
 /// inside a catch block.
@@ -128,6 +162,20 @@ inline ErrorRecord describe_current_exception() {
         record = {ErrorKind::serialization, "procpool::SerializationError", e.what(), {}};
     } catch (const PoolStateError& e) {
         record = {ErrorKind::pool_state, "procpool::PoolStateError", e.what(), {}};
+    } catch (const WorkerCrashed& e) {
+        record = {ErrorKind::worker_crashed, "procpool::WorkerCrashed", e.what(),
+                  fields_payload({e.pid(), e.signal(), e.exit_code(), 0, e.where()})};
+    } catch (const TaskTimeout& e) {
+        record = {ErrorKind::task_timeout, "procpool::TaskTimeout", e.what(),
+                  fields_payload({e.pid(), 0, 0, e.timeout().count(), e.where()})};
+    } catch (const TimeoutError& e) {
+        record = {ErrorKind::timeout_error, "procpool::TimeoutError", e.what(), {}};
+    } catch (const BrokenBarrierError& e) {
+        record = {ErrorKind::broken_barrier, "procpool::BrokenBarrierError", e.what(), {}};
+    } catch (const BrokenPipeError& e) {
+        record = {ErrorKind::broken_pipe, "procpool::BrokenPipeError", e.what(), {}};
+    } catch (const BrokenSegmentError& e) {
+        record = {ErrorKind::broken_segment, "procpool::BrokenSegmentError", e.what(), {}};
     } catch (const std::bad_alloc& e) {
         record = {ErrorKind::bad_alloc, "std::bad_alloc", e.what(), {}};
     } catch (const std::exception& e) {
@@ -160,7 +208,7 @@ inline void encode_error(OutputArchive& ar, const ErrorRecord& record) {
     const auto kind = static_cast<std::uint8_t>(record.kind);
     ar.write_bytes(&kind, 1);
     ar(record.type_name, record.message);
-    if (record.kind == ErrorKind::registered) ar(record.payload);
+    if (carries_payload(record.kind)) ar(record.payload);
 }
 
 /// Encodes the exception being handled. Call only inside a catch block.
@@ -199,6 +247,18 @@ inline std::exception_ptr make_exception(const ErrorRecord& r) {
         case ErrorKind::bad_alloc: return std::make_exception_ptr(std::bad_alloc());
         case ErrorKind::serialization: return std::make_exception_ptr(SerializationError(r.message));
         case ErrorKind::pool_state: return std::make_exception_ptr(PoolStateError(r.message));
+        case ErrorKind::worker_crashed: {
+            const WorkerFaultFields f = from_bytes<WorkerFaultFields>(std::as_bytes(std::span(r.payload)));
+            return std::make_exception_ptr(WorkerCrashed(f.pid, f.signal, f.exit_code, f.where));
+        }
+        case ErrorKind::task_timeout: {
+            const WorkerFaultFields f = from_bytes<WorkerFaultFields>(std::as_bytes(std::span(r.payload)));
+            return std::make_exception_ptr(TaskTimeout(f.pid, std::chrono::milliseconds(f.timeout_ms), f.where));
+        }
+        case ErrorKind::timeout_error: return std::make_exception_ptr(TimeoutError(r.message));
+        case ErrorKind::broken_barrier: return std::make_exception_ptr(BrokenBarrierError(r.message));
+        case ErrorKind::broken_pipe: return std::make_exception_ptr(BrokenPipeError(r.message));
+        case ErrorKind::broken_segment: return std::make_exception_ptr(BrokenSegmentError(r.message));
         case ErrorKind::registered: return make_registered_exception(r);
         case ErrorKind::remote: break;
     }
@@ -211,11 +271,11 @@ inline std::exception_ptr decode_error(InputArchive& ar) {
     ErrorRecord record;
     ar(record.type_name, record.message);
     if (kind < static_cast<std::uint8_t>(ErrorKind::logic_error) ||
-        kind > static_cast<std::uint8_t>(ErrorKind::registered)) {
+        kind > static_cast<std::uint8_t>(ErrorKind::last_kind)) {
         throw SerializationError("procpool: corrupt data: unknown error kind");
     }
     record.kind = static_cast<ErrorKind>(kind);
-    if (record.kind == ErrorKind::registered) ar(record.payload);
+    if (carries_payload(record.kind)) ar(record.payload);
     return make_exception(record);
 }
 
