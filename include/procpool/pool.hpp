@@ -36,7 +36,8 @@ namespace detail {
 template <class Range>
 using range_item_t = decoded_t<std::ranges::range_value_t<Range>>;
 
-/// Reaches a pool's parts (its transport and scheduler): for procpool's own tests, which drive a fake transport.
+/// Reaches a pool's parts (its transport and scheduler): for the MPI rank server, which submits the tasks it receives
+/// to its pool's scheduler, and for procpool's own tests, which drive a fake transport.
 struct PoolAccess {
     template <class Pool>
     static auto& core(Pool& pool) {

@@ -63,6 +63,15 @@ public:
         items_[head_++] = T{};  // release what the element holds now, not when the slot is reused
         if (head_ == items_.size()) clear();
     }
+    /// Removes the element `i` places from the front (the front itself as pop_front() does).
+    void erase(std::size_t i) {
+        assert(i < size());
+        if (i == 0) {
+            pop_front();
+        } else {
+            items_.erase(items_.begin() + static_cast<std::ptrdiff_t>(head_ + i));
+        }
+    }
     void pop_back() noexcept {
         assert(!empty());
         items_.pop_back();

@@ -23,10 +23,11 @@ struct ItemBlock {
     std::vector<std::uint64_t> offsets;  // start of each item, plus the end; empty if stride is set or count <= 1
     std::uint64_t stride = 0;            // every item has this encoded size (bitwise items)
     std::uint64_t count = 0;
+    std::uint64_t base = 0;  // where item 0 starts in `bytes` with a stride or a single item (a received task's block)
 
     [[nodiscard]] std::uint64_t offset(std::uint64_t i) const noexcept {
-        if (stride != 0) return i * stride;
-        if (offsets.empty()) return i == 0 ? 0 : bytes.size();  // one item (an apply): no offsets to allocate
+        if (stride != 0) return base + i * stride;
+        if (offsets.empty()) return i == 0 ? base : bytes.size();  // one item (an apply): no offsets to allocate
         return offsets[i];
     }
     [[nodiscard]] std::span<const std::byte> items(std::uint64_t first, std::uint64_t n) const noexcept {

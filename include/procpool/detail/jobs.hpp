@@ -53,9 +53,10 @@ public:
     /// Decodes the results of items [first, first + count): `errors` (sorted by index) failed, the others have
     /// their values in `values`, in order. Called by the poller only (detail/scheduler/polling.hpp), without the
     /// scheduler's lock. The job moves out the errors it hands on, so the thread that consumes an exception drops its
-    /// last reference (not the delivering thread, while the consumer may still be reading it).
-    virtual void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors,
-                         InputArchive& values) = 0;
+    /// last reference (not the delivering thread, while the consumer may still be reading it). `busy_ns` is the
+    /// worker time these items took.
+    virtual void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors, InputArchive& values,
+                         std::uint64_t busy_ns) = 0;
     /// Fails items [first, first + count) with `error` (a crash, a timeout, terminate()).
     virtual void fail(std::uint64_t first, std::uint64_t count, const std::exception_ptr& error) = 0;
     /// True when nobody wants the job's remaining results (a failed map, an abandoned imap): unsent items are
@@ -104,7 +105,8 @@ public:
         return {std::move(job), std::move(state), std::move(item)};
     }
 
-    void deliver(std::uint64_t, std::uint64_t count, std::span<ItemError> errors, InputArchive& values) override {
+    void deliver(std::uint64_t, std::uint64_t count, std::span<ItemError> errors, InputArchive& values,
+                 std::uint64_t /*busy_ns*/) override {
         if (count == 0) return;
         // The worker ran the item and will not read it again (nor will the scheduler: the task is gone), so the
         // argument's encoding, perhaps a large block of shared memory, need not live as long as the AsyncResult.
@@ -157,7 +159,8 @@ public:
         if (count == 0) finish_locked(nullptr);
     }
 
-    void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors, InputArchive& values) override {
+    void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors, InputArchive& values,
+                 std::uint64_t /*busy_ns*/) override {
         std::unique_lock lock(mutex_);
         if (done_.load(std::memory_order_relaxed)) return;
         std::exception_ptr failure = errors.empty() ? nullptr : std::move(errors.front().error);
@@ -283,7 +286,8 @@ public:
     void abandon() noexcept { abandoned_.store(true, std::memory_order_release); }
 
     // ---- JobBase ----
-    void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors, InputArchive& values) override {
+    void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors, InputArchive& values,
+                 std::uint64_t /*busy_ns*/) override {
         if (abandoned_.load(std::memory_order_acquire)) return;
         std::vector<Entry> entries(count);
         auto error = errors.begin();

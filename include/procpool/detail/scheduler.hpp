@@ -89,7 +89,8 @@ public:
     Scheduler(const Scheduler&) = delete;
     Scheduler& operator=(const Scheduler&) = delete;
 
-    [[nodiscard]] std::size_t size() const noexcept { return workers_.size(); }
+    /// Workers: one per slot, or every group's (WorkerGroups).
+    [[nodiscard]] std::size_t size() const noexcept { return total_workers_; }
     std::vector<pid_t> worker_pids() const;
 
     // ---- submission (any thread; submission.hpp) ----
@@ -134,6 +135,7 @@ private:
         std::size_t total = 0;
         std::uint64_t position = 0;  // ring position of the message
         bool fragmented = false;
+        std::vector<std::uint64_t> item_index;  // the ItemIndex a group of workers receives (WorkerGroups)
         [[nodiscard]] bool fully_written() const noexcept { return written == total; }
     };
 
@@ -214,6 +216,7 @@ private:
 
     // ---- worker life cycle, deaths, timeouts, failures (mutex_ held unless noted; workers.hpp) ----
     [[nodiscard]] bool every_worker_started_locked() const noexcept;
+    [[nodiscard]] bool grouped() const noexcept;
     [[nodiscard]] bool workers_gone_locked() const noexcept;
     void handle_report(const WorkerEvent& report);
     void handle_exit(const WorkerEvent& report);
@@ -240,6 +243,7 @@ private:
     std::deque<std::shared_ptr<JobBase>> jobs_;  // jobs with unsent items, in submission order (round-robin)
     std::vector<Failure> failures_;              // to deliver once mutex_ is released
     std::vector<WorkerSlot> workers_;
+    std::size_t total_workers_ = 0;  // size(): the slots, or the workers of every group
     std::uint64_t last_task_id_ = 0;
     double task_ns_ = 0;  // moving average of worker time per task
     std::atomic<bool> stop_requested_{false};
@@ -266,6 +270,11 @@ Scheduler<Transport>::Scheduler(Transport& transport, SchedulerSettings settings
         workers_[i].pid = pids[i];
         workers_[i].phase = Phase::running;
         workers_[i].budget = settings_.max_tasks_per_child.value_or(kUnlimited);
+        if constexpr (WorkerGroups<Transport>) {
+            total_workers_ += transport_.workers_in_slot(i);
+        } else {
+            ++total_workers_;
+        }
     }
     // Workers that died while the pool was being built are handled by the service thread like any other death (it
     // first reads what they sent, an initializer's error for instance).

@@ -60,6 +60,13 @@ enum TaskFlag : std::uint32_t {
     kTimedItems = 1,           // the worker stamps each item's start time (task_timeout)
     kCodePointerCallable = 2,  // the callable is a function pointer (a transport between machines renames it)
     kItemsByReference = 4,     // the items are not in the message: an ItemsReference to memory the worker shares
+    kItemIndex = 8,            // an ItemIndex follows the callable: where each item starts (for a group to split it)
+};
+
+/// Where the items of a task start, sent before them when a group of workers receives the task (kItemIndex):
+/// `stride` when every item has that size, else 0 followed by item_count + 1 offsets from the first item's start.
+struct ItemIndexHeader {
+    std::uint64_t stride;
 };
 
 /// Where a task's items are when the message does not carry them (kItemsByReference): an address in the bulk

@@ -135,6 +135,20 @@ concept SharedMemoryWorkers = Transport<T> && requires(std::span<const std::byte
     { T::readable_by_workers(bytes) } -> std::same_as<bool>;
 };
 
+/// Each slot may be a group of workers with a pool of its own (an MPI rank running a fork pool): a task sent to a
+/// group carries an item index (TaskHeader flag kItemIndex) so the group can split it among its workers, the
+/// scheduler sizes tasks for a whole group and keeps two queued on each, and the pool's size and pids are the
+/// groups' workers.
+template <class T>
+concept WorkerGroups = Transport<T> && requires(T& transport, const T& constant, std::size_t slot) {
+    /// Whether slots are groups now (a transport may also run one worker per slot).
+    { constant.grouped() } -> std::same_as<bool>;
+    /// Workers behind `slot`: 1 unless grouped.
+    { constant.workers_in_slot(slot) } -> std::same_as<std::size_t>;
+    /// Every group's workers' pids, as last reported.
+    { transport.worker_pids() } -> std::same_as<std::vector<pid_t>>;
+};
+
 /// The workers ring a doorbell to wake the thread in wait(); while a caller polls for its own result, the poller
 /// silences it (a wake-up would only wake the service thread for nothing).
 template <class T>

@@ -51,8 +51,9 @@ template <class Transport>
 std::size_t Scheduler<Transport>::depth_locked() const noexcept {
     // A task queued behind a long one can be taken back only where the transport allows it; elsewhere a
     // worker gets one long task at a time (it pulls the next when it is done).
-    constexpr std::size_t kMinimum = RevocableQueue<Transport> ? 2 : 1;
-    return ChunkPolicy::queue_depth(task_ns_, kMinimum, settings_.queue_target, settings_.max_depth);
+    // A group of workers (WorkerGroups) always has its next task: its own pool starts it as workers free up.
+    const std::size_t minimum = RevocableQueue<Transport> || grouped() ? 2 : 1;
+    return ChunkPolicy::queue_depth(task_ns_, minimum, settings_.queue_target, settings_.max_depth);
 }
 
 template <class Transport>
@@ -146,6 +147,11 @@ std::uint64_t Scheduler<Transport>::chunk_size_locked(const JobBase& job, const 
     in.bytes_per_item = job.encoded_items == 0 ? 1 : std::max<std::uint64_t>(1, job.encoded_bytes / job.encoded_items);
     in.max_task_bytes = transport_.max_fragment() / 2;  // a task should fit one fragment: decoded in place, revocable
     in.target = settings_.chunk_target;
+    if (grouped()) {
+        // Tasks sized for a whole group: a group's pool splits each among its workers, so the time target scales
+        // with the group (the parent's cost per item shrinks as groups grow).
+        in.target *= static_cast<std::int64_t>(std::max<std::size_t>(1, total_workers_ / workers_.size()));
+    }
     return ChunkPolicy::map_chunk(in);
 }
 
@@ -167,7 +173,23 @@ void Scheduler<Transport>::write_task_locked(std::size_t slot, Task& task) {
             (settings_.task_timeout ? static_cast<std::uint32_t>(kTimedItems) : 0u) |
                 (job.code_pointer_callable ? static_cast<std::uint32_t>(kCodePointerCallable) : 0u) |
                 (by_reference ? static_cast<std::uint32_t>(kItemsByReference) : 0u)};
+        if (grouped()) {
+            // Where each item starts, for the group to split the task (stride, or 0 and the offsets).
+            task.header.flags |= kItemIndex;
+            const ItemBlock& block = *task.segment.block;
+            if (block.stride != 0) {
+                task.item_index = {block.stride};
+            } else {
+                task.item_index.reserve(task.segment.count + 2);
+                task.item_index.push_back(0);
+                const std::uint64_t start = block.offset(task.segment.block_first);
+                for (std::uint64_t i = 0; i <= task.segment.count; ++i) {
+                    task.item_index.push_back(block.offset(task.segment.block_first + i) - start);
+                }
+            }
+        }
         task.total = sizeof(TaskHeader) + align8(job.callable().size()) +
+                     task.item_index.size() * sizeof(std::uint64_t) +
                      (by_reference ? sizeof(ItemsReference) : items.size());
         task.fragmented = task.total > transport_.max_fragment();
     }
@@ -179,6 +201,7 @@ void Scheduler<Transport>::write_task_locked(std::size_t slot, Task& task) {
     const Piece pieces[] = {{&task.header, sizeof task.header},
                             {callable.data(), callable.size()},
                             {zeros, align8(callable.size()) - callable.size()},
+                            {task.item_index.data(), task.item_index.size() * sizeof(std::uint64_t)},
                             by_reference ? Piece{&reference, sizeof reference} : Piece{items.data(), items.size()}};
     // An unfinished message is continued by dispatch_locked() when the worker frees space.
     transport_.write(slot, kTaskMessage, pieces, task.total, task.written,

@@ -44,10 +44,13 @@ void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::
         std::lock_guard lock(mutex_);
         if (state_ == State::terminated || state_ == State::broken) return;  // already failed
         WorkerSlot& w = workers_[slot];
-        if (w.inflight.empty() || w.inflight.front().id != header.task_id) {
-            return protocol_error_locked(slot, "result for a task the worker does not hold");
-        }
-        Task& task = w.inflight.front();
+        // A worker finishes its tasks in order: results are for the front one. A group of workers (WorkerGroups) runs
+        // its tasks side by side: any of them.
+        std::size_t at = 0;
+        const std::size_t searched = grouped() ? w.inflight.size() : std::min<std::size_t>(w.inflight.size(), 1);
+        while (at < searched && w.inflight[at].id != header.task_id) ++at;
+        if (at == searched) return protocol_error_locked(slot, "result for a task the worker does not hold");
+        Task& task = w.inflight[at];
         if (task.delivered != header.first || header.first + header.count > task.segment.count) {
             return protocol_error_locked(slot, "result out of order");
         }
@@ -57,7 +60,7 @@ void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::
         task.delivered += header.count;
         if ((header.flags & kFinalResult) != 0) {  // the worker holds it no more
             finished_input = std::move(task.segment.block);
-            w.inflight.pop_front();
+            w.inflight.erase(at);
         }
     }
 
@@ -72,7 +75,7 @@ void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::
             errors.push_back(ItemError{first - header.first + index, decode_error(error_ar)});
         }
         finished_input.reset();  // before the caller can wake: a next large map finds the range free again
-        job->deliver(first, header.count, errors, values);
+        job->deliver(first, header.count, errors, values, header.busy_ns);
     } catch (...) {
         job->fail(first, header.count, std::current_exception());
     }

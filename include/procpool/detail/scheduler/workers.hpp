@@ -10,8 +10,21 @@ namespace procpool::detail {
 /// Pids of the live workers. While the pool runs, a worker being replaced (its death, timeout or recycling may
 /// already have been reported to a caller) is waited for, briefly: the caller sees size() pids, unless a
 /// replacement cannot be forked within kReplacementWait. From a callback it does not wait.
+/// True when the transport's slots are groups of workers with pools of their own (WorkerGroups).
+template <class Transport>
+bool Scheduler<Transport>::grouped() const noexcept {
+    if constexpr (WorkerGroups<Transport>) {
+        return transport_.grouped();
+    } else {
+        return false;
+    }
+}
+
 template <class Transport>
 std::vector<pid_t> Scheduler<Transport>::worker_pids() const {
+    if constexpr (WorkerGroups<Transport>) {
+        if (transport_.grouped()) return transport_.worker_pids();  // (what the groups reported last)
+    }
     std::unique_lock lock(mutex_);
     if (!in_callback_thread()) {
         idle_cv_.wait_for(lock, kReplacementWait, [&] {
