@@ -1,12 +1,17 @@
 // The cluster example: a parameter sweep written once against any pool, run over MPI ranks (mpirun, or srun
 // under Slurm) or, with --local, over forked processes on this machine. See run.sh and slurm.sbatch.
 //
-// The sweep integrates a damped oscillator for a grid of (damping, frequency) parameters and reports the one
-// whose energy decays closest to a target; each task is about half a millisecond of CPU.
+// Over MPI every rank runs a fork pool (one rank per node, its cores as workers: under Slurm, --cpus-per-task), so a
+// task that crashes fails alone and the job goes on: the program makes one segfault on purpose first, to show it.
+// The sweep integrates a damped oscillator for a grid of (damping, frequency) parameters and reports the one whose
+// energy decays closest to a target; each task is about half a millisecond of CPU.
 #include <procpool/mpi.hpp>
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
+#include <cstdlib>
+#include <optional>
 #include <cstdio>
 #include <cstring>
 #include <set>
@@ -62,6 +67,24 @@ Outcome sweep(procpool::ProcessPool auto& pool, int grid) {
     return best;
 }
 
+/// Workers on each rank: Slurm's --cpus-per-task when the job runs under Slurm, else the CPUs the rank may use.
+std::optional<std::size_t> workers_per_rank() {
+    if (const char* cpus = std::getenv("SLURM_CPUS_PER_TASK")) return static_cast<std::size_t>(std::atol(cpus));
+    return std::nullopt;
+}
+
+/// A task that crashes its worker on purpose: the job survives it (WorkerCrashed names the rank and host).
+void show_a_crash_is_contained(procpool::ProcessPool auto& pool) {
+    try {
+        pool.apply([](int) -> int {
+            std::raise(SIGSEGV);
+            return 0;
+        }, 0);
+    } catch (const procpool::WorkerCrashed& e) {
+        std::printf("a task segfaulted on purpose: %s; the job goes on\n", e.what());
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -71,9 +94,10 @@ int main(int argc, char** argv) {
         sweep(pool, grid);
         return 0;
     }
-    procpool::mpi::Session session(argc, argv);
+    procpool::mpi::Session session(argc, argv, procpool::PoolOptions{.processes = workers_per_rank()});
     auto& pool = session.pool();  // ranks 1..N-1 serve tasks from here on and never return
-    std::printf("MPI job of %d ranks: rank 0 runs the program, %zu ranks run tasks\n", session.size(), pool.size());
+    std::printf("MPI job of %d ranks, each with a fork pool: %zu workers in all\n", session.size(), pool.size());
+    show_a_crash_is_contained(pool);
     sweep(pool, grid);
     return 0;
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the cluster example under mpirun on this machine: rank 0 runs the program, the other ranks run tasks.
+# Runs the cluster example under mpirun on this machine: every rank runs a fork pool of its own (here all of the
+# machine's CPUs each: oversubscribed), and rank 0 runs the program.
 #   examples/cluster/run.sh [ranks]        (default 4; --oversubscribe lets a small machine run more ranks than cores)
 # The same binary runs on a cluster under Slurm: see slurm.sbatch.
 set -euo pipefail

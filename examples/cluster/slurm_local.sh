@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Proves the Slurm path: starts a real single-node Slurm on this machine (munged, slurmctld and slurmd, on
-# localhost, configuration under a scratch directory) and runs the cluster example through sbatch and srun.
+# localhost, configuration under a scratch directory) and runs the cluster example through sbatch and srun: `ranks`
+# ranks of one CPU each (--cpus-per-task=1), so a fork pool of one worker per rank; one of its tasks segfaults on
+# purpose and the job must still complete.
 #   examples/cluster/slurm_local.sh [ranks]      (as root; default 4 ranks; installs slurm-wlm and munge if missing)
 # It leaves nothing running: the daemons are stopped when it ends.
 set -euo pipefail
@@ -70,6 +72,7 @@ cat > "$state/job.sbatch" <<EOF
 #!/bin/bash
 #SBATCH --job-name=procpool-cluster
 #SBATCH --ntasks=$ranks
+#SBATCH --cpus-per-task=1
 #SBATCH --output=$state/job.out
 export OMP_NUM_THREADS=1
 srun --mpi=pmix "$binary"
@@ -83,4 +86,5 @@ for _ in $(seq 1 180); do
 done
 cat "$state/job.out"
 echo "slurm_local: job $job ended $job_state"
-[ "$job_state" = "COMPLETED" ] && grep -q "simulations on $((ranks - 1)) worker processes" "$state/job.out"
+[ "$job_state" = "COMPLETED" ] && grep -q "segfaulted on purpose" "$state/job.out" &&
+    grep -q "simulations on $ranks worker processes" "$state/job.out"
