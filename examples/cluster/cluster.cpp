@@ -10,10 +10,10 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
-#include <cstdlib>
-#include <optional>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <unistd.h>
 #include <utility>
@@ -76,10 +76,12 @@ std::optional<std::size_t> workers_per_rank() {
 /// A task that crashes its worker on purpose: the job survives it (WorkerCrashed names the rank and host).
 void show_a_crash_is_contained(procpool::ProcessPool auto& pool) {
     try {
-        pool.apply([](int) -> int {
-            std::raise(SIGSEGV);
-            return 0;
-        }, 0);
+        pool.apply(
+            [](int) -> int {
+                std::raise(SIGSEGV);
+                return 0;
+            },
+            0);
     } catch (const procpool::WorkerCrashed& e) {
         std::printf("a task segfaulted on purpose: %s; the job goes on\n", e.what());
     }

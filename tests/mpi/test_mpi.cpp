@@ -135,9 +135,11 @@ TEST_CASE("a segfault fails its item with WorkerCrashed naming the rank, and the
 TEST_CASE("a hanging item fails with TaskTimeout on its rank, in bounded time") {
     const auto start = std::chrono::steady_clock::now();
     try {
-        g_pool->apply([](int) -> int {
-            for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
-        }, 0);
+        g_pool->apply(
+            [](int) -> int {
+                for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+            },
+            0);
         FAIL("no exception");
     } catch (const procpool::TaskTimeout& e) {
         CHECK(e.timeout() == std::chrono::milliseconds(1500));
@@ -155,7 +157,10 @@ TEST_CASE("retries: an item that crashes on its first run only succeeds, one tha
             if (job.second % 5 == 0 && first_to_create(job.first + std::to_string(job.second))) std::raise(SIGKILL);
             return job.second;
         },
-        std::views::iota(0, 30) | std::views::transform([&](int i) { return std::pair{stem, i}; }), {.chunksize = 2});
+        std::views::iota(0, 30) | std::views::transform([&](int i) {
+            return std::pair{stem, i};
+        }),
+        {.chunksize = 2});
     for (int i = 0; i < 30; ++i) {
         CHECK(out[static_cast<std::size_t>(i)] == i);
         if (i % 5 == 0) ::unlink((stem + std::to_string(i)).c_str());
@@ -164,8 +169,11 @@ TEST_CASE("retries: an item that crashes on its first run only succeeds, one tha
 }
 
 TEST_CASE("max_tasks_per_child recycles the workers of every rank") {
-    const auto seen = g_pool->map([](int) { return std::pair<int, pid_t>{my_rank(), ::getpid()}; },
-                                  std::views::iota(0, 200 * g_ranks), {.chunksize = 1});
+    const auto seen = g_pool->map(
+        [](int) {
+            return std::pair<int, pid_t>{my_rank(), ::getpid()};
+        },
+        std::views::iota(0, 200 * g_ranks), {.chunksize = 1});
     std::map<int, std::set<pid_t>> pids_per_rank;
     std::map<pid_t, int> items_per_pid;
     for (const auto& [rank, pid] : seen) {
@@ -180,9 +188,9 @@ TEST_CASE("max_tasks_per_child recycles the workers of every rank") {
 }
 
 TEST_CASE("memory_limit: a task allocating past it gets std::bad_alloc on its rank") {
-    CHECK_THROWS_AS(g_pool->apply([](std::size_t bytes) { return std::vector<char>(bytes, 'x').size(); },
-                                  std::size_t{3} << 30),
-                    std::bad_alloc);
+    CHECK_THROWS_AS(
+        g_pool->apply([](std::size_t bytes) { return std::vector<char>(bytes, 'x').size(); }, std::size_t{3} << 30),
+        std::bad_alloc);
     CHECK(g_pool->apply([](std::size_t bytes) { return std::vector<char>(bytes, 'x').size(); }, std::size_t{1} << 20) ==
           (std::size_t{1} << 20));
 }

@@ -132,8 +132,8 @@ inline void serve_mpi_rank_pool(MPI_Comm comm, const PoolOptions& options, const
     }
 }
 
-/// One worker per rank: serves tasks from rank 0 itself, one at a time, until it says to stop. Runs `initializer` first; if it throws, rank 0 is told and the
-/// pool breaks there. Returns when done.
+/// One worker per rank: serves tasks from rank 0 itself, one at a time, until it says to stop. Runs `initializer`
+/// first; if it throws, rank 0 is told and the pool breaks there. Returns when done.
 inline void serve_mpi_worker(MPI_Comm comm, const std::function<void()>& initializer,
                              std::optional<std::size_t> memory_limit) {
     struct Sink final : ResultSink {

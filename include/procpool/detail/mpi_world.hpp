@@ -28,12 +28,12 @@
 namespace procpool::detail {
 
 enum MpiTag : int {
-    kMpiTask = 101,         // rank 0 -> a rank: a task message
-    kMpiExit = 102,         // rank 0 -> a rank: stop (overtakes queued tasks)
-    kMpiResult = 201,       // a rank -> rank 0: a result message
-    kMpiInitFailed = 202,   // a rank -> rank 0: its initializer threw (one worker per rank)
-    kMpiBye = 203,          // a rank -> rank 0: stopped, sends nothing more
-    kMpiWorkerPids = 204,   // a rank -> rank 0: the pids of its pool's workers (a fork pool per rank), when they change
+    kMpiTask = 101,        // rank 0 -> a rank: a task message
+    kMpiExit = 102,        // rank 0 -> a rank: stop (overtakes queued tasks)
+    kMpiResult = 201,      // a rank -> rank 0: a result message
+    kMpiInitFailed = 202,  // a rank -> rank 0: its initializer threw (one worker per rank)
+    kMpiBye = 203,         // a rank -> rank 0: stopped, sends nothing more
+    kMpiWorkerPids = 204,  // a rank -> rank 0: the pids of its pool's workers (a fork pool per rank), when they change
 };
 
 /// How the ranks of a job work (procpool::mpi::Layout).

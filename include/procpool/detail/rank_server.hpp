@@ -35,10 +35,10 @@ using ResultForwarder = std::function<void(Buffer message)>;
 /// One task a group received, run as a job of the group's pool. Its results are forwarded in item order.
 class ReceivedTaskJob final : public JobBase {
 public:
-    ReceivedTaskJob(TaskEntry task_entry, Buffer callable, std::uint64_t task_id, std::uint64_t items, std::string where,
-                    std::shared_ptr<const ResultForwarder> forward)
-        : JobBase(task_entry, std::move(callable), 0, false), task_id_(task_id), items_(items), where_(std::move(where)),
-          forward_(std::move(forward)) {}
+    ReceivedTaskJob(TaskEntry task_entry, Buffer callable, std::uint64_t task_id, std::uint64_t items,
+                    std::string where, std::shared_ptr<const ResultForwarder> forward)
+        : JobBase(task_entry, std::move(callable), 0, false), task_id_(task_id), items_(items),
+          where_(std::move(where)), forward_(std::move(forward)) {}
 
     void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors, InputArchive& values,
                  std::uint64_t busy_ns) override {
@@ -129,7 +129,7 @@ private:
     const std::string where_;  // the group's rank and host
     std::shared_ptr<const ResultForwarder> forward_;
     std::mutex mutex_;
-    std::uint64_t next_ = 0;              // the first item not forwarded yet
+    std::uint64_t next_ = 0;                // the first item not forwarded yet
     std::map<std::uint64_t, Run> pending_;  // finished runs waiting for the ones before them, by first item
 };
 
@@ -173,7 +173,8 @@ public:
 
 private:
     void submit(const TaskHeader& header, Buffer task) {
-        if ((header.flags & kItemIndex) == 0) throw SerializationError("procpool: a task for a group without its index");
+        if ((header.flags & kItemIndex) == 0)
+            throw SerializationError("procpool: a task for a group without its index");
         const std::size_t index_at = sizeof(TaskHeader) + align8(header.callable_size);
         ItemIndexHeader index{};
         if (task.size() < index_at + sizeof index) throw SerializationError("procpool: truncated task");
@@ -190,7 +191,8 @@ private:
             items_at += (count + 1) * sizeof(std::uint64_t);
             if (task.size() < items_at) throw SerializationError("procpool: truncated task");
             block->offsets.resize(count + 1);
-            std::memcpy(block->offsets.data(), task.data() + index_at + sizeof index, (count + 1) * sizeof(std::uint64_t));
+            std::memcpy(block->offsets.data(), task.data() + index_at + sizeof index,
+                        (count + 1) * sizeof(std::uint64_t));
             for (std::uint64_t& offset : block->offsets) offset += items_at;
             if (block->offsets.back() > task.size()) throw SerializationError("procpool: truncated task");
             if (count == 1) {  // one item: ItemBlock keeps no offsets then
