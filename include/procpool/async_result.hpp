@@ -75,8 +75,11 @@ private:
 class WaitHelper {
 public:
     enum class Outcome { done, timed_out, busy };
-    /// Polls the pool until ready(context) or `budget` passes. Returns `busy` at once if another thread polls.
-    virtual Outcome help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget) noexcept = 0;
+    /// Polls the pool until ready(context): spinning for `budget` where spinning pays (then `timed_out`), or else
+    /// asleep on the workers' doorbell as the pool's poller until ready, `deadline`, or until the pool needs the
+    /// poller role back (then `timed_out`: sleep on your own flag). Returns `busy` at once if another thread polls.
+    virtual Outcome help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget,
+                         Deadline deadline) noexcept = 0;
     /// Throws PoolStateError in a process forked after the pool was built: its results arrive in the process that
     /// built it, never here, so a wait would not end.
     virtual void check_owner() const = 0;
@@ -114,7 +117,8 @@ public:
             auto budget = std::chrono::nanoseconds(kHelpBudget);
             if (deadline) budget = std::min(budget, std::chrono::nanoseconds(*deadline - MonotonicClock::now()));
             const auto outcome = helper->help(
-                [](const void* self) { return static_cast<const ResultState*>(self)->ready(); }, this, budget);
+                [](const void* self) { return static_cast<const ResultState*>(self)->ready(); }, this, budget,
+                deadline);
             if (outcome == WaitHelper::Outcome::done) return true;
             if (outcome == WaitHelper::Outcome::timed_out) spin = {};  // polled long enough: sleep now
         }

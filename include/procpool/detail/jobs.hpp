@@ -277,7 +277,7 @@ public:
     void wait_available(WaitHelper& helper) {
         helper.check_owner();
         auto has_entry = [](const void* self) { return static_cast<const ImapJob*>(self)->available_.load() != 0; };
-        const auto outcome = helper.help(has_entry, this, kHelpBudget);
+        const auto outcome = helper.help(has_entry, this, kHelpBudget, std::nullopt);
         if (outcome == WaitHelper::Outcome::done) return;
         const auto spin = outcome == WaitHelper::Outcome::busy ? std::chrono::nanoseconds(std::chrono::microseconds(20))
                                                                : std::chrono::nanoseconds::zero();

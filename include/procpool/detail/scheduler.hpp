@@ -106,7 +106,8 @@ public:
     [[nodiscard]] bool closed() const;
 
     // ---- WaitHelper: a caller waiting for a result polls the rings itself (polling.hpp) ----
-    Outcome help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget) noexcept override;
+    Outcome help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget,
+                 Deadline deadline) noexcept override;
 
 private:
     static constexpr std::size_t kUnlimited = ~std::size_t{0};
@@ -200,11 +201,16 @@ private:
 
     // ---- the poller and the service thread (polling.hpp) ----
     bool poll_rings();
+    bool poll_spinning(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget);
+    bool poll_sleeping(bool (*ready)(const void*), const void* context, Deadline deadline);
     void service_loop();
+    void take_poller_role(std::unique_lock<std::mutex>& role);
+    void wake_service() noexcept;
     void handle_event(const WorkerEvent& event);
     std::optional<std::int64_t> housekeeping();
     void send_shutdown_locked();
     [[nodiscard]] bool in_callback_thread() const noexcept;
+    [[nodiscard]] bool spinning_pays() const noexcept;
     void stop_service();
 
     // ---- results (poller; results.hpp) ----
@@ -245,7 +251,9 @@ private:
     std::vector<WorkerSlot> workers_;
     std::size_t total_workers_ = 0;  // size(): the slots, or the workers of every group
     std::uint64_t last_task_id_ = 0;
-    double task_ns_ = 0;  // moving average of worker time per task
+    double task_ns_ = 0;                   // moving average of worker time per task
+    std::atomic<double> task_ns_seen_{0};  // the same, for threads that do not hold mutex_
+    bool spare_core_ = false;              // more usable CPUs than workers: a parent thread may spin for free
     std::atomic<bool> stop_requested_{false};
     unsigned generation_;                    // fork_generation() where the pool was built
     std::vector<WorkerEvent> early_events_;  // deaths seen while the pool was built, for the service thread
@@ -253,8 +261,10 @@ private:
     std::atomic<std::thread::id> poller_id_{};  // a caller waiting for a result that is the poller now
     std::mutex poller_mutex_;                   // the right to read the result rings and the life-cycle reports
     std::vector<std::shared_ptr<const ItemBlock>> inputs_until_exit_;  // of tasks failed while workers ran them
-    std::vector<Completion> completions_;  // results read but not yet applied (the poller's)
-    std::atomic<int> polling_waiters_{0};  // callers waiting for a result that poll instead of the service thread
+    std::vector<Completion> completions_;   // results read but not yet applied (the poller's)
+    std::atomic<int> polling_waiters_{0};   // callers waiting for a result that poll instead of the service thread
+    std::atomic<bool> role_wanted_{false};  // the service thread waits for the poller role (housekeeping)
+    Doorbell service_bell_;                 // the service thread sleeps here while a waiting caller is the poller
     std::unique_ptr<std::thread> service_;
 };
 
@@ -276,6 +286,7 @@ Scheduler<Transport>::Scheduler(Transport& transport, SchedulerSettings settings
             ++total_workers_;
         }
     }
+    spare_core_ = usable_cpu_count() > total_workers_;
     // Workers that died while the pool was being built are handled by the service thread like any other death (it
     // first reads what they sent, an initializer's error for instance).
     if constexpr (ReplaceableWorkers<Transport>) early_events_ = transport_.take_early_exits();

@@ -35,41 +35,98 @@ bool Scheduler<Transport>::poll_rings() {
     return worked;
 }
 
-/// WaitHelper: a thread waiting for a result polls the rings itself while the service thread sleeps, and the
-/// workers' doorbell is muted meanwhile (a wake-up would only wake the service thread for nothing). Waiters
-/// call check_owner() first: in a process forked later the rings are the original process's.
+/// WaitHelper: a thread waiting for a result becomes the poller, so a result reaches it without passing through the
+/// service thread (two threads to wake rather than three). Where spinning pays it polls in a loop for `budget`, with
+/// the workers' doorbell muted (a ring would only wake the service thread for nothing). Otherwise it sleeps on the
+/// doorbell itself, as the service thread would, until its result is ready, `deadline`, or the service thread wants
+/// the poller role back (housekeeping); the service thread sleeps elsewhere meanwhile (service_bell_). Waiters call
+/// check_owner() first: in a process forked later the rings are the original process's.
 template <class Transport>
-auto Scheduler<Transport>::help(bool (*ready)(const void*), const void* context,
-                                std::chrono::nanoseconds budget) noexcept -> Outcome {
+auto Scheduler<Transport>::help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget,
+                                Deadline deadline) noexcept -> Outcome {
     if (std::this_thread::get_id() == service_id_.load(std::memory_order_relaxed)) return Outcome::busy;
+    if (role_wanted_.load(std::memory_order_acquire)) return Outcome::busy;
     std::unique_lock role(poller_mutex_, std::try_to_lock);
     if (!role.owns_lock()) return Outcome::busy;
     poller_id_.store(std::this_thread::get_id(), std::memory_order_relaxed);
     polling_waiters_.fetch_add(1, std::memory_order_acq_rel);
-    if constexpr (MutableDoorbell<Transport>) transport_.mute_doorbell();
-    const std::int64_t end = monotonic_ns() + budget.count();
     bool done = false;
     try {
-        for (unsigned round = 0;; ++round) {
-            if (poll_rings()) round = 0;
-            done = ready(context);
-            if (done || ((round & 15) == 15 && monotonic_ns() >= end)) break;
-            cpu_relax();
-        }
-        // Leave: from here on workers wake the service thread again; look once more for what they
-        // published while the doorbell was muted.
-        polling_waiters_.fetch_sub(1, std::memory_order_acq_rel);
-        if constexpr (MutableDoorbell<Transport>) transport_.unmute_doorbell();
-        poll_rings();
+        done = spinning_pays() ? poll_spinning(ready, context, budget) : poll_sleeping(ready, context, deadline);
     } catch (...) {
         polling_waiters_.store(0, std::memory_order_release);
         if constexpr (MutableDoorbell<Transport>) transport_.unmute_doorbell();
-        transport_.wake();
         poller_id_.store(std::thread::id(), std::memory_order_relaxed);
+        wake_service();
         return Outcome::busy;
     }
     poller_id_.store(std::thread::id(), std::memory_order_relaxed);
+    role.unlock();
+    // The last waiting poller gone: the service thread sleeps on the workers' doorbell again.
+    if (polling_waiters_.fetch_sub(1, std::memory_order_acq_rel) == 1) service_bell_.wake_all();
     return done || ready(context) ? Outcome::done : Outcome::timed_out;
+}
+
+/// help() where spinning pays: polls in a loop for `budget` with the doorbell muted. True when ready(context).
+template <class Transport>
+bool Scheduler<Transport>::poll_spinning(bool (*ready)(const void*), const void* context,
+                                         std::chrono::nanoseconds budget) {
+    if constexpr (MutableDoorbell<Transport>) transport_.mute_doorbell();
+    const std::int64_t end = monotonic_ns() + budget.count();
+    bool done = false;
+    for (unsigned round = 0;; ++round) {
+        if (poll_rings()) round = 0;
+        done = ready(context);
+        if (done || ((round & 15) == 15 && monotonic_ns() >= end)) break;
+        cpu_relax();
+    }
+    // Leave: from here on workers ring the doorbell again; look once more for what they published while it was muted.
+    if constexpr (MutableDoorbell<Transport>) transport_.unmute_doorbell();
+    poll_rings();
+    return done || ready(context);
+}
+
+/// help() where spinning does not pay: sleeps on the workers' doorbell as the poller until ready(context),
+/// `deadline`, or the service thread wants the role. True when ready(context).
+template <class Transport>
+bool Scheduler<Transport>::poll_sleeping(bool (*ready)(const void*), const void* context, Deadline deadline) {
+    for (;;) {
+        poll_rings();
+        if (ready(context)) return true;
+        if (role_wanted_.load(std::memory_order_acquire)) return false;
+        if (deadline && MonotonicClock::now() >= *deadline) return false;
+        transport_.wait(deadline, std::chrono::nanoseconds::zero(), [&] {
+            return transport_.pending() || role_wanted_.load(std::memory_order_acquire) ||
+                   stop_requested_.load(std::memory_order_acquire);
+        });
+        if (stop_requested_.load(std::memory_order_acquire)) {
+            poll_rings();
+            return ready(context);
+        }
+    }
+}
+
+/// Takes the poller role for the service thread, waking a caller that sleeps as the poller so that it hands it over.
+template <class Transport>
+void Scheduler<Transport>::take_poller_role(std::unique_lock<std::mutex>& role) {
+    if (role.try_lock()) return;
+    role_wanted_.store(true, std::memory_order_release);
+    transport_.wake();
+    role.lock();
+    role_wanted_.store(false, std::memory_order_release);
+}
+
+/// Wakes the service thread wherever it sleeps: on the workers' doorbell, or on its own while a caller polls.
+template <class Transport>
+void Scheduler<Transport>::wake_service() noexcept {
+    transport_.wake();
+    service_bell_.wake_all();
+}
+
+/// Whether the parent's threads should spin before they sleep (detail/chunk_policy.hpp).
+template <class Transport>
+bool Scheduler<Transport>::spinning_pays() const noexcept {
+    return ChunkPolicy::spinning_pays(task_ns_seen_.load(std::memory_order_relaxed), spare_core_);
 }
 
 template <class Transport>
@@ -91,8 +148,10 @@ void Scheduler<Transport>::service_loop() {
             std::optional<std::int64_t> next;
             {
                 // Housekeeping may reset a dead worker's rings (a delayed respawn), so it is the poller meanwhile:
-                // no waiting thread may be reading those rings meanwhile (a helper keeps it ~100 us at most).
-                std::lock_guard role(poller_mutex_);
+                // no waiting thread may be reading those rings meanwhile (a caller sleeping as the poller is woken to
+                // hand the role over).
+                std::unique_lock role(poller_mutex_, std::defer_lock);
+                take_poller_role(role);
                 next = housekeeping();
                 // Ending: the fork server's last reports (its workers' exits) may still wait on the socket.
                 if (!next) poll_rings();
@@ -112,11 +171,21 @@ void Scheduler<Transport>::service_loop() {
             transport_.wait(wake, std::chrono::nanoseconds::zero(), [&] { return transport_.workers_gone(); });
             continue;
         }
-        // Sleep until there is something to poll, unless a waiting thread polls (it looks once more when it
-        // leaves, and later messages ring the doorbell again).
         const auto wake = MonotonicClock::time_point(std::chrono::nanoseconds(next_housekeeping));
-        const bool helped = polling_waiters_.load(std::memory_order_acquire) != 0;
-        transport_.wait(wake, helped ? std::chrono::nanoseconds::zero() : settings_.service_spin, [&] {
+        if (polling_waiters_.load(std::memory_order_acquire) != 0) {
+            // A waiting caller is the poller: sleep apart from the workers' doorbell (their rings are its), until it
+            // leaves, housekeeping is due or the pool stops.
+            service_bell_.wait(
+                [&] {
+                    return stop_requested_.load(std::memory_order_acquire) ||
+                           polling_waiters_.load(std::memory_order_acquire) == 0;
+                },
+                wake, std::chrono::nanoseconds::zero());
+            continue;
+        }
+        // Sleep until there is something to poll.
+        const bool spin = spinning_pays();
+        transport_.wait(wake, spin ? settings_.service_spin : std::chrono::nanoseconds::zero(), [&] {
             return stop_requested_.load(std::memory_order_acquire) ||
                    (polling_waiters_.load(std::memory_order_acquire) == 0 && transport_.pending());
         });
@@ -199,7 +268,7 @@ bool Scheduler<Transport>::in_callback_thread() const noexcept {
 template <class Transport>
 void Scheduler<Transport>::stop_service() {
     stop_requested_.store(true, std::memory_order_release);
-    transport_.wake();
+    wake_service();
     if (in_callback_thread()) return;        // it is the poller, which the service thread may be waiting to be
     std::lock_guard life(lifecycle_mutex_);  // one thread joins, the others wait for it
     // The fork server first: this thread sleeps until it is gone rather than until the service thread noticed.

@@ -103,6 +103,7 @@ void Scheduler<Transport>::finish_completions() {
             if (c.final) {
                 const double task_ns = static_cast<double>(c.busy_ns) + ChunkPolicy::kHandOffNs;
                 task_ns_ = ChunkPolicy::smoothed(task_ns_, task_ns, ChunkPolicy::kTaskTimeWeight);
+                task_ns_seen_.store(task_ns_, std::memory_order_relaxed);
             }
         }
         dispatch_locked();

@@ -66,7 +66,7 @@ void Scheduler<Transport>::join() {
             send_shutdown_locked();  // now, rather than after waking the service thread
         }
     }
-    transport_.wake();
+    wake_service();
     stop_service();
 }
 
