@@ -34,6 +34,7 @@ void Scheduler<Transport>::extend(const std::shared_ptr<JobBase>& job, Segment s
 /// Drops a job's items that were not sent yet (an imap range abandoned by its reader). Never blocks on workers.
 template <class Transport>
 void Scheduler<Transport>::abandon(JobBase& job) {
+    if (fork_generation() != generation_) return;  // a forked child's copy: the lock may have been held at the fork
     std::lock_guard lock(mutex_);
     job.ready.clear();
     job.unsent_items = 0;
@@ -42,8 +43,8 @@ void Scheduler<Transport>::abandon(JobBase& job) {
 
 template <class Transport>
 void Scheduler<Transport>::close() {
+    check_owner();  // before the lock: in a forked child another thread may have held it at the fork
     std::lock_guard lock(mutex_);
-    check_owner();
     if (state_ == State::running) state_ = State::closed;
 }
 
@@ -96,6 +97,7 @@ void Scheduler<Transport>::check_owner() const {
 
 template <class Transport>
 bool Scheduler<Transport>::closed() const {
+    check_owner();
     std::lock_guard lock(mutex_);
     return state_ != State::running;
 }

@@ -22,6 +22,7 @@ bool Scheduler<Transport>::grouped() const noexcept {
 
 template <class Transport>
 std::vector<pid_t> Scheduler<Transport>::worker_pids() const {
+    check_owner();
     if constexpr (WorkerGroups<Transport>) {
         if (transport_.grouped()) return transport_.worker_pids();  // (what the groups reported last)
     }
