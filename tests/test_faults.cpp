@@ -152,7 +152,7 @@ TEST_CASE("with max_tasks_per_child, queued tasks run and close() then join() do
 
 // ---- retries ------------------------------------------------------------------------------------------------------
 
-TEST_CASE("retries: an item that crashes once succeeds on a retry; one that always crashes fails after them",
+TEST_CASE("retries: an item that crashes once succeeds on a retry and one that always crashes fails after them",
           "[faults]") {
     procpool::Pool pool(procpool::PoolOptions{.processes = 2, .retries = 2});
     procpool::SharedArray<int> runs(40);

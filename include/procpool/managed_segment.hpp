@@ -193,8 +193,8 @@ public:
     [[nodiscard]] void* allocate(std::size_t bytes) const { return manager()->allocate(bytes); }
     void deallocate(void* p) const { manager()->deallocate(p); }
 
-    [[nodiscard]] std::size_t get_size() const { return static_cast<std::size_t>(manager()->get_size()); }
-    [[nodiscard]] std::size_t get_free_memory() const { return static_cast<std::size_t>(manager()->get_free_memory()); }
+    [[nodiscard]] std::size_t get_size() const { return manager()->get_size(); }
+    [[nodiscard]] std::size_t get_free_memory() const { return manager()->get_free_memory(); }
     /// Boost's consistency check of the allocator's free lists.
     [[nodiscard]] bool check_sanity() const { return manager()->check_sanity(); }
     /// True once a process died holding one of the segment's locks: every other member throws BrokenSegmentError.
