@@ -6,6 +6,7 @@
 set -euo pipefail
 ranks="${1:-4}"
 binary="${CLUSTER_BINARY:-$(dirname "$0")/../../build/release/examples/cluster}"
-flags=(--oversubscribe)
+# --bind-to none: Open MPI binds each rank to one core (or socket) by default, and a rank's pool would share it.
+flags=(--oversubscribe --bind-to none)
 [ "$(id -u)" -eq 0 ] && flags+=(--allow-run-as-root)
 exec mpirun "${flags[@]}" -n "$ranks" "$binary"

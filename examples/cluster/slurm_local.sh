@@ -75,7 +75,7 @@ cat > "$state/job.sbatch" <<EOF
 #SBATCH --cpus-per-task=1
 #SBATCH --output=$state/job.out
 export OMP_NUM_THREADS=1
-srun --mpi=pmix "$binary"
+srun --mpi=pmix --cpus-per-task="\$SLURM_CPUS_PER_TASK" "$binary"
 EOF
 job="$(sbatch --parsable "$state/job.sbatch")"
 echo "slurm_local: submitted job $job ($ranks ranks)"
