@@ -370,4 +370,28 @@ static_assert(procpool::detail::Transport<FakeTransport> && procpool::detail::Re
                   procpool::detail::ReplaceableWorkers<FakeTransport>,
               "the fake has the capabilities the scheduler's decisions depend on");
 
+/// The fake with each slot a group of workers with a pool of its own (WorkerGroups), as an MPI rank running a fork
+/// pool is: slot i has group_sizes[i % size] workers. Its tasks are only written, never run (a group splits a task by
+/// its item index, which the fake's runner does not read): it shows how deep and where the scheduler queues.
+class GroupedFakeTransport : public FakeTransport {
+public:
+    static constexpr std::size_t kGroupSizes[] = {4, 1};
+
+    using FakeTransport::FakeTransport;
+
+    [[nodiscard]] bool grouped() const noexcept { return true; }
+    [[nodiscard]] std::size_t workers_in_slot(std::size_t slot) const noexcept {
+        return kGroupSizes[slot % std::size(kGroupSizes)];
+    }
+    std::vector<pid_t> worker_pids() {
+        std::vector<pid_t> pids;
+        for (std::size_t slot = 0; slot < size(); ++slot) {
+            for (std::size_t i = 0; i < workers_in_slot(slot); ++i) pids.push_back(static_cast<pid_t>(slot * 100 + i));
+        }
+        return pids;
+    }
+};
+
+static_assert(procpool::detail::WorkerGroups<GroupedFakeTransport>);
+
 }  // namespace test_support

@@ -2,6 +2,7 @@
 // dispatch, rebalancing, budgets, deaths and timeouts through an in-process fake transport whose workers move only
 // when the test moves them (tests/fake_transport.hpp). No processes, no rings, no timing.
 #include <catch2/catch.hpp>
+#include <procpool/detail/rank_server.hpp>  // a group of workers behind one slot (MPI ranks use it; no MPI needed)
 #include <procpool/procpool.hpp>
 
 #include <algorithm>
@@ -11,6 +12,9 @@
 #include <numeric>
 #include <ranges>
 #include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "fake_transport.hpp"
@@ -83,6 +87,7 @@ TEST_CASE("chunk policy: imap chunks, queue depth and moving averages", "[schedu
     CHECK(ChunkPolicy::imap_chunk(9, 1'000, 100'000) == 2'000);  // 2 ms of 1 us items
     CHECK(ChunkPolicy::imap_chunk(9, 10, 682) == 682);           // capped by the read-ahead bound's share
     CHECK(ChunkPolicy::imap_chunk(9, 5e6, 682) == 1);            // a 5 ms item: one per chunk
+    CHECK(ChunkPolicy::imap_chunk(9, 1e6, 682, 16) == 32);       // a group of 16 workers: 2 ms of 1 ms items each
     CHECK(ChunkPolicy::queue_depth(0, 2) == 2);                  // not measured: the minimum
     CHECK(ChunkPolicy::queue_depth(50'000, 2) == 5);             // 200 us of 50 us tasks, plus one
     CHECK(ChunkPolicy::queue_depth(10, 2) == ChunkPolicy::kMaxDepth);
@@ -176,6 +181,39 @@ TEST_CASE("dispatch keeps every worker two tasks deep before tasks were timed, l
     const std::vector<int> values = result.get();
     CHECK(values == std::vector<int>{0, 10, 20, 30, 40, 50, 60, 70, 80, 90});
     CHECK(fake.writes().size() == 10);
+}
+
+TEST_CASE("dispatch keeps every worker of a group two tasks deep, the least loaded group for its size first",
+          "[scheduler]") {
+    struct GroupedPool : procpool::BasicPool<test_support::GroupedFakeTransport> {
+        using BasicPool::BasicPool;
+        GroupedPool(const GroupedPool&) = delete;
+        GroupedPool& operator=(const GroupedPool&) = delete;
+        ~GroupedPool() { terminate(); }
+    };
+    GroupedPool pool(procpool::PoolOptions{.processes = 2});  // a group of 4 workers and a group of 1
+    auto& fake = procpool::detail::PoolAccess::core(pool).transport;
+    CHECK(pool.size() == 5);
+    SECTION("one-item tasks: two for each worker of a group") {
+        std::vector<procpool::AsyncResult<int>> results;
+        for (int i = 0; i < 20; ++i) results.push_back(pool.apply_async([](int x) { return x; }, i));
+        REQUIRE(settles([&] { return fake.writes().size() == 10; }));
+        CHECK(fake.queued(0) == 8);
+        CHECK(fake.queued(1) == 2);
+        // Filled in proportion to size: the group of 1 gets its second task when the group of 4 has 4 queued and
+        // a tie with its 1 (ties go to the first slot).
+        std::vector<std::size_t> order;
+        for (const auto& write : fake.writes()) order.push_back(write.slot);
+        CHECK(order == std::vector<std::size_t>{0, 1, 0, 0, 0, 0, 1, 0, 0, 0});
+    }
+    SECTION("tasks of as many items as the group has workers: two of them") {
+        auto result = pool.map_async([](int x) { return x; }, std::views::iota(0, 40), {.chunksize = 4});
+        REQUIRE(settles([&] { return fake.writes().size() == 4; }));
+        std::this_thread::sleep_for(20ms);  // nothing more follows while no task finishes
+        CHECK(fake.writes().size() == 4);
+        CHECK(fake.queued(0) == 2);
+        CHECK(fake.queued(1) == 2);
+    }
 }
 
 TEST_CASE("rebalancing: an idle worker takes over a task queued behind another's running one", "[scheduler]") {
@@ -274,4 +312,124 @@ TEST_CASE("a retried item goes to another worker when there is one", "[scheduler
     while (fake.run_next(1) == FakeTransport::Step::ran) {
     }
     CHECK(result.get(5s) == std::vector<int>{0, 1});
+}
+
+// ---- a group's side: how the results of a task it received go back
+// ---------------------------------------------------
+
+namespace {
+
+/// A result message a group sent, decoded: its header, its errors by item, its values.
+struct SentResult {
+    procpool::detail::ResultHeader header{};
+    std::map<std::uint32_t, std::string> errors;  // item index in the task -> what()
+    std::vector<int> values;
+};
+
+SentResult decode_sent(const procpool::detail::Buffer& message) {
+    SentResult out;
+    std::memcpy(&out.header, message.data(), sizeof out.header);
+    const std::span<const std::byte> bytes(message.data(), message.size());
+    procpool::InputArchive errors(bytes.subspan(sizeof out.header, out.header.errors_size));
+    for (std::uint32_t i = 0; i < out.header.error_count; ++i) {
+        std::uint32_t index = 0;
+        errors.read_bytes(&index, sizeof index);
+        try {
+            std::rethrow_exception(procpool::detail::decode_error(errors));
+        } catch (const std::exception& e) {
+            out.errors[index] = e.what();
+        }
+    }
+    procpool::InputArchive values(bytes.subspan(sizeof out.header + out.header.errors_size));
+    while (values.remaining() != 0) {
+        int value = 0;
+        values(value);
+        out.values.push_back(value);
+    }
+    return out;
+}
+
+/// Delivers items [first, first + count) to `job` as a group's pool would: value i * 10 for item i, an error for
+/// the items in `failing`.
+void deliver_run(procpool::detail::ReceivedTaskJob& job, std::uint64_t first, std::uint64_t count,
+                 const std::set<std::uint64_t>& failing = {}) {
+    procpool::detail::Buffer values;
+    procpool::OutputArchive ar(values);
+    std::vector<procpool::detail::ItemError> errors;
+    for (std::uint64_t i = first; i < first + count; ++i) {
+        if (failing.contains(i)) {
+            errors.push_back({i, std::make_exception_ptr(std::runtime_error("item " + std::to_string(i)))});
+        } else {
+            ar(static_cast<int>(i * 10));
+        }
+    }
+    procpool::InputArchive in(std::span<const std::byte>(values.data(), values.size()));
+    job.deliver(first, count, errors, in, 1000 * count);
+}
+
+}  // namespace
+
+TEST_CASE("a group sends a task's results in item order, gathered into few messages, errors on their items",
+          "[scheduler]") {
+    using procpool::detail::ReceivedTaskJob;
+    std::vector<SentResult> sent;
+    auto forward = std::make_shared<const procpool::detail::ResultForwarder>(
+        [&](procpool::detail::Buffer message) { sent.push_back(decode_sent(message)); });
+
+    SECTION("runs finished close together: one message once the task is done") {
+        ReceivedTaskJob job(nullptr, procpool::detail::Buffer(), 7, 8, "rank 3 on node-a", forward, 1h);
+        deliver_run(job, 4, 2, {5});  // not next in order: waits for items 0-3
+        deliver_run(job, 0, 4, {1});
+        CHECK(sent.empty());  // held back: the last message of the task went less than an hour ago
+        CHECK_FALSE(job.flush_due(procpool::detail::monotonic_ns()));
+        deliver_run(job, 6, 2);
+        REQUIRE(sent.size() == 1);
+        const SentResult& only = sent[0];
+        CHECK(only.header.task_id == 7);
+        CHECK(only.header.first == 0);
+        CHECK(only.header.count == 8);
+        CHECK(only.header.flags == procpool::detail::kFinalResult);
+        CHECK(only.header.busy_ns == 8000);
+        CHECK(only.errors == std::map<std::uint32_t, std::string>{{1, "item 1"}, {5, "item 5"}});
+        CHECK(only.values == std::vector<int>{0, 20, 30, 40, 60, 70});
+        CHECK(job.flush_due(procpool::detail::monotonic_ns()));  // every result went
+    }
+    SECTION("results held back go when due, even if nothing else finishes; indices stay the task's") {
+        ReceivedTaskJob job(nullptr, procpool::detail::Buffer(), 9, 6, "rank 1 on node-b", forward, 100ms);
+        deliver_run(job, 0, 1);
+        CHECK(sent.empty());  // held back for up to 100 ms
+        std::this_thread::sleep_for(120ms);
+        CHECK_FALSE(job.flush_due(procpool::detail::monotonic_ns()));
+        REQUIRE(sent.size() == 1);
+        CHECK(sent[0].header.first == 0);
+        CHECK(sent[0].header.count == 1);
+        CHECK(sent[0].header.flags == 0);
+        deliver_run(job, 1, 3, {2, 3});
+        CHECK(sent.size() == 1);  // a new message gathers from here
+        std::this_thread::sleep_for(120ms);
+        job.flush_due(procpool::detail::monotonic_ns());
+        REQUIRE(sent.size() == 2);
+        CHECK(sent[1].header.first == 1);
+        CHECK(sent[1].header.count == 3);
+        CHECK(sent[1].errors == std::map<std::uint32_t, std::string>{{2, "item 2"}, {3, "item 3"}});
+        CHECK(sent[1].values == std::vector<int>{10});
+        deliver_run(job, 4, 2, {5});  // the task is done: it goes at once
+        REQUIRE(sent.size() == 3);
+        CHECK(sent[2].header.first == 4);
+        CHECK(sent[2].header.flags == procpool::detail::kFinalResult);
+        CHECK(sent[2].errors == std::map<std::uint32_t, std::string>{{5, "item 5"}});
+        CHECK(sent[2].values == std::vector<int>{40});
+        CHECK(job.flush_due(procpool::detail::monotonic_ns()));
+    }
+    SECTION("without coalescing every run goes as it finishes in order") {
+        ReceivedTaskJob job(nullptr, procpool::detail::Buffer(), 11, 4, "rank 0 on node-c", forward);
+        deliver_run(job, 2, 2);
+        CHECK(sent.empty());
+        deliver_run(job, 0, 1);
+        deliver_run(job, 1, 1);
+        REQUIRE(sent.size() == 2);  // item 0; then 1 with the waiting 2-3
+        CHECK(sent[1].header.first == 1);
+        CHECK(sent[1].header.count == 3);
+        CHECK(sent[1].values == std::vector<int>{10, 20, 30});
+    }
 }

@@ -210,7 +210,7 @@ private:
     std::uint64_t chunk_size() const noexcept {
         if (chunksize_ != 0) return chunksize_;
         return detail::ChunkPolicy::imap_chunk(chunks_formed_, job_->item_ns.load(std::memory_order_relaxed),
-                                               max_auto_chunk_);
+                                               max_auto_chunk_, core_->scheduler.workers_per_slot());
     }
 
     std::shared_ptr<detail::PoolCore<Transport>> core_;

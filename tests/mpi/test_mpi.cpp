@@ -214,6 +214,26 @@ TEST_CASE("exceptions keep their type across ranks, registered ones included") {
                     std::range_error);
 }
 
+TEST_CASE("errors in the middle of a task fail their own items, whichever message of the rank carries them") {
+    // Tasks of 8 items, split among a rank's workers: the items of a task come back in several messages or one, and
+    // every error must land on its own item.
+    auto results = g_pool->imap(
+        [](int x) {
+            if (x % 8 == 5 || x % 8 == 6) throw std::domain_error("item " + std::to_string(x));
+            return x;
+        },
+        std::views::iota(0, 64), {.chunksize = 8});
+    int index = 0;
+    for (auto it = results.begin(); it != results.end(); ++it, ++index) {
+        if (index % 8 == 5 || index % 8 == 6) {
+            CHECK_THROWS_WITH(*it, "item " + std::to_string(index));
+        } else {
+            CHECK(*it == index);
+        }
+    }
+    CHECK(index == 64);
+}
+
 TEST_CASE("large values travel both ways through every rank's pool") {
     const std::string big(8u << 20, 'm');
     const auto sizes = g_pool->map([](const std::string& s) { return s.size(); }, std::vector<std::string>(4, big),

@@ -63,14 +63,17 @@ struct ChunkPolicy {
     }
 
     /// Items in the next automatic imap chunk: doubling until items were timed (`chunks_formed` so far), then about
-    /// kImapChunkTarget of work; between 1 and `max_items`.
-    static std::uint64_t imap_chunk(std::uint64_t chunks_formed, double item_ns, std::uint64_t max_items) noexcept {
+    /// kImapChunkTarget of work for each of the `workers_per_task` that share a task (a group's); between 1 and
+    /// `max_items`.
+    static std::uint64_t imap_chunk(std::uint64_t chunks_formed, double item_ns, std::uint64_t max_items,
+                                    std::size_t workers_per_task = 1) noexcept {
         std::uint64_t items = 0;
         if (item_ns <= 0) {
             items = std::min<std::uint64_t>(std::uint64_t{1} << std::min<std::uint64_t>(chunks_formed, 4),
                                             kMaxImapProbe);
         } else {
-            items = static_cast<std::uint64_t>(std::max(1.0, static_cast<double>(kImapChunkTarget.count()) / item_ns));
+            const double target = static_cast<double>(kImapChunkTarget.count()) * static_cast<double>(workers_per_task);
+            items = static_cast<std::uint64_t>(std::max(1.0, target / item_ns));
         }
         return std::clamp<std::uint64_t>(items, 1, std::max<std::uint64_t>(1, max_items));
     }

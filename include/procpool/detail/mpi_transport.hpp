@@ -270,6 +270,7 @@ private:
         task.reserve(total);
         for (const Piece& piece : pieces) task.append(piece.data, piece.size);
         translate_code_pointer_callable(task.data(), true);  // named as for any rank: the server resolves names
+        local_->flush_due();  // (forgets finished tasks; rank 0's own results are not held back)
         local_->run(std::move(task));
         return true;
     }
@@ -301,6 +302,11 @@ private:
     void receive_all() {
         std::lock_guard lock(mutex_);
         reap_sends_locked();
+        if (local_ && !local_broken_reported_ && local_->broken()) {
+            // Rank 0's own pool cannot go on (an initializer failed): the whole pool breaks, as on one machine.
+            received_[0].push_back(Received{kInitFailedMessage, local_->broken_message()});
+            local_broken_reported_ = true;
+        }
         for (;;) {
             int arrived = 0;
             MPI_Status status;
@@ -336,6 +342,7 @@ private:
     std::mutex local_mutex_;               // (for local_ready_ only)
     std::condition_variable local_ready_;  // a result of rank 0's own pool arrived, or wake()
     std::unique_ptr<RankServer> local_;    // grouped: rank 0's own pool (slot 0)
+    bool local_broken_reported_ = false;   // (mutex_)
 };
 
 static_assert(Transport<MpiTransport> && WorkerGroups<MpiTransport> && !StreamingWrites<MpiTransport> &&

@@ -32,6 +32,10 @@ namespace procpool::detail {
 /// A fork pool per rank: runs this rank's pool (`options`, its workers' count included) on the tasks rank 0 sends,
 /// each split among the pool's workers, and sends the results back as they finish, with the pool's worker pids
 /// whenever they change. Returns once rank 0 said to stop (the pool is terminated then: nothing is left to run).
+/// A rank holds a task's finished results back for up to this long, for those that finish meanwhile to go in the same
+/// message: rank 0 then receives at most one message per running task every 2 ms, however short the items.
+inline constexpr std::chrono::milliseconds kResultCoalescing{2};
+
 inline void serve_mpi_rank_pool(MPI_Comm comm, const PoolOptions& options, const std::string& where) {
     struct Outbox {
         std::mutex mutex;
@@ -48,7 +52,7 @@ inline void serve_mpi_rank_pool(MPI_Comm comm, const PoolOptions& options, const
             }
             outbox->ready.notify_one();
         },
-        &resolve_task_names);
+        &resolve_task_names, kResultCoalescing);
 
     struct Send {
         Buffer buffer;
@@ -84,10 +88,17 @@ inline void serve_mpi_rank_pool(MPI_Comm comm, const PoolOptions& options, const
     auto pause = std::chrono::microseconds(5);
     auto next_pids = std::chrono::steady_clock::now() + kPidsPeriod;
     std::deque<Buffer> ready;
+    bool broken_reported = false;
     for (;;) {
+        server.flush_due();
         {
             std::lock_guard lock(outbox->mutex);
             ready.swap(outbox->messages);
+        }
+        if (!broken_reported && server.broken()) {
+            // This rank's pool cannot go on (an initializer failed): rank 0's pool breaks too, as on one machine.
+            send(server.broken_message(), kMpiInitFailed);
+            broken_reported = true;
         }
         const bool had_results = !ready.empty();
         for (Buffer& message : ready) send(std::move(message), kMpiResult);

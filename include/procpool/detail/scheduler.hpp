@@ -91,6 +91,10 @@ public:
 
     /// Workers: one per slot, or every group's (WorkerGroups).
     [[nodiscard]] std::size_t size() const noexcept { return total_workers_; }
+    /// Workers behind each slot on average: 1, or a group's (automatic chunks are sized for a whole group).
+    [[nodiscard]] std::size_t workers_per_slot() const noexcept {
+        return std::max<std::size_t>(1, total_workers_ / std::max<std::size_t>(1, workers_.size()));
+    }
     std::vector<pid_t> worker_pids() const;
 
     // ---- submission (any thread; submission.hpp) ----
@@ -104,6 +108,16 @@ public:
     void terminate();
     void check_owner() const override;
     [[nodiscard]] bool closed() const;
+    /// Whether jobs with unsent items take turns, a task each (the default: a long map does not hold up an
+    /// apply_async submitted after it), or go in submission order (a group's server: each task it received then
+    /// finishes as soon as it can, and fewer run at once). Call before the first submission.
+    void set_jobs_take_turns(bool take_turns) {
+        std::lock_guard lock(mutex_);
+        jobs_take_turns_ = take_turns;
+    }
+    /// Once the pool broke (an initializer failed, the fork server died): the error its items failed with, naming
+    /// the cause. Otherwise null. Never blocks: for a group's server, whose pool breaks on another thread.
+    [[nodiscard]] std::exception_ptr broken_error() const noexcept;
 
     // ---- WaitHelper: a caller waiting for a result polls the rings itself (polling.hpp) ----
     Outcome help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget,
@@ -137,6 +151,7 @@ private:
         std::uint64_t position = 0;  // ring position of the message
         bool fragmented = false;
         std::vector<std::uint64_t> item_index;  // the ItemIndex a group of workers receives (WorkerGroups)
+        std::size_t load = 1;  // the workers it can keep busy: its items, at most the workers behind its slot
         [[nodiscard]] bool fully_written() const noexcept { return written == total; }
     };
 
@@ -145,6 +160,7 @@ private:
         Phase phase = Phase::starting;
         pid_t pid = 0;
         Fifo<Task, 4> inflight;           // in task ring order; only the front can be running
+        std::size_t load = 0;             // the inflight tasks' `load` summed: inflight.size() for one worker
         std::size_t budget = kUnlimited;  // items it may still be given (max_tasks_per_child)
         std::int64_t last_active_ns = 0;
         std::int64_t respawn_at_ns = 0;  // retry time after a failed fork
@@ -191,7 +207,8 @@ private:
 
     // ---- dispatch (mutex_ held; dispatch.hpp) ----
     void dispatch_locked();
-    [[nodiscard]] std::size_t depth_locked() const noexcept;
+    [[nodiscard]] std::size_t depth_locked(std::size_t slot) const noexcept;
+    [[nodiscard]] std::size_t workers_behind_locked(std::size_t slot) const noexcept;
     [[nodiscard]] std::optional<std::size_t> pick_worker_locked(const std::vector<bool>& passed) const noexcept;
     std::optional<Task> next_task_locked(std::size_t slot, bool& avoided);
     [[nodiscard]] bool another_worker_free_locked(std::size_t slot) const noexcept;
@@ -244,8 +261,11 @@ private:
     std::mutex lifecycle_mutex_;                   // one thread stops the service, the others wait for it
     State state_ = State::running;
     std::string broken_reason_;
+    std::exception_ptr broken_error_;  // set once, before broken_ says so
+    std::atomic<bool> broken_{false};
     std::exception_ptr init_error_;
     bool shutdown_sent_ = false;
+    bool jobs_take_turns_ = true;
     std::deque<std::shared_ptr<JobBase>> jobs_;  // jobs with unsent items, in submission order (round-robin)
     std::vector<Failure> failures_;              // to deliver once mutex_ is released
     std::vector<WorkerSlot> workers_;

@@ -31,6 +31,8 @@ void Scheduler<Transport>::dispatch_locked() {
         if (!task) break;
         WorkerSlot& w = workers_[*slot];
         w.budget -= task->segment.count;
+        task->load = std::min<std::size_t>(task->segment.count, workers_behind_locked(*slot));
+        w.load += task->load;
         w.inflight.push_back(std::move(*task));
         write_task_locked(*slot, w.inflight.back());
     }
@@ -48,29 +50,51 @@ void Scheduler<Transport>::dispatch_locked() {
 }
 
 template <class Transport>
-std::size_t Scheduler<Transport>::depth_locked() const noexcept {
+std::size_t Scheduler<Transport>::depth_locked(std::size_t slot) const noexcept {
     // A task queued behind a long one can be taken back only where the transport allows it; elsewhere a
     // worker gets one long task at a time (it pulls the next when it is done).
-    // A group of workers (WorkerGroups) always has its next task: its own pool starts it as workers free up.
-    const std::size_t minimum = RevocableQueue<Transport> || grouped() ? 2 : 1;
+    // A group of workers (WorkerGroups) gets that depth for each of its workers, so that every one of them has an
+    // item and the next one queued: its own pool starts them as its workers free up. Depth is counted in loads
+    // (WorkerSlot::load): a task sized for the whole group (map) counts for all its workers, so two of them
+    // suffice; one-item tasks (apply_async, imap with chunksize 1) count one each, so a group holds two per worker.
+    if constexpr (WorkerGroups<Transport>) {
+        if (grouped()) {
+            const std::size_t per_worker = ChunkPolicy::queue_depth(task_ns_, 2, settings_.queue_target,
+                                                                    settings_.max_depth);
+            return per_worker * workers_behind_locked(slot);
+        }
+    }
+    (void)slot;
+    const std::size_t minimum = RevocableQueue<Transport> ? 2 : 1;
     return ChunkPolicy::queue_depth(task_ns_, minimum, settings_.queue_target, settings_.max_depth);
+}
+
+/// The number of workers that run the tasks sent to `slot`: one, or the size of a group's pool.
+template <class Transport>
+std::size_t Scheduler<Transport>::workers_behind_locked(std::size_t slot) const noexcept {
+    if constexpr (WorkerGroups<Transport>) {
+        if (grouped()) return std::max<std::size_t>(1, transport_.workers_in_slot(slot));
+    }
+    (void)slot;
+    return 1;
 }
 
 template <class Transport>
 std::optional<std::size_t> Scheduler<Transport>::pick_worker_locked(const std::vector<bool>& passed) const noexcept {
-    const std::size_t depth = depth_locked();
     std::optional<std::size_t> best;
     for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
         const WorkerSlot& w = workers_[slot];
-        if (passed[slot] || !w.usable() || w.budget == 0 || w.inflight.size() >= depth) continue;
+        if (passed[slot] || !w.usable() || w.budget == 0 || w.load >= depth_locked(slot)) continue;
         if (!w.inflight.empty() && !w.inflight.back().fully_written()) continue;
         if (!best) {
             best = slot;
             continue;
         }
+        // The least loaded for its size (a group's queue is shared by its workers), then the one active last.
         const WorkerSlot& b = workers_[*best];
-        if (w.inflight.size() < b.inflight.size() ||
-            (w.inflight.size() == b.inflight.size() && w.last_active_ns > b.last_active_ns)) {
+        const std::size_t w_load = w.load * workers_behind_locked(*best);
+        const std::size_t b_load = b.load * workers_behind_locked(slot);
+        if (w_load < b_load || (w_load == b_load && w.last_active_ns > b.last_active_ns)) {
             best = slot;
         }
     }
@@ -123,7 +147,7 @@ auto Scheduler<Transport>::next_task_locked(std::size_t slot, bool& avoided) -> 
         if (job->ready.empty()) {
             job->queued = false;
             jobs_.pop_front();
-        } else if (jobs_.size() > 1) {
+        } else if (jobs_.size() > 1 && jobs_take_turns_) {
             // Round-robin between jobs: the next task goes to the next job.
             jobs_.push_back(std::move(jobs_.front()));
             jobs_.pop_front();
@@ -150,7 +174,7 @@ std::uint64_t Scheduler<Transport>::chunk_size_locked(const JobBase& job, const 
     if (grouped()) {
         // Tasks sized for a whole group: a group's pool splits each among its workers, so the time target scales
         // with the group (the parent's cost per item shrinks as groups grow).
-        in.target *= static_cast<std::int64_t>(std::max<std::size_t>(1, total_workers_ / workers_.size()));
+        in.target *= static_cast<std::int64_t>(workers_per_slot());
     }
     return ChunkPolicy::map_chunk(in);
 }
@@ -232,11 +256,14 @@ void Scheduler<Transport>::rebalance_locked() {
         }
         Task moved = std::move(last);
         from.inflight.pop_back();
+        from.load -= moved.load;
         from.budget += moved.segment.count;
         moved.written = moved.total = 0;
         moved.header.claim = kUnclaimed;
         WorkerSlot& to = workers_[*idle];
         to.budget -= moved.segment.count;
+        moved.load = std::min<std::size_t>(moved.segment.count, workers_behind_locked(*idle));
+        to.load += moved.load;
         to.inflight.push_back(std::move(moved));
         write_task_locked(*idle, to.inflight.back());
     }

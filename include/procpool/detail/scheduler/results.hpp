@@ -25,7 +25,8 @@ void Scheduler<Transport>::handle_message(std::size_t slot, std::uint16_t kind, 
         init_error_ = error;
         if constexpr (!ReplaceableWorkers<Transport>) {
             // No exit report will follow (the rank lives on): the pool cannot work, say so now.
-            break_locked(with_message("the initializer failed on worker " + std::to_string(slot + 1), error), error);
+            const std::string where = grouped() ? "rank " + std::to_string(slot) : "worker " + std::to_string(slot + 1);
+            break_locked(with_message("the initializer failed on " + where, error), error);
         }
     }
 }
@@ -60,6 +61,7 @@ void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::
         task.delivered += header.count;
         if ((header.flags & kFinalResult) != 0) {  // the worker holds it no more
             finished_input = std::move(task.segment.block);
+            w.load -= task.load;
             w.inflight.erase(at);
         }
     }

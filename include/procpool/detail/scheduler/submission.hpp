@@ -103,6 +103,11 @@ bool Scheduler<Transport>::closed() const {
 }
 
 template <class Transport>
+std::exception_ptr Scheduler<Transport>::broken_error() const noexcept {
+    return broken_.load(std::memory_order_acquire) ? broken_error_ : nullptr;
+}
+
+template <class Transport>
 void Scheduler<Transport>::check_open_locked() const {  // (submit() checked the owner before taking the lock)
     if (state_ != State::running) throw_state_error_locked();
 }

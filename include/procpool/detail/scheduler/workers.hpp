@@ -124,6 +124,7 @@ void Scheduler<Transport>::requeue_unstarted_locked(std::size_t slot) {
         if (rest.count != 0) back.emplace_back(task.job, std::move(rest));
     }
     w.inflight.clear();
+    w.load = 0;
     requeue_front_locked(back);
 }
 
@@ -188,6 +189,7 @@ void Scheduler<Transport>::requeue_or_fail_locked(std::size_t slot, const Worker
         if (rest.count != 0) back_to_queue.emplace_back(task.job, std::move(rest));
     }
     w.inflight.clear();
+    w.load = 0;
     requeue_front_locked(back_to_queue);  // in the original order, ahead of everything else
 }
 
@@ -270,6 +272,8 @@ void Scheduler<Transport>::break_locked(const std::string& reason, std::exceptio
     if (state_ == State::terminated || state_ == State::broken) return;  // keep the first reason
     broken_reason_ = reason;
     if (!cause) cause = std::make_exception_ptr(PoolStateError("procpool: the pool is broken: " + reason));
+    broken_error_ = cause;
+    broken_.store(true, std::memory_order_release);
     fail_everything_locked(cause, State::broken);
     transport_.terminate();
 }
@@ -307,6 +311,7 @@ void Scheduler<Transport>::fail_everything_locked(const std::exception_ptr& erro
             }
         }
         w.inflight.clear();
+        w.load = 0;
     }
     idle_cv_.notify_all();
 }
