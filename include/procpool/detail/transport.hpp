@@ -137,8 +137,8 @@ concept SharedMemoryWorkers = Transport<T> && requires(std::span<const std::byte
 
 /// Each slot may be a group of workers with a pool of its own (an MPI rank running a fork pool): a task sent to a
 /// group carries an item index (TaskHeader flag kItemIndex) so the group can split it among its workers, the
-/// scheduler sizes tasks for a whole group and keeps two queued on each, and the pool's size and pids are the
-/// groups' workers.
+/// scheduler sizes tasks for a whole group and keeps each group two deep for every one of its workers, and the
+/// pool's size and pids are the groups' workers.
 template <class T>
 concept WorkerGroups = Transport<T> && requires(T& transport, const T& constant, std::size_t slot) {
     /// Whether slots are groups now (a transport may also run one worker per slot).
