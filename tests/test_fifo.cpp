@@ -20,7 +20,7 @@ std::vector<std::string> contents(const Queue& q) {
 
 }  // namespace
 
-TEST_CASE("Fifo behaves like std::deque under random pushes and pops at both ends", "[fifo]") {
+TEST_CASE("Fifo behaves like std::deque under random pushes, pops and erases", "[fifo]") {
     std::mt19937 rng(12345);
     for (int round = 0; round < 20; ++round) {
         Fifo<std::string, 2> fifo;
@@ -37,10 +37,14 @@ TEST_CASE("Fifo behaves like std::deque under random pushes and pops at both end
             } else if (op < (growing ? 7 : 4)) {
                 fifo.push_front(value);
                 model.push_front(value);
-            } else if (!model.empty() && op < 9) {
+            } else if (!model.empty() && op < 8) {
                 REQUIRE(fifo.front() == model.front());
                 fifo.pop_front();
                 model.pop_front();
+            } else if (!model.empty() && op < 9) {
+                const std::size_t i = rng() % model.size();
+                fifo.erase(i);
+                model.erase(model.begin() + static_cast<std::ptrdiff_t>(i));
             } else if (!model.empty()) {
                 REQUIRE(fifo.back() == model.back());
                 fifo.pop_back();
