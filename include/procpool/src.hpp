@@ -1,0 +1,12 @@
+// procpool's separately compiled part. Include this header in exactly one translation unit of a program that
+// defines PROCPOOL_SEPARATE_COMPILATION in all of them (src/procpool.cpp, built into the procpool::compiled CMake
+// target, is that translation unit). See detail/config.hpp.
+#pragma once
+
+#ifndef PROCPOOL_SEPARATE_COMPILATION
+#error "procpool/src.hpp is the separately compiled part of procpool: define PROCPOOL_SEPARATE_COMPILATION"
+#endif
+
+// The fork pool's core (detail/pool_core.hpp), and what the headers declare with PROCPOOL_DECL: defined here once.
+// (Header-only, each header includes its own .ipp file.)
+#include "procpool/detail/impl/pool_core.ipp"
