@@ -16,6 +16,7 @@
 #include <variant>
 #include <vector>
 
+#include "procpool/detail/config.hpp"
 #include "procpool/detail/futex.hpp"
 #include "procpool/detail/spin.hpp"
 #include "procpool/errors.hpp"
@@ -25,15 +26,7 @@ namespace procpool {
 namespace detail {
 
 /// Reports an exception that escaped a user callback: it has nowhere else to go (Python prints it, too).
-inline void report_callback_exception(const char* what_callback = "an AsyncResult callback") noexcept {
-    try {
-        throw;
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "procpool: %s threw: %s\n", what_callback, e.what());
-    } catch (...) {
-        std::fprintf(stderr, "procpool: %s threw a non-standard exception\n", what_callback);
-    }
-}
+PROCPOOL_DECL void report_callback_exception(const char* what_callback = "an AsyncResult callback") noexcept;
 
 /// A one-shot "ready" flag that threads of one process can wait on (spin first, then futex).
 class ReadyFlag {
@@ -47,21 +40,8 @@ public:
     }
 
     /// Waits until set or `deadline`; returns is_set().
-    bool wait(Deadline deadline, std::chrono::nanoseconds spin = std::chrono::microseconds(20)) const noexcept {
-        auto ready = [this] { return is_set(); };
-        if (spin_until(ready, spin)) return true;
-        for (;;) {
-            std::uint32_t seen = word_.load(std::memory_order_acquire);
-            if ((seen & kSet) != 0) return true;
-            if ((seen & kWaiters) == 0 &&
-                !word_.compare_exchange_weak(seen, seen | kWaiters, std::memory_order_acq_rel)) {
-                continue;
-            }
-            const bool in_time = futex_wait(word_, seen | kWaiters, deadline, false);
-            if (is_set()) return true;
-            if (!in_time || (deadline && MonotonicClock::now() >= *deadline)) return false;
-        }
-    }
+    PROCPOOL_DECL bool wait(Deadline deadline,
+                            std::chrono::nanoseconds spin = std::chrono::microseconds(20)) const noexcept;
 
 private:
     static constexpr std::uint32_t kSet = 1;
@@ -325,3 +305,7 @@ private:
 };
 
 }  // namespace procpool
+
+#ifdef PROCPOOL_HEADER_ONLY
+#include "procpool/detail/impl/async_result.ipp"
+#endif

@@ -9,4 +9,11 @@
 
 // The fork pool's core (detail/pool_core.hpp), and what the headers declare with PROCPOOL_DECL: defined here once.
 // (Header-only, each header includes its own .ipp file.)
+#include "procpool/detail/impl/async_result.ipp"
+#include "procpool/detail/impl/buffer.ipp"
+#include "procpool/detail/impl/bulk_arena.ipp"
+#include "procpool/detail/impl/demangle.ipp"
+#include "procpool/detail/impl/exceptions.ipp"
 #include "procpool/detail/impl/pool_core.ipp"
+#include "procpool/detail/impl/stack_check.ipp"
+#include "procpool/detail/impl/stream_copy.ipp"

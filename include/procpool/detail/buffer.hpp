@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "procpool/detail/bulk_arena.hpp"
+#include "procpool/detail/config.hpp"
 #include "procpool/detail/stream_copy.hpp"
 
 namespace procpool::detail {
@@ -22,13 +23,7 @@ namespace procpool::detail {
 /// to benefit (2 MiB and up). Call before the memory is first touched: a first touch then faults once per 2 MiB
 /// instead of once per 4 KiB, which on a virtual machine is the difference between milliseconds and a tenth of a
 /// second for a 40 MB result. Harmless where THP is disabled.
-inline void advise_huge_pages(void* data, std::size_t bytes) noexcept {
-    constexpr std::size_t kHuge = std::size_t{2} << 20;
-    if (bytes < kHuge) return;
-    const auto begin = (reinterpret_cast<std::uintptr_t>(data) + 4095) & ~std::uintptr_t{4095};
-    const auto end = (reinterpret_cast<std::uintptr_t>(data) + bytes) & ~std::uintptr_t{4095};
-    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-}
+PROCPOOL_DECL void advise_huge_pages(void* data, std::size_t bytes) noexcept;
 
 /// Resizes a contiguous container to `n` elements that the caller overwrites at once, advising huge pages
 /// before the new memory is touched. A std::string skips the zero-fill where C++23's resize_and_overwrite exists.
@@ -75,43 +70,10 @@ public:
     static constexpr std::size_t kMaxBytes = std::size_t{256} << 20;
 
     /// A cached mapping of at least `capacity` bytes (the smallest that fits), or nothing.
-    static std::pair<std::byte*, std::size_t> take(std::size_t capacity) noexcept {
-        Cache& c = cache();
-        std::lock_guard lock(c.mutex);
-        forget_if_forked(c);
-        std::size_t best = kSlots;
-        for (std::size_t i = 0; i < kSlots; ++i) {
-            if (c.data[i] != nullptr && c.capacity[i] >= capacity &&
-                (best == kSlots || c.capacity[i] < c.capacity[best])) {
-                best = i;
-            }
-        }
-        if (best == kSlots) return {nullptr, 0};
-        const std::pair<std::byte*, std::size_t> found{c.data[best], c.capacity[best]};
-        c.data[best] = nullptr;
-        c.total -= found.second;
-        return found;
-    }
+    PROCPOOL_DECL static std::pair<std::byte*, std::size_t> take(std::size_t capacity) noexcept;
 
     /// Keeps a mapping for reuse; unmaps it (or the oldest) when the cache is full.
-    static void give(std::byte* data, std::size_t capacity) noexcept {
-        Cache& c = cache();
-        {
-            std::lock_guard lock(c.mutex);
-            forget_if_forked(c);
-            if (capacity <= kMaxBytes) {
-                for (std::size_t i = 0; i < kSlots && c.total + capacity <= kMaxBytes; ++i) {
-                    if (c.data[i] == nullptr) {
-                        c.data[i] = data;
-                        c.capacity[i] = capacity;
-                        c.total += capacity;
-                        return;
-                    }
-                }
-            }
-        }
-        ::munmap(data, capacity);
-    }
+    PROCPOOL_DECL static void give(std::byte* data, std::size_t capacity) noexcept;
 
 private:
     struct Cache {
@@ -122,16 +84,8 @@ private:
         pid_t owner = ::getpid();
     };
     /// Cached mappings are MADV_DONTFORK: a forked child does not have them. Forget them there.
-    static void forget_if_forked(Cache& c) noexcept {
-        if (c.owner == ::getpid()) return;
-        for (auto& slot : c.data) slot = nullptr;
-        c.total = 0;
-        c.owner = ::getpid();
-    }
-    static Cache& cache() noexcept {
-        static Cache* c = new Cache();  // never destroyed: buffers may be released during static destruction
-        return *c;
-    }
+    PROCPOOL_DECL static void forget_if_forked(Cache& c) noexcept;
+    PROCPOOL_DECL static Cache& cache() noexcept;
 };
 
 /// Memory a Buffer may write without owning it (Buffer::over()): `window` bytes at `data` to begin with, and up to
@@ -221,57 +175,11 @@ public:
     }
 
     /// Makes room for `capacity` bytes in all. Throws std::bad_alloc.
-    void reserve(std::size_t capacity) {
-        if (capacity <= capacity_) return;
-        if (capacity > kMaxCapacity) throw std::bad_alloc();  // rounding it up below would wrap around
-        if (in_external_storage() && capacity <= external_.limit && external_.widen != nullptr) {
-            const std::size_t window = external_.widen(external_.context, capacity);
-            if (window >= capacity && window <= external_.limit) {
-                capacity_ = window;
-                return;
-            }
-        }
-        const std::size_t size = size_;
-        if (capacity >= shareable_from_ && reserve_in_arena(capacity)) return;
-        if (capacity < kMappedThreshold) {
-            auto* bigger = static_cast<std::byte*>(::operator new(capacity));
-            adopt(bigger, capacity, size);
-            return;
-        }
-        capacity = (capacity + kMappedThreshold - 1) & ~(kMappedThreshold - 1);
-        // A recently released mapping: its pages are already faulted in and need no zeroing.
-        if (const auto [cached, cached_capacity] = MappedCache::take(capacity); cached != nullptr) {
-            adopt(cached, cached_capacity, size);
-            mapped_by_ = ::getpid();
-            return;
-        }
-        // Our own mapping grows in place: mremap moves the pages without copying them.
-        if (capacity_ >= kMappedThreshold && !in_arena_ && !in_external_storage()) {
-            void* moved = ::mremap(data_, capacity_, capacity, MREMAP_MAYMOVE);
-            if (moved == MAP_FAILED) throw std::bad_alloc();
-            advise_private_buffer(moved, capacity);
-            data_ = static_cast<std::byte*>(moved);
-            capacity_ = capacity;
-            return;
-        }
-        void* mapped = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (mapped == MAP_FAILED) throw std::bad_alloc();
-        advise_private_buffer(mapped, capacity);
-        adopt(static_cast<std::byte*>(mapped), capacity, size);
-        mapped_by_ = ::getpid();
-    }
+    PROCPOOL_DECL void reserve(std::size_t capacity);
 
     /// Appends `n` uninitialised bytes and returns where they start.
     std::byte* extend(std::size_t n) {
-        if (capacity_ - size_ < n) {
-            if (n > kMaxCapacity - size_) throw std::bad_alloc();
-            std::size_t grown = grown_capacity(size_ + n);
-            // Over external storage, what fits its limit stays there even if growing by half would not.
-            if (in_external_storage() && grown > external_.limit && size_ + n <= external_.limit) {
-                grown = external_.limit;
-            }
-            reserve(grown);
-        }
+        if (capacity_ - size_ < n) make_room(n);
         std::byte* at = data_ + size_;
         size_ += n;
         return at;
@@ -304,27 +212,14 @@ private:
     /// Huge pages (fewer faults), and no inheritance by forked children: no child ever reads procpool's own
     /// buffers, and fork() copies the page tables of every inherited mapping, so a parent holding large values
     /// made building a pool (or a user's own fork) take milliseconds more.
-    static void advise_private_buffer(void* data, std::size_t capacity) noexcept {
-        ::madvise(data, capacity, MADV_HUGEPAGE);  // advisory: ignored where THP is off
-        ::madvise(data, capacity, MADV_DONTFORK);
-    }
+    PROCPOOL_DECL static void advise_private_buffer(void* data, std::size_t capacity) noexcept;
 
     /// reserve() for a shareable buffer: grows in place in the arena, or moves there. False if the arena has no
     /// room (or this process does not own one): the buffer then stays private.
-    bool reserve_in_arena(std::size_t capacity) noexcept {
-        BulkArena* arena = BulkArena::instance();
-        if (arena == nullptr) return false;
-        std::size_t granted = 0;
-        if (in_arena_ && arena->grow_in_place(data_, capacity_, capacity, granted)) {
-            capacity_ = granted;
-            return true;
-        }
-        std::byte* moved = arena->allocate(capacity, granted);
-        if (moved == nullptr) return false;
-        adopt(moved, granted, size_);
-        in_arena_ = true;
-        return true;
-    }
+    PROCPOOL_DECL bool reserve_in_arena(std::size_t capacity) noexcept;
+
+    /// extend() when the capacity is short: grows by half at least. Throws std::bad_alloc.
+    PROCPOOL_DECL void make_room(std::size_t n);
 
     std::size_t grown_capacity(std::size_t needed) const noexcept {
         std::size_t next = capacity_ < 256 ? 256 : capacity_ + capacity_ / 2;
@@ -354,33 +249,17 @@ private:
     }
 
     /// Moves the first `size` bytes into `storage` and makes it the buffer's memory.
-    void adopt(std::byte* storage, std::size_t capacity, std::size_t size) noexcept {
-        if (size != 0) std::memcpy(storage, data_, size);
-        release();
-        data_ = storage;
-        size_ = size;
-        capacity_ = capacity;
-    }
+    PROCPOOL_DECL void adopt(std::byte* storage, std::size_t capacity, std::size_t size) noexcept;
 
     void release() noexcept {
-        if (in_external_storage()) {
-            external_ = {};  // not ours to free
-        } else if (in_arena_) {
-            BulkArena::instance()->release(data_, capacity_);
-            in_arena_ = false;
-        } else if (!is_inline()) {
-            if (capacity_ >= kMappedThreshold) {
-                // A buffer inherited across fork() has no memory in the child (MADV_DONTFORK): nothing to give back,
-                // and caching its address there would hand unmapped memory to the child's next large buffer.
-                if (mapped_by_ == ::getpid()) MappedCache::give(data_, capacity_);
-            } else {
-                ::operator delete(data_);
-            }
-        }
+        if (!is_inline()) free_storage();
         data_ = inline_;
         size_ = 0;
         capacity_ = kInline;
     }
+    /// Frees the memory (gives it back to the arena, to the cache of mappings, or to the heap; external storage is
+    /// not ours to free). Not for inline memory.
+    PROCPOOL_DECL void free_storage() noexcept;
 
     alignas(8) std::byte inline_[kInline];
     std::byte* data_ = inline_;
@@ -393,3 +272,7 @@ private:
 };
 
 }  // namespace procpool::detail
+
+#ifdef PROCPOOL_HEADER_ONLY
+#include "procpool/detail/impl/buffer.ipp"
+#endif

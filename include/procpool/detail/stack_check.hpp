@@ -14,13 +14,12 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
-#include <pthread.h>
 #include <stdexcept>
 #include <tuple>
 #include <type_traits>
 #include <utility>
 
+#include "procpool/detail/config.hpp"
 #include "procpool/serialize.hpp"
 
 namespace procpool::detail {
@@ -32,51 +31,16 @@ struct StackRange {
 
     [[nodiscard]] bool contains(std::uintptr_t address) const noexcept { return address >= low && address < high; }
 
-    static StackRange of_this_thread() noexcept {
-        thread_local const StackRange range = read();
-        return range;
-    }
+    /// Read once per thread.
+    PROCPOOL_DECL static StackRange of_this_thread() noexcept;
 
 private:
-    static StackRange read() noexcept {
-        StackRange range;
-        pthread_attr_t attributes;
-        if (::pthread_getattr_np(::pthread_self(), &attributes) != 0) return range;
-        void* address = nullptr;
-        std::size_t size = 0;
-        if (::pthread_attr_getstack(&attributes, &address, &size) == 0) {
-            range.low = reinterpret_cast<std::uintptr_t>(address);
-            range.high = range.low + size;
-        }
-        ::pthread_attr_destroy(&attributes);
-        return range;
-    }
+    PROCPOOL_DECL static StackRange read() noexcept;
 };
 
 /// True when one of the aligned words of the `size` bytes at `bytes` holds an address inside `stack`. Branch-free
 /// within each 4 KiB so the compiler vectorises it: a large block of items is scanned at memory speed.
-inline bool holds_stack_address(const void* bytes, std::size_t size, const StackRange& stack) noexcept {
-    if (stack.high <= stack.low) return false;
-    const auto* at = static_cast<const unsigned char*>(bytes);
-    const std::size_t skip = (alignof(std::uintptr_t) -
-                              reinterpret_cast<std::uintptr_t>(at) % alignof(std::uintptr_t)) %
-                             alignof(std::uintptr_t);
-    if (skip >= size) return false;
-    const std::size_t words = (size - skip) / sizeof(std::uintptr_t);
-    const std::uintptr_t span = stack.high - stack.low;
-    constexpr std::size_t kBlock = 512;  // words between two looks at the result
-    for (std::size_t first = 0; first < words; first += kBlock) {
-        const std::size_t end = first + kBlock < words ? first + kBlock : words;
-        bool hit = false;
-        for (std::size_t i = first; i < end; ++i) {
-            std::uintptr_t word = 0;
-            std::memcpy(&word, at + skip + i * sizeof(word), sizeof word);
-            hit |= word - stack.low < span;  // (unsigned: below low wraps around to a large value)
-        }
-        if (hit) return true;
-    }
-    return false;
-}
+PROCPOOL_DECL bool holds_stack_address(const void* bytes, std::size_t size, const StackRange& stack) noexcept;
 
 /// Refuses a callable sent byte for byte whose bytes hold an address in the calling thread's stack.
 template <class F>
@@ -105,12 +69,7 @@ template <class T>
 inline constexpr bool scanned_argument_v = std::is_class_v<T>&& bitwise<T>() && alignof(T) >= alignof(std::uintptr_t) &&
                                            sizeof(T) >= sizeof(std::uintptr_t);
 
-inline void refuse_stack_argument() {
-    throw std::invalid_argument(
-        "procpool: an argument holds an address in this thread's stack (a struct with a pointer to a local "
-        "variable): a worker cannot read that memory. Send the value itself (a std::vector, a std::string, a "
-        "struct of values) instead of a pointer to it.");
-}
+[[noreturn]] PROCPOOL_DECL void refuse_stack_argument();
 
 /// Refuses an argument that is (or, for the pair or tuple of apply's arguments, holds) a trivially copyable struct
 /// with an address in the calling thread's stack.
@@ -133,3 +92,7 @@ void check_argument_run(const T* first, std::size_t n, const StackRange& stack) 
 }
 
 }  // namespace procpool::detail
+
+#ifdef PROCPOOL_HEADER_ONLY
+#include "procpool/detail/impl/stack_check.ipp"
+#endif

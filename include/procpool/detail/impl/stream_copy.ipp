@@ -1,0 +1,56 @@
+// procpool internals: the definitions of detail/stream_copy.hpp (header-only: included by it; in the separately
+// compiled mode: compiled by procpool/src.hpp).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "procpool/detail/stream_copy.hpp"
+
+// GCC instruments neither ASan nor TSan checks around non-temporal store intrinsics: sanitizer builds copy with
+// memcpy, so that every byte a large encoding writes stays checked.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define PROCPOOL_DETAIL_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define PROCPOOL_DETAIL_SANITIZED 1
+#endif
+#endif
+
+#if defined(__x86_64__) && defined(__SSE2__) && !defined(PROCPOOL_DETAIL_SANITIZED)
+#define PROCPOOL_DETAIL_STREAMING_STORES 1
+#include <emmintrin.h>
+#endif
+
+namespace procpool::detail {
+
+PROCPOOL_DECL void stream_copy(void* dst, const void* src, std::size_t n) noexcept {
+#if defined(PROCPOOL_DETAIL_STREAMING_STORES)
+    if (n >= kStreamingCopyBytes) {
+        auto* to = static_cast<unsigned char*>(dst);
+        const auto* from = static_cast<const unsigned char*>(src);
+        const std::size_t head = (16 - (reinterpret_cast<std::uintptr_t>(to) & 15)) & 15;  // to a 16-byte boundary
+        std::memcpy(to, from, head);
+        to += head;
+        from += head;
+        std::size_t left = n - head;
+        for (; left >= 64; left -= 64, to += 64, from += 64) {
+            const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(from));
+            const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(from + 16));
+            const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(from + 32));
+            const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(from + 48));
+            _mm_stream_si128(reinterpret_cast<__m128i*>(to), a);
+            _mm_stream_si128(reinterpret_cast<__m128i*>(to + 16), b);
+            _mm_stream_si128(reinterpret_cast<__m128i*>(to + 32), c);
+            _mm_stream_si128(reinterpret_cast<__m128i*>(to + 48), d);
+        }
+        std::memcpy(to, from, left);
+        _mm_sfence();  // non-temporal stores are weakly ordered: make them visible before any later store
+        return;
+    }
+#endif
+    if (n != 0) std::memcpy(dst, src, n);
+}
+
+}  // namespace procpool::detail
