@@ -25,6 +25,7 @@
 #include "procpool/async_result.hpp"
 #include "procpool/detail/assert.hpp"
 #include "procpool/detail/buffer.hpp"
+#include "procpool/detail/config.hpp"
 #include "procpool/detail/futex.hpp"
 #include "procpool/detail/items.hpp"
 #include "procpool/detail/progress_tracker.hpp"
@@ -43,12 +44,10 @@ struct ItemError {
 /// The parent's record of one submission. Scheduler-owned fields are guarded by the scheduler's lock.
 class JobBase {
 public:
-    JobBase(TaskEntry task_entry, Buffer callable, std::size_t chunksize, bool presized_segments)
-        : chunksize_(chunksize), presized_segments_(presized_segments), entry_(task_entry),
-          callable_(std::move(callable)) {}
+    PROCPOOL_DECL JobBase(TaskEntry task_entry, Buffer callable, std::size_t chunksize, bool presized_segments);
     JobBase(const JobBase&) = delete;
     JobBase& operator=(const JobBase&) = delete;
-    virtual ~JobBase() = default;
+    PROCPOOL_DECL virtual ~JobBase();
 
     /// Decodes the results of items [first, first + count): `errors` (sorted by index) failed, the others have
     /// their values in `values`, in order. Called by the poller only (detail/scheduler/polling.hpp), without the
@@ -383,3 +382,7 @@ private:
 
 
 }  // namespace procpool::detail
+
+#ifdef PROCPOOL_HEADER_ONLY
+#include "procpool/detail/impl/jobs.ipp"
+#endif

@@ -25,6 +25,7 @@
 #include <utility>
 
 #include "procpool/detail/buffer.hpp"
+#include "procpool/detail/config.hpp"
 #include "procpool/detail/exceptions.hpp"
 #include "procpool/detail/ring.hpp"
 #include "procpool/detail/stack_check.hpp"
@@ -137,16 +138,9 @@ private:
 /// caller (and survive a later crash of the worker) without a message per tiny item.
 class TaskRunner {
 public:
-    TaskRunner(const TaskHeader& header, std::span<const std::byte> callable, std::span<const std::byte> items,
-               ResultSink& sink, ProgressWords progress, Buffer& values, Buffer& errors,
-               std::chrono::nanoseconds flush_interval)
-        : task_id_(header.task_id), count_(header.item_count), timed_((header.flags & kTimedItems) != 0),
-          callable_(callable), items_(items), sink_(sink), progress_(progress), own_values_(values), values_(&values),
-          errors_(errors), flush_interval_ns_(flush_interval.count()) {
-        values_->clear();
-        errors_.clear();
-        last_flush_ns_ = last_check_ns_ = monotonic_ns();
-    }
+    PROCPOOL_DECL TaskRunner(const TaskHeader& header, std::span<const std::byte> callable,
+                             std::span<const std::byte> items, ResultSink& sink, ProgressWords progress, Buffer& values,
+                             Buffer& errors, std::chrono::nanoseconds flush_interval);
 
     [[nodiscard]] std::span<const std::byte> callable() const noexcept { return callable_; }
     [[nodiscard]] InputArchive& items() noexcept { return items_; }
@@ -189,10 +183,7 @@ public:
     void item_failed() { record_error(current_); }
 
     /// Records the exception being handled for items [from, count): used when the input stream itself is broken.
-    void fail_rest(std::uint32_t from) {
-        for (std::uint32_t i = from; i < count_; ++i) record_error(i);
-        current_ = count_ - 1;
-    }
+    PROCPOOL_DECL void fail_rest(std::uint32_t from);
 
     /// Sends everything not sent yet as the task's final result message.
     void finish() { send(monotonic_ns(), true); }
@@ -248,52 +239,16 @@ private:
 
     /// run_bitwise's begin_item: item `index` starts a block. Sends the results gathered so far when they are due
     /// and returns how many items to run before looking at the clock again.
-    std::uint32_t next_block(std::uint32_t index) {
-        current_ = index;
-        return index == first_unsent_ ? stride_ : look_at_clock();
-    }
+    PROCPOOL_DECL std::uint32_t next_block(std::uint32_t index);
 
     /// Sends the results gathered before current_ if flush_interval has passed since the last send, and returns
     /// how many items to run before looking again: fast items double it (up to kMaxStride), slow items or a send
     /// reset it to every item.
-    std::uint32_t look_at_clock() {
-        const std::int64_t now = monotonic_ns();
-        if (now - last_flush_ns_ >= flush_interval_ns_) {
-            send(now, false);
-            stride_ = 1;
-        } else {
-            stride_ = now - last_check_ns_ < 2'000 ? std::min(stride_ * 2, kMaxStride) : 1;
-        }
-        last_check_ns_ = now;
-        return stride_;
-    }
+    PROCPOOL_DECL std::uint32_t look_at_clock();
 
-    void record_error(std::uint32_t index) {
-        OutputArchive ar(errors_);
-        ar.write_bytes(&index, sizeof index);
-        encode_current_exception(ar);
-        ++error_count_;
-    }
+    PROCPOOL_DECL void record_error(std::uint32_t index);
 
-    void send(std::int64_t now, bool final) {
-        const std::uint32_t end = final ? count_ : current_;
-        ResultHeader header{task_id_,
-                            first_unsent_,
-                            end - first_unsent_,
-                            error_count_,
-                            final ? static_cast<std::uint32_t>(kFinalResult) : 0u,
-                            static_cast<std::uint64_t>(now - last_flush_ns_),
-                            errors_.size()};
-        const Piece pieces[] = {{&header, sizeof header},
-                                {errors_.data(), errors_.size()},
-                                {values_->data(), values_->size()}};
-        sink_.send_result(pieces, sizeof header + errors_.size() + values_->size());
-        values_->clear();
-        errors_.clear();
-        error_count_ = 0;
-        first_unsent_ = end;
-        last_flush_ns_ = now;
-    }
+    PROCPOOL_DECL void send(std::int64_t now, bool final);
 
     std::uint64_t task_id_;
     std::uint32_t count_;
@@ -471,3 +426,7 @@ void run_task(TaskRunner& run) {
 }
 
 }  // namespace procpool::detail
+
+#ifdef PROCPOOL_HEADER_ONLY
+#include "procpool/detail/impl/task.ipp"
+#endif
