@@ -28,12 +28,25 @@
 #include <vector>
 
 #include "procpool/detail/chunk_policy.hpp"
+#include "procpool/detail/config.hpp"
 #include "procpool/detail/futex.hpp"
 #include "procpool/detail/jobs.hpp"
 #include "procpool/detail/pool_core.hpp"
 #include "procpool/options.hpp"
 
 namespace procpool {
+
+namespace detail {
+
+// What ImapRange's limits are (see ImapRange), the same for every range: not instantiated per range type.
+inline std::uint64_t imap_window_chunks(std::size_t workers) noexcept { return 4 * workers + 8; }
+inline std::uint64_t imap_default_buffersize(std::size_t workers) noexcept {
+    return std::max<std::uint64_t>(4096, std::uint64_t{1024} * workers);
+}
+/// Throws std::invalid_argument for a buffersize below the chunksize.
+PROCPOOL_DECL std::uint64_t imap_read_ahead_limit(std::size_t workers, std::size_t chunksize, std::size_t buffersize);
+
+}  // namespace detail
 
 /// A lazy input range of the results of imap/imap_unordered. Iterate it from one thread. Destroying it early
 /// drops the rest without blocking. It may outlive the pool: reading past what was submitted before the pool was
@@ -47,11 +60,11 @@ public:
     using value_type = typename Job::Value;
 
     /// Chunks read ahead of the reader at most: enough to keep every worker busy with one queued behind.
-    static std::uint64_t window_chunks(std::size_t workers) noexcept { return 4 * workers + 8; }
+    static std::uint64_t window_chunks(std::size_t workers) noexcept { return detail::imap_window_chunks(workers); }
     /// Items read and not yet consumed at most when MapOptions::buffersize is 0 and the chunks are automatic: 1024
     /// per worker, at least 4096. (With a chunksize of yours, a window of chunks.)
     static std::uint64_t default_buffersize(std::size_t workers) noexcept {
-        return std::max<std::uint64_t>(4096, std::uint64_t{1024} * workers);
+        return detail::imap_default_buffersize(workers);
     }
 
     /// Throws std::invalid_argument for a buffersize below the chunksize (a chunk could never be read).
@@ -194,15 +207,7 @@ private:
     }
 
     static std::uint64_t read_ahead_limit(std::size_t workers, std::size_t chunksize, std::size_t buffersize) {
-        if (buffersize != 0) {
-            if (chunksize > buffersize) {
-                throw std::invalid_argument("procpool: MapOptions::buffersize (" + std::to_string(buffersize) +
-                                            ") must be at least the chunksize (" + std::to_string(chunksize) + ")");
-            }
-            return buffersize;
-        }
-        if (chunksize != 0) return window_chunks(workers) * chunksize;
-        return default_buffersize(workers);
+        return detail::imap_read_ahead_limit(workers, chunksize, buffersize);
     }
 
     /// Items in the next chunk: the caller's chunksize, or automatic (detail/chunk_policy.hpp), small enough that
@@ -234,3 +239,7 @@ private:
 };
 
 }  // namespace procpool
+
+#ifdef PROCPOOL_HEADER_ONLY
+#include "procpool/detail/impl/imap.ipp"
+#endif

@@ -6,7 +6,8 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
-#include <stdexcept>
+
+#include "procpool/detail/config.hpp"
 
 namespace procpool {
 
@@ -71,24 +72,12 @@ struct MapOptions {
 namespace detail {
 
 /// Throws std::invalid_argument for options no pool can honour (each transport refuses what it cannot do itself).
-inline void validate(const PoolOptions& options) {
-    if (options.processes && *options.processes == 0) {
-        throw std::invalid_argument("procpool: a pool needs at least one process (processes must not be 0)");
-    }
-    if (options.max_tasks_per_child && *options.max_tasks_per_child == 0) {
-        throw std::invalid_argument("procpool: max_tasks_per_child must be at least 1 (or nullopt for no limit)");
-    }
-    if (options.task_timeout && options.task_timeout->count() <= 0) {
-        throw std::invalid_argument("procpool: task_timeout must be positive (or nullopt for no limit)");
-    }
-    if (options.memory_limit && *options.memory_limit == 0) {
-        throw std::invalid_argument("procpool: memory_limit must be positive (or nullopt for no limit)");
-    }
-    if (options.ring_bytes < 4096 || (options.ring_bytes & (options.ring_bytes - 1)) != 0) {
-        throw std::invalid_argument("procpool: ring_bytes must be a power of two of at least 4096");
-    }
-}
+PROCPOOL_DECL void validate(const PoolOptions& options);
 
 }  // namespace detail
 
 }  // namespace procpool
+
+#ifdef PROCPOOL_HEADER_ONLY
+#include "procpool/detail/impl/options.ipp"
+#endif
