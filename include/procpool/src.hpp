@@ -18,6 +18,8 @@
 #include "procpool/detail/impl/jobs.ipp"
 #include "procpool/detail/impl/options.ipp"
 #include "procpool/detail/impl/pool_core.ipp"
+#include "procpool/detail/impl/process.ipp"
+#include "procpool/detail/impl/progress.ipp"
 #include "procpool/detail/impl/progress_tracker.ipp"
 #include "procpool/detail/impl/stack_check.ipp"
 #include "procpool/detail/impl/stream_copy.ipp"

@@ -7,7 +7,6 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <iostream>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -18,6 +17,8 @@
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
+
+#include "procpool/detail/config.hpp"
 
 namespace procpool::detail {
 
@@ -129,15 +130,7 @@ inline bool reap_through_pidfd(int pidfd, pid_t pid) noexcept {
 
 /// Flushes C and C++ standard streams, so a fork does not duplicate buffered output and an exiting worker does
 /// not lose it.
-inline void flush_standard_streams() noexcept {
-    try {
-        std::cout.flush();
-        std::cerr.flush();
-        std::clog.flush();
-    } catch (...) {
-    }
-    std::fflush(nullptr);
-}
+PROCPOOL_DECL void flush_standard_streams() noexcept;
 
 /// Counts the forks this process descends from (bumped in every child by a pthread_atfork handler), so an
 /// object can tell cheaply that it is being used in a child forked after it was made.
@@ -180,3 +173,7 @@ inline std::size_t usable_cpu_count() noexcept {
 }
 
 }  // namespace procpool::detail
+
+#ifdef PROCPOOL_HEADER_ONLY
+#include "procpool/detail/impl/process.ipp"
+#endif
