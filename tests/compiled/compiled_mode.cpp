@@ -108,7 +108,7 @@ TEST_CASE("errors come back as they do header-only", "[compiled]") {
     CHECK_THROWS_AS(pool.apply([&captured] { return captured; }), std::invalid_argument);  // the stack check
 }
 
-TEST_CASE("a task past its timeout is killed; a crashed item is retried", "[compiled]") {
+TEST_CASE("a task past its timeout is killed, and a crashed item is retried", "[compiled]") {
     {
         procpool::Pool pool(procpool::PoolOptions{.processes = 1, .task_timeout = 100ms});
         CHECK_THROWS_AS(pool.apply([] { ::pause(); }), procpool::TaskTimeout);
