@@ -1,5 +1,6 @@
 # Builds the Debian package from BUILD_DIR with CPack, unpacks it into a scratch root (dpkg-deb -x, never dpkg -i),
-# and builds and runs the consumer against that root twice: through find_package() and through pkg-config + g++.
+# and builds and runs the consumer against that root twice: through find_package() and through pkg-config + g++,
+# header-only and in the separately compiled mode each time.
 foreach(var BUILD_DIR WORK_DIR SOURCE_DIR GENERATOR COMPILER CPACK DPKG_DEB PKG_CONFIG)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "check_deb.cmake needs -D${var}=...")
@@ -44,7 +45,8 @@ endforeach()
 # 3. find_package(procpool) with CMAKE_PREFIX_PATH=<root>/usr, and it must be that copy that is found.
 run("the find_package consumer"
     ${CMAKE_CTEST_COMMAND} --build-and-test ${SOURCE_DIR} ${WORK_DIR}/find_package --build-generator ${GENERATOR}
-    --build-options -DCMAKE_PREFIX_PATH=${root}/usr -DCMAKE_CXX_COMPILER=${COMPILER} --test-command consumer)
+    --build-options -DCMAKE_PREFIX_PATH=${root}/usr -DCMAKE_CXX_COMPILER=${COMPILER}
+    --test-command ${CMAKE_CTEST_COMMAND} --no-tests=error --output-on-failure)
 file(STRINGS ${WORK_DIR}/find_package/CMakeCache.txt procpool_dir REGEX "^procpool_DIR:")
 if(NOT procpool_dir STREQUAL "procpool_DIR:PATH=${root}/usr/share/cmake/procpool")
   message(FATAL_ERROR "the consumer found procpool elsewhere: ${procpool_dir}")
@@ -68,6 +70,17 @@ file(MAKE_DIRECTORY ${WORK_DIR}/pkg_config)
 run("g++ with pkg-config's flags"
     ${COMPILER} -O1 ${SOURCE_DIR}/main.cpp -o ${WORK_DIR}/pkg_config/consumer ${flags})
 run("the pkg-config consumer" ${WORK_DIR}/pkg_config/consumer)
+# The separately compiled mode without CMake: every file with -DPROCPOOL_SEPARATE_COMPILATION, and the library's
+# source (pkg-config's compiled_source) compiled into the program once.
+execute_process(COMMAND ${PKG_CONFIG} --variable=compiled_source procpool OUTPUT_VARIABLE compiled_source
+                OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE result)
+if(NOT result EQUAL 0 OR NOT EXISTS "${compiled_source}")
+  message(FATAL_ERROR "pkg-config --variable=compiled_source procpool names no file: '${compiled_source}'")
+endif()
+run("g++ in the compiled mode with pkg-config's flags"
+    ${COMPILER} -O1 -DPROCPOOL_SEPARATE_COMPILATION ${SOURCE_DIR}/main.cpp ${compiled_source}
+    -o ${WORK_DIR}/pkg_config/consumer_compiled ${flags})
+run("the pkg-config consumer in the compiled mode" ${WORK_DIR}/pkg_config/consumer_compiled)
 
 # 5. procpool-mpi.pc resolves through MPI's own .pc file, where there is one.
 unset(ENV{PKG_CONFIG_LIBDIR})
