@@ -24,7 +24,7 @@ namespace procpool::detail {
 
 PROCPOOL_DECL std::string fields_payload(const WorkerFaultFields& fields) {
     const Buffer bytes = to_bytes(fields);
-    return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
 }
 
 PROCPOOL_DECL std::string describe_thrown_value(const std::string& type_name) {
