@@ -445,9 +445,10 @@ TEST_CASE("a worker that crashes on a large input fails only that task and the a
     for (int i = 0; i < 6; ++i) {
         INFO("task " << i);
         if (i == 2) {
-            CHECK_THROWS_AS(results[i].get(), procpool::WorkerCrashed);
+            CHECK_THROWS_AS(results[static_cast<std::size_t>(i)].get(), procpool::WorkerCrashed);
         } else {
-            CHECK(results[i].get() == checksum(std::string(3 * MiB, static_cast<char>('a' + i))));
+            CHECK(results[static_cast<std::size_t>(i)].get() ==
+                  checksum(std::string(3 * MiB, static_cast<char>('a' + i))));
         }
     }
     results.clear();
@@ -501,7 +502,8 @@ TEST_CASE("a large input queued behind a long task moves to an idle worker", "[b
         queued.push_back(pool.apply_async([](const std::string& s) { return checksum(s); },
                                           std::string(3 * MiB, static_cast<char>('k' + i))));
     }
-    for (int i = 0; i < 8; ++i) CHECK(queued[i].get() == checksum(std::string(3 * MiB, static_cast<char>('k' + i))));
+    for (int i = 0; i < 8; ++i)
+        CHECK(queued[static_cast<std::size_t>(i)].get() == checksum(std::string(3 * MiB, static_cast<char>('k' + i))));
     CHECK_FALSE(long_task.ready());  // none of them waited for the long task
     CHECK(long_task.get() == 1);
     queued.clear();

@@ -61,7 +61,7 @@ TEST_CASE("messages from 0 bytes to several times the ring size arrive intact an
         std::mt19937 rng(7);
         for (int i = 0; i < kMessages; ++i) {
             const std::size_t size = i % 97 == 0 ? rng() % (ring.capacity * 5) : rng() % 500;
-            const std::vector<std::byte> message = make_message(i, size);
+            const std::vector<std::byte> message = make_message(static_cast<std::uint64_t>(i), size);
             const Piece pieces[] = {{message.data(), 3}, {message.data() + 3, message.size() - 3}};
             producer.write_all(
                 9, pieces, message.size(), [&] { ring.state->readable.ring(); }, [] { return true; },
@@ -74,7 +74,7 @@ TEST_CASE("messages from 0 bytes to several times the ring size arrive intact an
     for (int i = 0; i < kMessages; ++i) {
         const std::size_t size = i % 97 == 0 ? rng() % (ring.capacity * 5) : rng() % 500;
         const std::vector<std::byte> got = read_message(consumer, *ring.state);
-        const std::vector<std::byte> want = make_message(i, size);
+        const std::vector<std::byte> want = make_message(static_cast<std::uint64_t>(i), size);
         REQUIRE(got.size() == want.size());
         REQUIRE(std::memcmp(got.data(), want.data(), got.size()) == 0);
     }
@@ -120,7 +120,8 @@ TEST_CASE("a ring survives its consumer being killed at any point and can be res
             for (;;) (void)read_message(consumer, *ring.state);
         }
         RingProducer producer(ring.state, ring.data, ring.capacity);
-        const std::vector<std::byte> message = make_message(round, 3000 + round * 97);
+        const std::vector<std::byte> message = make_message(static_cast<std::uint64_t>(round),
+                                                            3000 + static_cast<std::size_t>(round) * 97);
         const Piece piece{message.data(), message.size()};
         for (int i = 0; i < 50 + round * 13; ++i) {
             std::size_t written = 0;

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <list>
 #include <map>
@@ -250,8 +251,8 @@ TEST_CASE("large byte runs are copied exactly at every alignment and length arou
     for (std::size_t i = 0; i < source.size(); ++i) source[i] = static_cast<unsigned char>(i * 131 + 7);
     std::vector<unsigned char> target(longest + 2 * kGuard + 32);
     for (std::size_t length : lengths) {
-        for (std::size_t from : {0, 1, 5, 16}) {
-            for (std::size_t to : {0, 1, 3, 8, 15, 16}) {
+        for (std::size_t from : std::initializer_list<std::size_t>{0, 1, 5, 16}) {
+            for (std::size_t to : std::initializer_list<std::size_t>{0, 1, 3, 8, 15, 16}) {
                 std::fill(target.begin(), target.end(), 0xEE);
                 unsigned char* at = target.data() + kGuard + to;
                 procpool::detail::stream_copy(at, source.data() + from, length);
