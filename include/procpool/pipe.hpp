@@ -124,24 +124,6 @@ public:
         return std::launder(reinterpret_cast<PipeMessage*>(SharedHeap::instance().address(offset)));
     }
 
-    /// Holds the pipe's lock; a locker that took it over from a dead holder repairs the pipe first.
-    class Guard {
-    public:
-        explicit Guard(PipeState& s) : s_(s) {
-            s_.mutex.lock();
-            if (s_.mutex.recovered.load() != 0) {
-                repair(s_);
-                s_.mutex.recovered.store(0);
-            }
-        }
-        ~Guard() { s_.mutex.unlock(); }
-        Guard(const Guard&) = delete;
-        Guard& operator=(const Guard&) = delete;
-
-    private:
-        PipeState& s_;
-    };
-
     /// Records that end `side` belongs to the calling process (one relaxed load when it does already).
     static void claim(PipeState& s, int side) {
         const std::uint64_t me = this_process_word();
@@ -204,6 +186,9 @@ public:
             c.count = count;
         }
     }
+
+    /// Holds the pipe's lock; a locker that took it over from a dead holder repairs the pipe first.
+    using Guard = ContainerLock<PipeState, &repair>;
 
     /// Frees the messages left (the owner's last handle is going).
     static void destroy(PipeState& s) noexcept {

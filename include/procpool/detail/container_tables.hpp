@@ -54,26 +54,6 @@ inline std::uint64_t hash_bytes(const std::byte* data, std::size_t size) noexcep
     return mix(h);
 }
 
-/// Holds a container's robust mutex; a locker that took it over from a dead holder first repairs the container
-/// (`repair(state)`: the journal's change finished or undone, derived counts recounted).
-template <class State, void (*Repair)(State&) noexcept>
-class ContainerLock {
-public:
-    explicit ContainerLock(State& state) : state_(state) {
-        state_.mutex.lock();
-        if (state_.mutex.recovered.load() != 0) {
-            Repair(state_);
-            state_.mutex.recovered.store(0);
-        }
-    }
-    ~ContainerLock() { state_.mutex.unlock(); }
-    ContainerLock(const ContainerLock&) = delete;
-    ContainerLock& operator=(const ContainerLock&) = delete;
-
-private:
-    State& state_;
-};
-
 /// What an encoded key or value occupies: a view of encoded bytes.
 using Bytes = std::span<const std::byte>;
 

@@ -134,4 +134,25 @@ inline void recover(Journal& j) noexcept {
     }
 }
 
+/// Holds the robust mutex of a structure whose changes go through a Journal (a shared dict, list or pipe); a locker
+/// that took it over from a dead holder first repairs the structure (`Repair(state)`: the journal's change finished
+/// or undone, derived counts recounted).
+template <class State, void (*Repair)(State&) noexcept>
+class ContainerLock {
+public:
+    explicit ContainerLock(State& state) : state_(state) {
+        state_.mutex.lock();
+        if (state_.mutex.recovered.load() != 0) {
+            Repair(state_);
+            state_.mutex.recovered.store(0);
+        }
+    }
+    ~ContainerLock() { state_.mutex.unlock(); }
+    ContainerLock(const ContainerLock&) = delete;
+    ContainerLock& operator=(const ContainerLock&) = delete;
+
+private:
+    State& state_;
+};
+
 }  // namespace procpool::detail
