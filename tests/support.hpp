@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <dirent.h>
 #include <fcntl.h>
+#include <new>
 #include <set>
 #include <sstream>
 #include <string>
@@ -15,6 +16,8 @@
 #include <thread>
 #include <unistd.h>
 #include <vector>
+
+#include <procpool/errors.hpp>
 
 namespace test_support {
 
@@ -135,6 +138,26 @@ inline std::set<std::string> dev_shm_entries() {
     }
     ::closedir(dir);
     return names;
+}
+
+/// Whether `allocate_past_limit()` failed as an allocation past PoolOptions::memory_limit fails: with std::bad_alloc,
+/// or, under AddressSanitizer, also with WorkerCrashed (ASan's throwing operator new never throws: it reports the
+/// failed allocation and ends the worker, whatever allocator_may_return_null says). False when nothing failed;
+/// any other exception propagates.
+template <class F>
+bool fails_past_memory_limit(F&& allocate_past_limit) {
+    try {
+        allocate_past_limit();
+        return false;
+    } catch (const std::bad_alloc&) {
+        return true;
+    } catch (const procpool::WorkerCrashed&) {
+#if defined(__SANITIZE_ADDRESS__)
+        return true;
+#else
+        throw;
+#endif
+    }
 }
 
 }  // namespace test_support
