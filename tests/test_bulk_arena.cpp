@@ -247,8 +247,7 @@ TEST_CASE("bulk arena: core dumps leave the reservation out, and the shared heap
     CHECK(heap_flags.find(" dd") != std::string::npos);
 }
 
-TEST_CASE("shared mappings made through Boost.Interprocess reserve, share, give back and stay in their maker",
-          "[bulk_arena]") {
+TEST_CASE("shared mappings reserve without committing, share, give back and stay in their maker", "[bulk_arena]") {
     using procpool::detail::SharedMapping;
     const std::set<std::string> shm_before = test_support::dev_shm_entries();
     // A reservation far larger than this machine's memory: only MAP_NORESERVE lets it through ("nr").

@@ -31,6 +31,7 @@
 #include <string>
 #include <utility>
 
+// Boost.Date_Time's posix_time (ptime, microsec_clock): the deadlines of timed_lock, here and on Lock.
 #include <boost/date_time/posix_time/posix_time_types.hpp>
 #include <boost/interprocess/allocators/allocator.hpp>
 #include <boost/interprocess/creation_tags.hpp>
@@ -95,18 +96,10 @@ public:
         checked();
         return true;
     }
-    /// Waits until `abs_time` (UTC, as Boost.Interprocess reads it).
-    bool timed_lock(const boost::posix_time::ptime& abs_time) {
-        bool got = false;
-        if (abs_time.is_pos_infinity()) {
-            got = mutex_.lock();
-        } else if (abs_time.is_special()) {
-            got = mutex_.try_lock();
-        } else {
-            const boost::posix_time::time_duration left = abs_time -
-                                                          boost::posix_time::microsec_clock::universal_time();
-            got = mutex_.lock(MonotonicClock::now() + std::chrono::microseconds(left.total_microseconds()));
-        }
+    /// Waits until `abs_time` (a boost::posix_time::ptime, read as UTC, as Boost.Interprocess reads it).
+    template <BoostPtime Ptime>
+    bool timed_lock(const Ptime& abs_time) {
+        const bool got = lock_until_utc(mutex_, abs_time);
         if (got) checked();
         return got;
     }

@@ -21,8 +21,6 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#include <boost/date_time/posix_time/posix_time_types.hpp>
-
 #include "procpool/async_result.hpp"
 #include "procpool/detail/futex.hpp"
 #include "procpool/detail/robust_mutex.hpp"
@@ -93,11 +91,10 @@ public:
     // So that boost::interprocess::scoped_lock<procpool::Lock> works, its timed forms included.
     /// Waits until `abs_time` at most, read as Boost.Interprocess reads it: UTC (pos_infin waits forever,
     /// neg_infin and not_a_date_time do not wait). True when acquired. Blocks; thread-safe.
-    bool timed_lock(const boost::posix_time::ptime& abs_time) const {
-        if (abs_time.is_pos_infinity()) return mutex().lock();
-        if (abs_time.is_special()) return mutex().try_lock();
-        const boost::posix_time::time_duration left = abs_time - boost::posix_time::microsec_clock::universal_time();
-        return mutex().lock(MonotonicClock::now() + std::chrono::microseconds(left.total_microseconds()));
+    /// `abs_time` is a boost::posix_time::ptime (a template, so this header needs no Boost.Date_Time).
+    template <detail::BoostPtime Ptime>
+    bool timed_lock(const Ptime& abs_time) const {
+        return detail::lock_until_utc(mutex(), abs_time);
     }
 
     /// True while the calling thread holds the lock and took it over from a process that died holding it: the

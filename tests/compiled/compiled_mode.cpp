@@ -5,6 +5,7 @@
 // arena), progress reports and terminate(). A second file of the program (compiled_mode_other.cpp) uses a pool too:
 // both link against one copy of the library's code.
 #include <catch2/catch.hpp>
+#include <procpool/managed_segment.hpp>  // in this mode, not part of procpool.hpp
 #include <procpool/procpool.hpp>
 
 #include <boost/interprocess/containers/vector.hpp>

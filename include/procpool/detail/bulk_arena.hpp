@@ -4,7 +4,7 @@
 // the way to the workers: into the task ring, and out of it again to reassemble a message that came in
 // fragments. Encoded input blocks from 64 KiB (one ring fragment) to 256 MiB are written here instead, once, and
 // a task message carries only the address of its items: the worker decodes them in place. The arena is one shared
-// MAP_NORESERVE reservation (a Boost.Interprocess mapped_region, shared_reservation.hpp) made before a pool forks
+// MAP_NORESERVE reservation (shared_reservation.hpp) made before a pool forks
 // its first process (like the shared heap), so every worker of every pool sees it at the same address; pages exist
 // only where they were written.
 //

@@ -1,11 +1,10 @@
 // procpool internals: a fork pool's shared memory (its rings and its result areas), kept for the next pool.
 //
-// Mapping it (one committed shared mapping for the control block and the rings, Boost.Interprocess'
-// anonymous_shared_memory; ~256 MiB of reserved address space per worker for the result areas, their madvise()
-// calls, the checks whether reserving is free) and unmapping it again, with the rings' pages faulted in afresh
-// each time, is ~7% of starting, using once and stopping a Pool(2) on a 2-vCPU VM. So a pool that ended cleanly
-// hands its memory to a one-entry cache, and the next pool with the same number of workers and the same ring size
-// takes it: its blocks constructed anew, its result areas emptied.
+// Mapping it (one committed shared mapping for the control block and the rings; ~256 MiB of reserved address space per
+// worker for the result areas, their madvise() calls, the checks whether reserving is free) and unmapping it again,
+// with the rings' pages faulted in afresh each time, is ~7% of starting, using once and stopping a Pool(2) on a 2-vCPU
+// VM. So a pool that ended cleanly hands its memory to a one-entry cache, and the next pool with the same number of
+// workers and the same ring size takes it: its blocks constructed anew, its result areas emptied.
 //
 // Only memory no other process writes any more is kept: the fork server exited normally, which it does only after
 // reaping every worker. While kept it is left out of forks, and a process forked meanwhile never reuses it (nor
@@ -97,7 +96,7 @@ private:
     }
 
     SharedLayout layout_;
-    SharedMapping mapping_;  // anonymous_shared_memory (shared_reservation.hpp)
+    SharedMapping mapping_;  // committed shared memory (shared_reservation.hpp)
     void* base_ = nullptr;
     ResultAreas areas_;
 };

@@ -5,9 +5,8 @@
 // process unmaps it. It is made before a pool forks its first process (Pool's constructor makes sure), so every
 // worker sees it at the same address, and objects allocated in it later (after the pool) are visible in them too:
 // that is what lets a shared object made after the pool reach its workers, zero-copy, with no file descriptor
-// passing. The reservation is a Boost.Interprocess mapped_region of /dev/zero with MAP_NORESERVE
-// (shared_reservation.hpp): anonymous_shared_memory cannot reserve without committing, and 64 GiB committed up
-// front fails under the kernel's overcommit heuristics.
+// passing. The reservation is MAP_NORESERVE (shared_reservation.hpp): 64 GiB committed up front would fail under
+// the kernel's overcommit heuristics.
 //
 // The allocator keeps one free list per power-of-two size class and a bump pointer, under a robust mutex. Each
 // change is one word written last, so a process dying in the middle leaks at most the block it was handling: the

@@ -1,19 +1,14 @@
-// procpool internals: the shared mappings (the shared heap, the bulk arena, result areas and a pool's rings), made
-// through Boost.Interprocess' mapped_region.
+// procpool internals: the shared mappings (the shared heap, the bulk arena, result areas and a pool's rings).
 //
-// Every one is MAP_SHARED without a name: inherited by fork children at the same address, nothing in /dev/shm, gone
-// when the last process unmaps it. Large reservations must not commit memory (MAP_NORESERVE): Boost's
-// anonymous_shared_memory() takes no mapping flags, so they map /dev/zero through file_mapping + mapped_region,
-// which passes MAP_NORESERVE on; the kernel makes a MAP_SHARED mapping of /dev/zero the same shared anonymous memory
-// as MAP_SHARED | MAP_ANONYMOUS ("/dev/zero (deleted)" in /proc/PID/maps either way; MADV_REMOVE gives pages back,
-// children share its pages). Committed mappings (the rings) are anonymous_shared_memory() itself. The madvise calls
-// Boost has no name for (MADV_DONTDUMP, MADV_DONTFORK, MADV_REMOVE, MADV_HUGEPAGE) are made on the mapped address.
+// Every one is MAP_SHARED | MAP_ANONYMOUS: inherited by fork children at the same address, nothing in /dev/shm,
+// gone when the last process unmaps it. Large reservations must not commit memory, so they add MAP_NORESERVE;
+// committed mappings (the rings) do not. These were Boost.Interprocess' mapped_region (of /dev/zero, the only way
+// to pass MAP_NORESERVE through it) and anonymous_shared_memory(), which the kernel makes the same memory; plain
+// mmap keeps Boost.Interprocess' headers out of every file that uses a pool (about 0.5 s of compile time each,
+// issue 18), and needs no file descriptor. The madvise calls (MADV_DONTDUMP, MADV_DONTFORK, MADV_REMOVE,
+// MADV_HUGEPAGE) are made on the mapped address.
 #pragma once
 
-#include <boost/interprocess/anonymous_shared_memory.hpp>
-#include <boost/interprocess/exceptions.hpp>
-#include <boost/interprocess/file_mapping.hpp>
-#include <boost/interprocess/mapped_region.hpp>
 #include <cerrno>
 #include <cstddef>
 #include <fcntl.h>
@@ -42,9 +37,9 @@ inline bool address_space_is_free() noexcept {
     return true;
 }
 
-/// One shared mapping (a boost::interprocess::mapped_region). Unmapped when it goes in the process that mapped it;
-/// in a child forked meanwhile (which inherited a copy of this object) it is only forgotten: the parent still uses
-/// the memory, and the child may have mapped something else there after dropping it (MADV_DONTFORK).
+/// One shared mapping. Unmapped when it goes in the process that mapped it; in a child forked meanwhile (which
+/// inherited a copy of this object) it is only forgotten: the parent still uses the memory, and the child may have
+/// mapped something else there after dropping it (MADV_DONTFORK).
 class SharedMapping {
 public:
     SharedMapping() noexcept = default;
@@ -52,48 +47,52 @@ public:
     /// first touched. Left out of core dumps, which would read every page of it and so fill it in. Empty if the
     /// system refuses.
     static SharedMapping reserve(std::size_t size) noexcept {
-        namespace bip = boost::interprocess;
-        try {
-            const bip::file_mapping zero("/dev/zero", bip::read_write);
-            SharedMapping mapping(bip::mapped_region(zero, bip::read_write, 0, size, nullptr, MAP_NORESERVE));
-            ::madvise(mapping.data(), size, MADV_DONTDUMP);
-            return mapping;
-        } catch (...) {  // interprocess_exception (no memory, no address space, no /dev/zero) or std::bad_alloc
-            return {};
-        }
+        SharedMapping mapping(map(size, MAP_NORESERVE), size);
+        if (mapping) ::madvise(mapping.data(), size, MADV_DONTDUMP);
+        return mapping;
     }
-    /// `size` bytes of shared memory, committed (boost::interprocess::anonymous_shared_memory). Throws
-    /// std::system_error.
+    /// `size` bytes of shared memory, committed. Throws std::system_error.
     static SharedMapping commit(std::size_t size) {
-        try {
-            return SharedMapping(boost::interprocess::anonymous_shared_memory(size));
-        } catch (const boost::interprocess::interprocess_exception& e) {
-            const int code = e.get_native_error() != 0 ? e.get_native_error() : ENOMEM;
-            throw std::system_error(code, std::generic_category(), "procpool: could not map shared memory");
+        SharedMapping mapping(map(size, 0), size);
+        if (!mapping) {
+            throw std::system_error(errno != 0 ? errno : ENOMEM, std::generic_category(),
+                                    "procpool: could not map shared memory");
         }
+        return mapping;
     }
 
     SharedMapping(SharedMapping&& other) noexcept
-        : region_(std::move(other.region_)), generation_(other.generation_), pid_(other.pid_) {}
+        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)),
+          generation_(other.generation_), pid_(other.pid_) {}
     SharedMapping& operator=(SharedMapping&&) = delete;
     SharedMapping(const SharedMapping&) = delete;
     SharedMapping& operator=(const SharedMapping&) = delete;
+    /// Not ours (inherited through a fork): forgotten, not unmapped.
     ~SharedMapping() {
-        // Not ours (inherited through a fork): forget the region instead of unmapping it. An empty region made
-        // over it (its destructor skipped, which has no other effect) is what the member's destructor then sees.
-        if (!ours()) ::new (static_cast<void*>(&region_)) boost::interprocess::mapped_region();
+        if (data_ != nullptr && ours()) ::munmap(data_, size_);
     }
 
-    [[nodiscard]] std::byte* data() const noexcept { return static_cast<std::byte*>(region_.get_address()); }
-    [[nodiscard]] std::size_t size() const noexcept { return region_.get_size(); }
+    [[nodiscard]] std::byte* data() const noexcept { return data_; }
+    [[nodiscard]] std::size_t size() const noexcept { return size_; }
     explicit operator bool() const noexcept { return data() != nullptr; }
     /// Mapped by this process (not inherited through a fork: fork_generation() misses a raw clone or _Fork()).
     [[nodiscard]] bool ours() const noexcept { return generation_ == fork_generation() && pid_ == ::getpid(); }
 
 private:
-    explicit SharedMapping(boost::interprocess::mapped_region&& region) noexcept : region_(std::move(region)) {}
+    SharedMapping(std::byte* data, std::size_t size) noexcept : data_(data), size_(data != nullptr ? size : 0) {}
 
-    boost::interprocess::mapped_region region_;  // empty (maps nothing) when default-constructed or moved from
+    /// A fresh shared anonymous mapping of `size` bytes, read-write; nullptr (errno set) when refused.
+    static std::byte* map(std::size_t size, int flags) noexcept {
+        if (size == 0) {
+            errno = EINVAL;
+            return nullptr;
+        }
+        void* address = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | flags, -1, 0);
+        return address == MAP_FAILED ? nullptr : static_cast<std::byte*>(address);
+    }
+
+    std::byte* data_ = nullptr;  // nullptr (maps nothing) when default-constructed, moved from or refused
+    std::size_t size_ = 0;
     unsigned generation_ = fork_generation();
     pid_t pid_ = ::getpid();
 };
