@@ -2,11 +2,11 @@
 """Merges procpool's Google Benchmark JSON with python_pool.py's JSON lines into a Markdown report.
 
     report.py RESULTS.cpp.json RESULTS.python.jsonl [RESULTS.mpi.jsonl] [--kept-memory RESULTS.cpp-kept.json]
-              [--plot-data FILE.tsv] > RESULTS.md
+              [--compile RESULTS.compile.json] [--plot-data FILE.tsv] > RESULTS.md
 
 With --plot-data it also writes the CPU-scaling speedups as a table for benchmarks/speedup.gp. --kept-memory adds
 the workloads of a second bench_pool run made with glibc told to keep freed memory (run.sh's GLIBC_TUNABLES), as
-rows named "<workload>_kept_memory".
+rows named "<workload>_kept_memory". --compile adds the compile-cost rows of scripts/compile_cost --json.
 """
 import json
 import os
@@ -157,6 +157,22 @@ def per_second(value):
     return f"{value:.3g} /s"
 
 
+def write_compile_table(path):
+    """The compile-cost section, from scripts/compile_cost --json (CPU time of the compiler, so load distorts less)."""
+    with open(path) as f:
+        data = json.load(f)
+    print("\n## Compile cost of a file that uses a pool\n")
+    print(f"{data['compiler']}, `{data['flags']} -c`, medians of {data['rows'][0]['runs']} alternating runs "
+          "(scripts/compile_cost): CPU time of the compiler (user + sys) and its peak memory, for a file that uses "
+          "`map`, `apply_async` and `imap` of a lambda (benchmarks/compile_cost/procpool_tu.cpp) and the same work "
+          "with `std::async` (std_async_tu.cpp). The compiled mode's library is compiled once per project.\n")
+    print("| translation unit | CPU s | peak RSS MiB | vs std::async |")
+    print("|---|---:|---:|---:|")
+    for row in data["rows"]:
+        ratio_text = "" if "library" in row["unit"] else f"{row['vs_std_async']:.2f}x"
+        print(f"| {row['unit']} | {row['cpu_s']:.2f} | {row['peak_rss_mib']:.0f} | {ratio_text} |")
+
+
 def take_option(args, name):
     """Removes `name VALUE` from args and returns VALUE (None if absent)."""
     if name not in args:
@@ -171,6 +187,7 @@ def main():
     args = sys.argv[1:]
     plot_data = take_option(args, "--plot-data")
     kept_memory = take_option(args, "--kept-memory")
+    compile_cost = take_option(args, "--compile")
     sys.argv[1:] = args
     cpp, extras, context = load_cpp(sys.argv[1])
     if kept_memory and os.path.exists(kept_memory):
@@ -246,6 +263,8 @@ def main():
     if idle:
         print(f"\nPrivate memory per idle worker: {idle[0].get('private_kib_per_worker', 0):.0f} KiB "
               "(Private_Clean + Private_Dirty from /proc/PID/smaps_rollup, shared rings excluded).")
+    if compile_cost and os.path.exists(compile_cost):
+        write_compile_table(compile_cost)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 # The one command that regenerates the benchmark results and the plot. It runs procpool's benchmarks, Python's
 # multiprocessing (Pool, Queue, Pipe, Manager().dict()) on the same workloads and (where MPI is installed) the MPI
 # pool, in one run, and writes
-#   benchmarks/results/<date>-<host>.{cpp.json,cpp-kept.json,python.jsonl,mpi.jsonl,scaling.tsv,md}  raw figures
-#                                                                          and the report
+#   benchmarks/results/<date>-<host>.{cpp.json,cpp-kept.json,python.jsonl,mpi.jsonl,compile.json,scaling.tsv,md}
+#                                                                          raw figures and the report
 #   benchmarks/results/speedup.svg                                          the plot benchmarks/README.md shows
 # Usage: benchmarks/run.sh [python workload ...]. Run it on a quiet machine: the figures are wall-clock times.
 set -euo pipefail
@@ -42,8 +42,10 @@ if [ -x build/release/benchmarks/bench_mpi ]; then
     [ "$(id -u)" -eq 0 ] && mpi_flags+=(--allow-run-as-root)
     mpirun "${mpi_flags[@]}" -n 3 build/release/benchmarks/bench_mpi > "$out.mpi.jsonl"
 fi
+echo "benchmarks: compile cost (scripts/compile_cost) ..." >&2
+/usr/bin/python3 scripts/compile_cost --json --runs 3 > "$out.compile.json"
 /usr/bin/python3 benchmarks/report.py "$out.cpp.json" "$out.python.jsonl" "$out.mpi.jsonl" \
-    --kept-memory "$out.cpp-kept.json" --plot-data "$out.scaling.tsv" > "$out.md"
+    --kept-memory "$out.cpp-kept.json" --compile "$out.compile.json" --plot-data "$out.scaling.tsv" > "$out.md"
 machine="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores"
 gnuplot -e "data='$out.scaling.tsv'; out='benchmarks/results/speedup.svg'; cores=$(nproc); machine='$machine'" \
     benchmarks/speedup.gp
