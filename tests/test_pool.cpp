@@ -368,6 +368,32 @@ TEST_CASE("a long task does not hold back short tasks queued behind it", "[pool]
     CHECK(long_task.get() == 1);
 }
 
+TEST_CASE("a short task's result is not held back behind long tasks queued after it on its worker", "[pool]") {
+    // Once tasks are short, a worker queued deep rings the parent for a result only when its queue runs low; the
+    // parent still looks every millisecond meanwhile (ForkTransport::kDeferredResultBound; its housekeeping, every
+    // 50 ms, would too). So the short task's result must be delivered (ready() only reads it: no waiting thread
+    // polls) long before the long tasks queued behind it on the same worker end, not when that queue runs low.
+    procpool::Pool pool(1);
+    pool.map([](int x) { return x; }, std::views::iota(0, 3000), {.chunksize = 1});  // tasks measured short
+    // Queued behind a blocker, so that the short task runs with the long ones already waiting behind it.
+    auto blocker = pool.apply_async([] { std::this_thread::sleep_for(100ms); });
+    auto short_task = pool.apply_async([] { return 7; });
+    std::vector<procpool::AsyncResult<int>> long_tasks;
+    for (int i = 0; i < 3; ++i) {
+        long_tasks.push_back(pool.apply_async([] {
+            std::this_thread::sleep_for(1500ms);
+            return 1;
+        }));
+    }
+    blocker.get();
+    const auto start = std::chrono::steady_clock::now();
+    while (!short_task.ready() && std::chrono::steady_clock::now() - start < 1s) std::this_thread::sleep_for(1ms);
+    CHECK(short_task.ready());
+    CHECK_FALSE(long_tasks.front().ready());
+    CHECK(short_task.get() == 7);
+    pool.terminate();
+}
+
 TEST_CASE("submissions from many threads at once", "[pool][threads]") {
     procpool::Pool pool(2);
     std::vector<std::thread> threads;

@@ -64,7 +64,7 @@ TEST_CASE("messages from 0 bytes to several times the ring size arrive intact an
             const std::vector<std::byte> message = make_message(static_cast<std::uint64_t>(i), size);
             const Piece pieces[] = {{message.data(), 3}, {message.data() + 3, message.size() - 3}};
             producer.write_all(
-                9, pieces, message.size(), [&] { ring.state->readable.ring(); }, [] { return true; },
+                9, pieces, message.size(), [&](bool) { ring.state->readable.ring(); }, [] { return true; },
                 std::chrono::microseconds(50));
         }
         ::_exit(0);
@@ -109,6 +109,43 @@ TEST_CASE("a non-blocking producer never splits a message that fits and never ov
         consumer.consume(*fragment);
     }
     CHECK_FALSE(consumer.peek());
+}
+
+TEST_CASE("messages_after counts whole messages queued behind a peeked one, across padding, up to a limit", "[ring]") {
+    SharedRing ring(4096);
+    RingProducer producer(ring.state, ring.data, ring.capacity);
+    RingConsumer consumer(ring.state, ring.data, ring.capacity);
+    std::vector<std::byte> payload(700, std::byte{0x11});
+    const Piece piece{payload.data(), payload.size()};
+    const auto write = [&](std::size_t size) {
+        std::size_t written = 0;
+        return producer.write_some(1, {&piece, 1}, size, written);
+    };
+    // Walk the ring once so that later messages wrap (with a padding fragment before the end).
+    for (int i = 0; i < 5; ++i) REQUIRE(write(700));
+    for (int i = 0; i < 4; ++i) consumer.consume(*consumer.peek());
+    REQUIRE(write(700));                                // after the fifth
+    std::optional<Fragment> running = consumer.peek();  // the fifth message
+    REQUIRE(running);
+    CHECK(consumer.messages_after(running->end_position, 8) == 1);
+    REQUIRE(write(700));
+    REQUIRE(write(8));
+    CHECK(consumer.messages_after(running->end_position, 8) == 3);
+    CHECK(consumer.messages_after(running->end_position, 2) == 2);  // stops at the limit
+    // A message in several fragments counts once.
+    consumer.consume(*running);
+    for (int i = 0; i < 3; ++i) consumer.consume(*consumer.peek());
+    running = std::nullopt;
+    REQUIRE(write(8));
+    running = consumer.peek();
+    REQUIRE(running);
+    std::vector<std::byte> large(3000, std::byte{0x22});
+    const Piece large_piece{large.data(), large.size()};
+    REQUIRE(large.size() > producer.max_fragment());
+    std::size_t written = 0;
+    REQUIRE(producer.write_some(1, {&large_piece, 1}, large.size(), written));
+    CHECK(consumer.messages_after(running->end_position, 8) == 1);
+    CHECK(consumer.messages_after(running->end_position, 0) == 0);
 }
 
 TEST_CASE("a ring survives its consumer being killed at any point and can be reset for a new one", "[ring]") {

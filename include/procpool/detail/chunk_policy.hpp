@@ -23,6 +23,12 @@ struct ChunkPolicy {
     static constexpr std::chrono::nanoseconds kImapChunkTarget = std::chrono::milliseconds(2);
     /// Work kept queued per worker, so that it never waits for a round trip to the parent.
     static constexpr std::chrono::nanoseconds kQueueTarget = std::chrono::microseconds(200);
+    /// Work kept queued per worker where a worker wakes the parent for results only when its queue runs low
+    /// (BatchedResultBells, the fork pool): deep enough that short tasks cost the parent one wake-up for several
+    /// results. Measured on 2 cores with 0.1 ms tasks at chunksize 1 (BM_utilisation): workers busy 92-98% of the
+    /// time against 74-85% with a wake-up per result (the parent's thread took a core from a worker for each);
+    /// 2 ms gave 1-2 points more than 1 ms.
+    static constexpr std::chrono::nanoseconds kBatchedQueueTarget = std::chrono::milliseconds(2);
     /// Tasks queued per worker at most.
     static constexpr std::size_t kMaxDepth = 64;
     /// Largest automatic imap chunk, in items.

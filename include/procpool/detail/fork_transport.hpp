@@ -307,8 +307,22 @@ public:
     /// Sleeps until `ready()` (which should include pending()) or `deadline`, after spinning for `spin`.
     template <class Ready>
     void wait(Deadline deadline, std::chrono::nanoseconds spin, Ready&& ready) {
+        if (control_->result_bell_low_water.load(std::memory_order_relaxed) != 0) {
+            const auto bound = MonotonicClock::now() + kDeferredResultBound;
+            if (!deadline || bound < *deadline) deadline = bound;
+        }
         control_->parent_bell.wait(ready, deadline, spin);
     }
+    /// Workers ring for a result only when fewer than `low_water` tasks wait behind their running one (0: for every
+    /// result; ControlBlock::result_bell_low_water). While it is nonzero, wait() looks every kDeferredResultBound.
+    void set_result_bell_low_water(std::uint32_t low_water) noexcept {
+        if (control_->result_bell_low_water.load(std::memory_order_relaxed) != low_water) {
+            control_->result_bell_low_water.store(low_water, std::memory_order_relaxed);
+        }
+    }
+    /// The longest a result a worker did not ring for waits for the parent to look (a short task's result held
+    /// behind a long one queued after it).
+    static constexpr std::chrono::microseconds kDeferredResultBound{1000};
     /// Wakes the thread in wait() (from another thread of the parent).
     void wake() noexcept { control_->parent_bell.wake_all(); }
     /// While muted, workers and the fork server do not wake the thread in wait(): another thread polls.
@@ -447,7 +461,7 @@ private:
 
 static_assert(Transport<ForkTransport> && StreamingWrites<ForkTransport> && RevocableQueue<ForkTransport> &&
                   ReplaceableWorkers<ForkTransport> && SharedMemoryWorkers<ForkTransport> &&
-                  MutableDoorbell<ForkTransport>,
+                  MutableDoorbell<ForkTransport> && BatchedResultBells<ForkTransport>,
               "ForkTransport has every capability of detail/transport.hpp");
 
 }  // namespace procpool::detail

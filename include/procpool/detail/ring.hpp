@@ -123,8 +123,9 @@ public:
     }
 
     /// Like write_some, but waits (spin, then sleep on the ring's `writable` bell) until the whole message is in,
-    /// calling `on_progress()` after each publish so the consumer can be woken. Returns false if `alive()` turns
-    /// false while waiting.
+    /// calling `on_progress(done)` after each publish so the consumer can be woken (`done`: the whole message is
+    /// in), and `on_progress(false)` before it waits for space (the consumer must be awake to make it). Returns
+    /// false if `alive()` turns false while waiting.
     template <class OnProgress, class Alive>
     bool write_all(std::uint16_t kind, std::span<const Piece> pieces, std::size_t total, OnProgress&& on_progress,
                    Alive&& alive, std::chrono::nanoseconds spin) {
@@ -132,9 +133,10 @@ public:
         for (;;) {
             const std::uint64_t before = tail_;
             const bool done = write_some(kind, pieces, total, written);
-            if (tail_ != before) on_progress();
+            if (tail_ != before) on_progress(done);
             if (done) return true;
             if (!alive()) return false;
+            if (tail_ == before) on_progress(false);
             const std::uint64_t seen_head = head_cache_;
             state_->writable.wait([&] { return state_->head.load(std::memory_order_acquire) != seen_head || !alive(); },
                                   MonotonicClock::now() + std::chrono::milliseconds(100), spin);
@@ -240,6 +242,20 @@ public:
     /// Padding is published together with the fragment after it, so this is false once the ring was drained.
     [[nodiscard]] bool unreleased() const noexcept {
         return state_->tail.load(std::memory_order_acquire) != state_->head.load(std::memory_order_acquire);
+    }
+
+    /// Messages published after ring position `position` (the end of a fragment this consumer peeked), counted up to
+    /// `limit`: how many more the producer has queued. Reads fragment headers only; consumes nothing.
+    [[nodiscard]] std::size_t messages_after(std::uint64_t position, std::size_t limit) const noexcept {
+        const std::uint64_t tail = state_->tail.load(std::memory_order_acquire);
+        std::size_t messages = 0;
+        while (position != tail && messages < limit) {
+            FragmentHeader header;
+            std::memcpy(&header, data_ + (position & (capacity_ - 1)), sizeof header);
+            if ((header.flags & kFirstFragment) != 0) ++messages;
+            position += sizeof header + align8(header.size);
+        }
+        return messages;
     }
 
     /// The next fragment, skipping padding, or nothing when the ring is empty. Does not consume it.

@@ -133,6 +133,9 @@ private:
     /// Workers in a row that may be killed (SIGKILL from outside) while their initializer runs before the pool
     /// gives up and breaks.
     static constexpr int kMaxFailedStarts = 3;
+    /// With more tasks than this in a worker's queue (its running one included), it holds back the doorbell for a
+    /// result until the queue runs down to this (BatchedResultBells): two behind the running one cover the refill.
+    static constexpr std::uint32_t kResultBellLowWater = 2;
     /// Items of at least this many bytes go by reference when the workers can read them where they are.
     static constexpr std::size_t kByReferenceMin = std::size_t{16} << 10;
 

@@ -157,4 +157,12 @@ concept MutableDoorbell = Transport<T> && requires(T& transport) {
     {transport.unmute_doorbell()};
 };
 
+/// The workers can hold back the doorbell for a result while enough tasks wait behind the one they run, so that
+/// the parent wakes once for several results (short tasks, deep queues). While that is on (`low_water` > 0), the
+/// transport's wait() looks at least every so often by itself, which bounds how long a held-back result waits.
+template <class T>
+concept BatchedResultBells = Transport<T> && requires(T& transport, std::uint32_t low_water) {
+    {transport.set_result_bell_low_water(low_water)};
+};
+
 }  // namespace procpool::detail

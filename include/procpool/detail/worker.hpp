@@ -92,6 +92,11 @@ private:
 
     Fragment next_fragment() noexcept {
         std::optional<Fragment> fragment;
+        if (bell_owed_) {
+            // Results went out without a ring (send()): fine while tasks are queued, but not before sleeping.
+            if ((fragment = task_ring_.peek())) return *fragment;
+            ring_parent();
+        }
         slot_->task_ring.readable.wait([&] { return (fragment = task_ring_.peek()).has_value(); }, std::nullopt,
                                        env_.spin);
         return *fragment;
@@ -104,7 +109,7 @@ private:
         if (slot_->task_ring.producer_waiting.load(std::memory_order_relaxed) != 0 &&
             slot_->task_ring.producer_waiting.exchange(0, std::memory_order_relaxed) != 0) {
             control_->task_ring_space_freed.store(1, std::memory_order_release);
-            control_->parent_bell.ring();
+            ring_parent();
         }
     }
 
@@ -127,6 +132,7 @@ private:
 
         std::span<const std::byte> body;
         const bool single = first.first() && first.last();
+        running_end_ = single ? std::optional<std::uint64_t>(first.end_position) : std::nullopt;
         if (single) {
             body = first.bytes();
         } else {
@@ -146,6 +152,7 @@ private:
         reinterpret_cast<TaskEntry>(header.entry)(runner);
 
         slot_->status.task.store(0, std::memory_order_release);  // results are out: nothing is held any more
+        running_end_.reset();
         if (single) release(first);
     }
 
@@ -266,10 +273,34 @@ private:
     }
 
     void send(std::uint16_t kind, std::span<const Piece> pieces, std::size_t total) noexcept {
+        // Not when the result ring is half full: the parent must drain it before the worker blocks on it.
+        const bool may_defer = kind == kResultMessage && enough_queued() &&
+                               2 * (result_ring_.in_use() + total) < result_ring_.capacity();
         const bool sent = result_ring_.write_all(
-            kind, pieces, total, [this] { control_->parent_bell.ring(); },
+            kind, pieces, total,
+            [&](bool done) {
+                if (done && may_defer) {
+                    bell_owed_ = true;
+                } else {
+                    ring_parent();
+                }
+            },
             [this] { return ::getppid() == env_.server_pid; }, env_.spin);
         if (!sent) exit_process(1);  // the fork server (and so the pool) is gone
+    }
+
+    /// Whether at least the parent's low-water mark of tasks wait behind the running one (a single-fragment task):
+    /// the parent then need not wake for this result, since it refills the queue only when it runs low
+    /// (ControlBlock::result_bell_low_water). Tasks the parent revoked count too; next_fragment() rings before the
+    /// worker would sleep, so an owed ring is never lost.
+    [[nodiscard]] bool enough_queued() const noexcept {
+        const std::uint32_t low_water = control_->result_bell_low_water.load(std::memory_order_relaxed);
+        return low_water != 0 && running_end_ && task_ring_.messages_after(*running_end_, low_water) >= low_water;
+    }
+
+    void ring_parent() noexcept {
+        bell_owed_ = false;
+        control_->parent_bell.ring();
     }
 
     WorkerEnvironment env_;
@@ -282,8 +313,10 @@ private:
     Buffer errors_;
     Buffer area_values_;  // the same, encoded into a half of the result area (values_buffer())
     static constexpr std::size_t kNoHalf = ResultAreas::kHalves;
-    std::size_t picked_half_ = kNoHalf;  // the half area_values_ is over until its message is sent
-    bool large_messages_ = false;        // the last result message was larger than a ring fragment
+    std::size_t picked_half_ = kNoHalf;         // the half area_values_ is over until its message is sent
+    std::optional<std::uint64_t> running_end_;  // task ring position past the running task, if it is one fragment
+    bool bell_owed_ = false;                    // a result went out without ringing the parent's bell
+    bool large_messages_ = false;               // the last result message was larger than a ring fragment
 };
 
 }  // namespace procpool::detail

@@ -38,6 +38,13 @@ void Scheduler<Transport>::dispatch_locked() {
     }
     // 3. A worker with nothing to do takes over a task queued behind another worker's running task.
     if constexpr (RevocableQueue<Transport>) rebalance_locked();
+    // 3b. Short tasks queued deep: workers need not wake the parent for each result, only when their queue runs low
+    //     (two tasks behind the running one: the parent refills while the last one runs).
+    if constexpr (BatchedResultBells<Transport>) {
+        bool deep = false;
+        for (const WorkerSlot& w : workers_) deep = deep || w.inflight.size() > kResultBellLowWater;
+        transport_.set_result_bell_low_water(deep ? kResultBellLowWater : 0);
+    }
     // 4. Workers that used up their budget leave once their queue is empty; at shutdown all of them do.
     for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
         WorkerSlot& w = workers_[slot];
@@ -66,7 +73,11 @@ std::size_t Scheduler<Transport>::depth_locked(std::size_t slot) const noexcept 
     }
     (void)slot;
     const std::size_t minimum = RevocableQueue<Transport> ? 2 : 1;
-    return ChunkPolicy::queue_depth(task_ns_, minimum, settings_.queue_target, settings_.max_depth);
+    // Where workers batch their doorbell for results, deeper queues of short tasks save the parent wake-ups.
+    const std::chrono::nanoseconds target = BatchedResultBells<Transport>
+                                                ? std::max(settings_.queue_target, ChunkPolicy::kBatchedQueueTarget)
+                                                : settings_.queue_target;
+    return ChunkPolicy::queue_depth(task_ns_, minimum, target, settings_.max_depth);
 }
 
 /// The number of workers that run the tasks sent to `slot`: one, or the size of a group's pool.
