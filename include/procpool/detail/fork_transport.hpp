@@ -305,20 +305,30 @@ public:
         return false;
     }
     /// Sleeps until `ready()` (which should include pending()) or `deadline`, after spinning for `spin`.
+    /// While workers may hold results back (set_result_bell_low_water), sleeps at most kDeferredResultBound; a sleep
+    /// begun before they could ends when they can (set_result_bell_low_water wakes it), so the caller sleeps again
+    /// with that bound.
     template <class Ready>
     void wait(Deadline deadline, std::chrono::nanoseconds spin, Ready&& ready) {
-        if (control_->result_bell_low_water.load(std::memory_order_relaxed) != 0) {
+        const bool batched = control_->result_bell_low_water.load(std::memory_order_relaxed) != 0;
+        if (batched) {
             const auto bound = MonotonicClock::now() + kDeferredResultBound;
             if (!deadline || bound < *deadline) deadline = bound;
         }
-        control_->parent_bell.wait(ready, deadline, spin);
+        control_->parent_bell.wait(
+            [&] {
+                return ready() || (!batched && control_->result_bell_low_water.load(std::memory_order_relaxed) != 0);
+            },
+            deadline, spin);
     }
     /// Workers ring for a result only when fewer than `low_water` tasks wait behind their running one (0: for every
-    /// result; ControlBlock::result_bell_low_water). While it is nonzero, wait() looks every kDeferredResultBound.
+    /// result; ControlBlock::result_bell_low_water). While it is nonzero, wait() looks every kDeferredResultBound;
+    /// turning it on wakes a thread that sleeps without that bound. Any thread of the parent.
     void set_result_bell_low_water(std::uint32_t low_water) noexcept {
-        if (control_->result_bell_low_water.load(std::memory_order_relaxed) != low_water) {
-            control_->result_bell_low_water.store(low_water, std::memory_order_relaxed);
-        }
+        // Read first: workers read this word for every result, so it is written only when it changes.
+        if (control_->result_bell_low_water.load(std::memory_order_relaxed) == low_water) return;
+        const std::uint32_t was = control_->result_bell_low_water.exchange(low_water, std::memory_order_seq_cst);
+        if (was == 0 && low_water != 0) control_->parent_bell.wake_all();
     }
     /// The longest a result a worker did not ring for waits for the parent to look (a short task's result held
     /// behind a long one queued after it).

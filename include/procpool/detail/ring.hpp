@@ -249,7 +249,7 @@ public:
     [[nodiscard]] std::size_t messages_after(std::uint64_t position, std::size_t limit) const noexcept {
         const std::uint64_t tail = state_->tail.load(std::memory_order_acquire);
         std::size_t messages = 0;
-        while (position != tail && messages < limit) {
+        while (position < tail && messages < limit) {  // positions only grow (a corrupt header cannot loop)
             FragmentHeader header;
             std::memcpy(&header, data_ + (position & (capacity_ - 1)), sizeof header);
             if ((header.flags & kFirstFragment) != 0) ++messages;

@@ -35,8 +35,9 @@ struct ControlBlock {
         0};                                        // a worker freed space the parent waits for
     std::atomic<std::uint32_t> server_exiting{0};  // set by the fork server just before it exits
     // Set by the parent: a worker rings parent_bell for a result only when fewer than this many tasks wait behind
-    // the one it runs (else the parent hears at the next result, or within ForkTransport::kDeferredResultBound);
-    // 0: for every result. Batches the parent's wake-ups when tasks are short and queues deep (issue 19).
+    // the one it runs (else the parent hears when that queue runs low, or looks by itself within
+    // ForkTransport::kDeferredResultBound); 0: for every result. Batches the parent's wake-ups when tasks are short
+    // and queues deep (issue 19).
     alignas(kCacheLine) std::atomic<std::uint32_t> result_bell_low_water{0};
 };
 

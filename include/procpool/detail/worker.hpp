@@ -279,7 +279,10 @@ private:
         const bool sent = result_ring_.write_all(
             kind, pieces, total,
             [&](bool done) {
-                if (done && may_defer) {
+                // Held back only if the parent still allows it once the result is published: it may have turned
+                // that off meanwhile (and then sleeps without bound); the fences make one side see the other.
+                std::atomic_thread_fence(std::memory_order_seq_cst);
+                if (done && may_defer && control_->result_bell_low_water.load(std::memory_order_relaxed) != 0) {
                     bell_owed_ = true;
                 } else {
                     ring_parent();
@@ -290,9 +293,9 @@ private:
     }
 
     /// Whether at least the parent's low-water mark of tasks wait behind the running one (a single-fragment task):
-    /// the parent then need not wake for this result, since it refills the queue only when it runs low
-    /// (ControlBlock::result_bell_low_water). Tasks the parent revoked count too; next_fragment() rings before the
-    /// worker would sleep, so an owed ring is never lost.
+    /// the parent then need not wake for this result; it will be rung when this queue runs low, and looks by itself
+    /// every ForkTransport::kDeferredResultBound meanwhile (ControlBlock::result_bell_low_water). Tasks the parent
+    /// revoked count too; next_fragment() rings before the worker would sleep, so an owed ring is never lost.
     [[nodiscard]] bool enough_queued() const noexcept {
         const std::uint32_t low_water = control_->result_bell_low_water.load(std::memory_order_relaxed);
         return low_water != 0 && running_end_ && task_ring_.messages_after(*running_end_, low_water) >= low_water;
