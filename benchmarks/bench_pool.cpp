@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <deque>
@@ -721,6 +722,75 @@ BENCHMARK(BM_shared_dict)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+// 9. The first map of a process next to the later ones (issue 19): a program that maps once only ever sees the
+// first. Each sample is a fresh process (this binary run again with --first-map=<kind>, so nothing is warm: not the
+// heap, the shared arena, the result areas or the VM's fresh pages); it builds a pool, runs the same map 4 times
+// and prints the rate of each. The first is reported as "<workload>_first_map", the fourth beside it as
+// "<workload>_fourth_map" (the steady rows above run 3 more maps before they time any).
+constexpr int kMapsInChild = 4;
+/// Runs in the child: the maps of `kind` ("ints": map_tiny's; "args": payload_10mib_args'), one rate per line.
+int first_map_child(const std::string& kind) {
+    procpool::Pool pool(cpus());
+    pool.apply(identity, 0);
+    std::vector<int> iota_input(kind == "ints" ? 10'000'000 : 0);
+    std::iota(iota_input.begin(), iota_input.end(), 0);
+    const std::size_t size = std::size_t{10} << 20;
+    const std::vector<std::string> items(kind == "args" ? 16 : 0, std::string(size, 'x'));
+    for (int k = 0; k < kMapsInChild; ++k) {
+        const auto start = Clock::now();
+        if (kind == "ints") {
+            benchmark::DoNotOptimize(pool.map([](int x) { return 2 * x; }, iota_input));
+            std::printf("%.6g\n", static_cast<double>(iota_input.size()) / seconds_since(start));
+        } else {
+            benchmark::DoNotOptimize(pool.map([](const std::string& text) { return text.size(); }, items));
+            std::printf("%.6g\n", 16.0 * static_cast<double>(size) / seconds_since(start) / 1e9);
+        }
+    }
+    return 0;
+}
+/// Runs this binary as a first-map child and returns its rates (empty if it failed).
+std::vector<double> run_first_map_child(const std::string& kind) {
+    const std::string command = "/proc/" + std::to_string(::getpid()) + "/exe --first-map=" + kind;
+    std::vector<double> rates;
+    if (FILE* child = ::popen(command.c_str(), "r")) {
+        double rate = 0;
+        while (std::fscanf(child, "%lf", &rate) == 1) rates.push_back(rate);
+        if (::pclose(child) != 0) rates.clear();
+    }
+    return rates;
+}
+void BM_first_map(benchmark::State& state) {
+    const bool ints = state.range(0) == 0;
+    std::vector<double> first;
+    std::vector<double> fourth;
+    for (auto _ : state) {
+        const std::vector<double> rates = run_first_map_child(ints ? "ints" : "args");
+        if (rates.size() != kMapsInChild) {
+            state.SkipWithError("the first-map child process failed");
+            return;
+        }
+        first.push_back(rates.front());
+        fourth.push_back(rates.back());
+    }
+    const std::string workload = ints ? "map_tiny" : "payload_10mib_args";
+    const std::string unit = ints ? "items/s" : "GB/s";
+    report(state, workload + "_first_map", median(first), unit);
+    state.counters["fourth_map"] = median(fourth);
+    state.counters["first_vs_fourth"] = median(first) / median(fourth);
+}
+BENCHMARK(BM_first_map)->DenseRange(0, 1)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+
 }  // namespace
 
-BENCHMARK_MAIN();
+// BENCHMARK_MAIN, but a run with --first-map=<kind> is a first-map child process (BM_first_map).
+int main(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg.rfind("--first-map=", 0) == 0) return first_map_child(arg.substr(std::strlen("--first-map=")));
+    }
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

@@ -54,7 +54,8 @@ def load_cpp(path, rename=lambda workload: workload):
         workload = rename(workload)
         figures.setdefault(workload, (unit, []))[1].append(bench["figure"])
         extra = {k: v for k, v in bench.items() if k in ("serial_ms", "threads_ms", "speedup", "vs_threads",
-                                                          "private_kib_per_worker", "std_mutex_ns")}
+                                                          "private_kib_per_worker", "std_mutex_ns", "fourth_map",
+                                                          "first_vs_fourth")}
         if extra:
             extras.setdefault(workload, []).append(extra)
     return {w: (u, statistics.median(v)) for w, (u, v) in figures.items()}, extras, data.get("context", {})
@@ -256,6 +257,19 @@ def main():
             unit = next(iter(by.values()))["unit"]
             print(f"| {workload} | {unit} | {by.get('mpi', {}).get('value', float('nan')):,.3g} | "
                   f"{by.get('fork', {}).get('value', float('nan')):,.3g} |")
+    first_maps = [(w, v) for w, v in ours.items() if w.endswith("_first_map")]
+    if first_maps:
+        print("\n## The first map of a process next to the later ones\n")
+        print("Each sample a fresh process that builds a pool and runs the same map 4 times (bench_pool's "
+              "BM_first_map); the steady row is the workload above, timed after 3 untimed maps.\n")
+        print("| workload | unit | first map | fourth map, same process | first / fourth | steady |")
+        print("|---|---|---:|---:|---:|---:|")
+        for workload, (unit, value) in first_maps:
+            extra = extras.get(workload, [{}])[0]
+            steady = ours.get(workload.removesuffix("_first_map"), (unit, float("nan")))[1]
+            print(f"| {workload.removesuffix('_first_map')} | {unit} | {value:,.3g} | "
+                  f"{extra.get('fourth_map', float('nan')):,.3g} | {extra.get('first_vs_fourth', float('nan')):.2f} | "
+                  f"{steady:,.3g} |")
     lock = extras.get("lock_acquire_release")
     if lock:
         print(f"\nFor comparison, std::mutex lock + unlock in the same process: {lock[0].get('std_mutex_ns', 0):.1f} ns.")
