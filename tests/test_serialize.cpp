@@ -271,3 +271,28 @@ TEST_CASE("large byte runs are copied exactly at every alignment and length arou
     const auto pair = std::make_pair(std::uint8_t{7}, large);
     CHECK(round_trip(pair) == pair);
 }
+
+TEST_CASE("copies split between two threads land exactly, whatever the alignment and length", "[serialize]") {
+    using procpool::detail::kParallelCopyBytes;
+    constexpr std::size_t kGuard = 4096;
+    const std::size_t longest = kParallelCopyBytes + 3 * 4096 + 77;
+    std::vector<unsigned char> source(longest + 32);
+    for (std::size_t i = 0; i < source.size(); ++i) source[i] = static_cast<unsigned char>(i * 131 + 7 + i / 4096);
+    std::vector<unsigned char> target(longest + 2 * kGuard + 4096);
+    const auto untouched = [](const unsigned char* p, std::size_t n) {
+        return std::all_of(p, p + n, [](unsigned char b) { return b == 0xEE; });
+    };
+    // Below the threshold (one thread), at it, and above it with the split landing inside a page and on one.
+    for (std::size_t length : {kParallelCopyBytes - 1, kParallelCopyBytes, kParallelCopyBytes + 1, longest}) {
+        for (std::size_t to : {std::size_t{0}, std::size_t{1}, std::size_t{2048}, std::size_t{4095}}) {
+            const std::size_t from = to % 7;
+            std::fill(target.begin(), target.end(), 0xEE);
+            unsigned char* at = target.data() + kGuard + to;
+            procpool::detail::stream_copy_parallel(at, source.data() + from, length);
+            INFO("length " << length << ", source offset " << from << ", target offset " << to);
+            REQUIRE(std::memcmp(at, source.data() + from, length) == 0);
+            REQUIRE(untouched(target.data(), kGuard + to));
+            REQUIRE(untouched(at + length, target.size() - (kGuard + to + length)));
+        }
+    }
+}

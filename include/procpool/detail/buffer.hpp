@@ -195,7 +195,9 @@ public:
     void append_for_reader(const void* bytes, std::size_t n) {
         if (n == 0) return;
         std::byte* to = extend(n);  // may move the buffer into the arena: ask where it is afterwards
-        if (in_arena_ || in_external_storage()) {
+        if (in_arena_) {
+            stream_copy_parallel(to, bytes, n);  // the arena is the parent's: its workers wait for the bytes
+        } else if (in_external_storage()) {
             stream_copy(to, bytes, n);
         } else {
             std::memcpy(to, bytes, n);

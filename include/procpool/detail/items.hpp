@@ -85,7 +85,7 @@ public:
     void add_contiguous(const Item* first, std::size_t n) {
         static_assert(bitwise<Item>());
         check_argument_run(first, n, stack_);
-        block_->bytes.append(first, n * sizeof(Item));
+        block_->bytes.append_for_reader(first, n * sizeof(Item));
         block_->count += n;
     }
 

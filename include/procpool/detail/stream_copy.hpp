@@ -28,6 +28,17 @@ static_assert(kStreamingCopyBytes >= 64, "stream_copy's loop assumes a streamed 
 /// in this core's cache (reading them back here costs twice a memcpy). Never throws; any alignment.
 PROCPOOL_DECL void stream_copy(void* dst, const void* src, std::size_t n) noexcept;
 
+/// Copies from this size up are split between the calling thread and one more (stream_copy_parallel).
+inline constexpr std::size_t kParallelCopyBytes = std::size_t{8} << 20;
+
+/// stream_copy(dst, src, n), from kParallelCopyBytes up split between this thread and a thread started for the
+/// second half (joined before returning). For a destination in fresh shared memory most of the time goes to the
+/// kernel allocating and zeroing its pages on first touch (about 0.9 ms per MiB on the benchmark VM, ten times the
+/// copy): two threads fault in two halves at once. Copies on this thread alone if no thread can be started. For
+/// the process that owns the pool, while its workers wait for the bytes (a map's input): elsewhere the second
+/// thread would take a core from a worker. Never throws.
+PROCPOOL_DECL void stream_copy_parallel(void* dst, const void* src, std::size_t n) noexcept;
+
 }  // namespace procpool::detail
 
 #ifdef PROCPOOL_HEADER_ONLY

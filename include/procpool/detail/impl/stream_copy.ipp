@@ -5,7 +5,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <new>
+#include <system_error>
+#include <thread>
 
+#include "procpool/detail/platform.hpp"
 #include "procpool/detail/stream_copy.hpp"
 
 // GCC instruments neither ASan nor TSan checks around non-temporal store intrinsics: sanitizer builds copy with
@@ -51,6 +55,25 @@ PROCPOOL_DECL void stream_copy(void* dst, const void* src, std::size_t n) noexce
     }
 #endif
     if (n != 0) std::memcpy(dst, src, n);
+}
+
+PROCPOOL_DECL void stream_copy_parallel(void* dst, const void* src, std::size_t n) noexcept {
+    if (n >= kParallelCopyBytes) {
+        // Split at a page boundary of the destination, so that the two threads never fault in the same page.
+        const auto middle = (reinterpret_cast<std::uintptr_t>(dst) + n / 2) & ~std::uintptr_t{kPage - 1};
+        const std::size_t front = middle - reinterpret_cast<std::uintptr_t>(dst);
+        auto* to = static_cast<unsigned char*>(dst);
+        const auto* from = static_cast<const unsigned char*>(src);
+        try {
+            std::thread back([=] { stream_copy(to + front, from + front, n - front); });
+            stream_copy(to, from, front);
+            back.join();
+            return;
+        } catch (const std::system_error&) {  // no thread to be had: copy it all here
+        } catch (const std::bad_alloc&) {
+        }
+    }
+    stream_copy(dst, src, n);
 }
 
 }  // namespace procpool::detail
