@@ -26,6 +26,7 @@
 #include <type_traits>
 #include <vector>
 
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -726,24 +727,59 @@ BENCHMARK(BM_shared_dict)
 // first. Each sample is a fresh process (this binary run again with --first-map=<kind>, so nothing is warm: not the
 // heap, the shared arena, the result areas or the VM's fresh pages); it builds a pool, runs the same map 4 times
 // and prints the rate of each. The first is reported as "<workload>_first_map", the fourth beside it as
-// "<workload>_fourth_map" (the steady rows above run 3 more maps before they time any).
+// "fourth_map" (the steady rows above run 3 more maps before they time any). The last kind maps nothing: it
+// writes 40 MiB into fresh shared memory and then 3 times more into the same pages, the price this machine puts
+// on the first touch of memory, which a process's first map pays for its input, its results and its result vector.
 constexpr int kMapsInChild = 4;
-/// Runs in the child: the maps of `kind` ("ints": map_tiny's; "args": payload_10mib_args'), one rate per line.
+struct FirstMapKind {
+    const char* kind;      // --first-map=<kind>
+    const char* workload;  // the steady row it matches
+    const char* unit;
+};
+constexpr FirstMapKind kFirstMapKinds[] = {{"ints", "map_tiny", "items/s"},
+                                           {"args", "payload_10mib_args", "GB/s"},
+                                           {"results", "payload_10mib_results", "GB/s"},
+                                           {"imap", "imap_default", "items/s"},
+                                           {"fresh", "write_40mib_shared_memory", "GB/s"}};
+/// Runs in the child: the maps of `kind` (see kFirstMapKinds), one rate per line.
 int first_map_child(const std::string& kind) {
+    const std::size_t size = std::size_t{10} << 20;
+    if (kind == "fresh") {  // no pool: fresh shared pages written once, then the same pages again
+        const std::size_t bytes = std::size_t{40} << 20;
+        void* mapped = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (mapped == MAP_FAILED) return 1;
+        const std::vector<char> source(bytes, 'z');
+        for (int k = 0; k < kMapsInChild; ++k) {
+            const auto start = Clock::now();
+            std::memcpy(mapped, source.data(), bytes);
+            benchmark::ClobberMemory();
+            std::printf("%.6g\n", static_cast<double>(bytes) / seconds_since(start) / 1e9);
+        }
+        ::munmap(mapped, bytes);
+        return 0;
+    }
     procpool::Pool pool(cpus());
     pool.apply(identity, 0);
     std::vector<int> iota_input(kind == "ints" ? 10'000'000 : 0);
     std::iota(iota_input.begin(), iota_input.end(), 0);
-    const std::size_t size = std::size_t{10} << 20;
     const std::vector<std::string> items(kind == "args" ? 16 : 0, std::string(size, 'x'));
+    const std::vector<std::size_t> sizes(16, size);
     for (int k = 0; k < kMapsInChild; ++k) {
         const auto start = Clock::now();
         if (kind == "ints") {
             benchmark::DoNotOptimize(pool.map([](int x) { return 2 * x; }, iota_input));
             std::printf("%.6g\n", static_cast<double>(iota_input.size()) / seconds_since(start));
-        } else {
+        } else if (kind == "args") {
             benchmark::DoNotOptimize(pool.map([](const std::string& text) { return text.size(); }, items));
             std::printf("%.6g\n", 16.0 * static_cast<double>(size) / seconds_since(start) / 1e9);
+        } else if (kind == "results") {
+            benchmark::DoNotOptimize(pool.map([](std::size_t n) { return std::string(n, 'y'); }, sizes));
+            std::printf("%.6g\n", 16.0 * static_cast<double>(size) / seconds_since(start) / 1e9);
+        } else if (kind == "imap") {
+            benchmark::DoNotOptimize(imap_sum(pool, 200000, {}, true));
+            std::printf("%.6g\n", 200000 / seconds_since(start));
+        } else {
+            return 2;
         }
     }
     return 0;
@@ -760,11 +796,11 @@ std::vector<double> run_first_map_child(const std::string& kind) {
     return rates;
 }
 void BM_first_map(benchmark::State& state) {
-    const bool ints = state.range(0) == 0;
+    const FirstMapKind& kind = kFirstMapKinds[state.range(0)];
     std::vector<double> first;
     std::vector<double> fourth;
     for (auto _ : state) {
-        const std::vector<double> rates = run_first_map_child(ints ? "ints" : "args");
+        const std::vector<double> rates = run_first_map_child(kind.kind);
         if (rates.size() != kMapsInChild) {
             state.SkipWithError("the first-map child process failed");
             return;
@@ -772,13 +808,15 @@ void BM_first_map(benchmark::State& state) {
         first.push_back(rates.front());
         fourth.push_back(rates.back());
     }
-    const std::string workload = ints ? "map_tiny" : "payload_10mib_args";
-    const std::string unit = ints ? "items/s" : "GB/s";
-    report(state, workload + "_first_map", median(first), unit);
+    report(state, std::string(kind.workload) + "_first_map", median(first), kind.unit);
     state.counters["fourth_map"] = median(fourth);
     state.counters["first_vs_fourth"] = median(first) / median(fourth);
 }
-BENCHMARK(BM_first_map)->DenseRange(0, 1)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_first_map)
+    ->DenseRange(0, std::size(kFirstMapKinds) - 1)
+    ->Iterations(5)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

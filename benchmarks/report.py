@@ -261,15 +261,18 @@ def main():
     if first_maps:
         print("\n## The first map of a process next to the later ones\n")
         print("Each sample a fresh process that builds a pool and runs the same map 4 times (bench_pool's "
-              "BM_first_map); the steady row is the workload above, timed after 3 untimed maps.\n")
+              "BM_first_map); the steady row is the workload above, timed after 3 untimed maps. "
+              "write_40mib_shared_memory maps nothing: 40 MiB written into fresh shared memory, then into the "
+              "same pages again, the price of a first touch on this machine.\n")
         print("| workload | unit | first map | fourth map, same process | first / fourth | steady |")
         print("|---|---|---:|---:|---:|---:|")
         for workload, (unit, value) in first_maps:
             extra = extras.get(workload, [{}])[0]
-            steady = ours.get(workload.removesuffix("_first_map"), (unit, float("nan")))[1]
+            steady = ours.get(workload.removesuffix("_first_map"))
+            steady_text = f"{steady[1]:,.3g}" if steady else "-"
             print(f"| {workload.removesuffix('_first_map')} | {unit} | {value:,.3g} | "
                   f"{extra.get('fourth_map', float('nan')):,.3g} | {extra.get('first_vs_fourth', float('nan')):.2f} | "
-                  f"{steady:,.3g} |")
+                  f"{steady_text} |")
     lock = extras.get("lock_acquire_release")
     if lock:
         print(f"\nFor comparison, std::mutex lock + unlock in the same process: {lock[0].get('std_mutex_ns', 0):.1f} ns.")
