@@ -547,3 +547,64 @@ TEST_CASE("terminate() keeps the inputs of running tasks until their workers are
     }
     CHECK(arena_drained(baseline));
 }
+
+TEST_CASE("block recycler: freed blocks come back by size class, up to its budget, and never in a forked child",
+          "[bulk_arena]") {
+    using procpool::detail::BlockRecycler;
+    // Same class (64-byte steps): a freed block is the next one handed out, LIFO.
+    void* first = BlockRecycler::allocate(700);
+    const std::size_t kept = BlockRecycler::kept_bytes();
+    BlockRecycler::deallocate(first, 700);
+    CHECK(BlockRecycler::kept_bytes() == kept + 704);
+    void* again = BlockRecycler::allocate(650);  // 650 and 700 round up to the same 704 bytes
+    CHECK(again == first);
+    CHECK(BlockRecycler::kept_bytes() == kept);
+    std::memset(again, 0x5a, 704);  // the whole class size is usable
+    // Another class does not take it.
+    BlockRecycler::deallocate(again, 700);
+    void* other = BlockRecycler::allocate(100);
+    CHECK(other != again);
+    BlockRecycler::deallocate(other, 100);
+    // Blocks larger than the largest class are not kept.
+    const std::size_t large = BlockRecycler::kClassBytes * BlockRecycler::kClasses + 1;
+    const std::size_t before_large = BlockRecycler::kept_bytes();
+    BlockRecycler::deallocate(BlockRecycler::allocate(large), large);
+    CHECK(BlockRecycler::kept_bytes() == before_large);
+
+    // The budget: freeing more than kMaxKeptBytes keeps no more than that.
+    std::vector<void*> many(BlockRecycler::kMaxKeptBytes / 2048 + 64);
+    for (void*& block : many) block = BlockRecycler::allocate(2048);
+    for (void* block : many) BlockRecycler::deallocate(block, 2048);
+    CHECK(BlockRecycler::kept_bytes() <= BlockRecycler::kMaxKeptBytes);
+    CHECK(BlockRecycler::kept_bytes() + 2048 > BlockRecycler::kMaxKeptBytes);
+
+    // A forked child allocates and frees without the lists (another thread may have held their lock at the fork).
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        int failures = 0;
+        failures += BlockRecycler::kept_bytes() != 0;
+        void* block = BlockRecycler::allocate(2048);
+        failures += block == nullptr;
+        BlockRecycler::deallocate(block, 2048);
+        failures += BlockRecycler::kept_bytes() != 0;
+        ::_exit(failures);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+
+    // Empty it again (its blocks are operator new's), and then apply_async's records come from it: a burst's
+    // blocks are kept for the next one once the results are dropped.
+    for (std::size_t i = 0; i < many.size(); ++i) ::operator delete(BlockRecycler::allocate(2048));
+    const std::size_t before_burst = BlockRecycler::kept_bytes();
+    REQUIRE(before_burst + (std::size_t{1} << 20) < BlockRecycler::kMaxKeptBytes);
+    {
+        procpool::Pool pool(1);
+        std::vector<procpool::AsyncResult<int>> results;
+        for (int i = 0; i < 100; ++i) results.push_back(pool.apply_async([](int x) { return x + 1; }, i));
+        for (int i = 0; i < 100; ++i) CHECK(results[static_cast<std::size_t>(i)].get() == i + 1);
+    }  // the pool is closed and joined: nothing but the results held the records
+    CHECK(BlockRecycler::kept_bytes() >= before_burst + 100 * 512);
+}

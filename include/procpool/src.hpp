@@ -10,6 +10,7 @@
 // The fork pool's core (detail/pool_core.hpp), and what the headers declare with PROCPOOL_DECL: defined here once.
 // (Header-only, each header includes its own .ipp file.)
 #include "procpool/detail/impl/async_result.ipp"
+#include "procpool/detail/impl/block_recycler.ipp"
 #include "procpool/detail/impl/buffer.ipp"
 #include "procpool/detail/impl/bulk_arena.ipp"
 #include "procpool/detail/impl/demangle.ipp"

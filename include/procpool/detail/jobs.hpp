@@ -24,6 +24,7 @@
 
 #include "procpool/async_result.hpp"
 #include "procpool/detail/assert.hpp"
+#include "procpool/detail/block_recycler.hpp"
 #include "procpool/detail/buffer.hpp"
 #include "procpool/detail/config.hpp"
 #include "procpool/detail/futex.hpp"
@@ -39,6 +40,25 @@ namespace procpool::detail {
 struct ItemError {
     std::uint64_t index;
     std::exception_ptr error;
+};
+
+/// PoolOptions::retries spent, by job index; the table is made on the first retry (most jobs have none, and an
+/// empty std::unordered_map would take 56 bytes of every apply_async's record).
+class RetryCounts {
+public:
+    [[nodiscard]] std::uint32_t spent(std::uint64_t index) const {
+        if (!counts_) return 0;
+        const auto found = counts_->find(index);
+        return found == counts_->end() ? 0 : found->second;
+    }
+    /// One more retry of item `index`. Throws std::bad_alloc.
+    void add(std::uint64_t index) {
+        if (!counts_) counts_ = std::make_unique<std::unordered_map<std::uint64_t, std::uint32_t>>();
+        ++(*counts_)[index];
+    }
+
+private:
+    std::unique_ptr<std::unordered_map<std::uint64_t, std::uint32_t>> counts_;
 };
 
 /// The parent's record of one submission. Scheduler-owned fields are guarded by the scheduler's lock.
@@ -78,7 +98,7 @@ public:
     std::vector<std::shared_ptr<const void>> keep_alive;  // a copy of a callable holding shared-object handles
     ProgressTracker progress;                             // MapOptions::progress, if any
     bool code_pointer_callable = false;                   // the callable's bytes are a function pointer
-    std::unordered_map<std::uint64_t, std::uint32_t> retries_used;  // by job index: PoolOptions::retries spent
+    RetryCounts retries_used;                             // PoolOptions::retries spent
 
 private:
     TaskEntry entry_;
@@ -98,7 +118,8 @@ public:
         std::shared_ptr<ItemBlock> item;
     };
     static Parts make(TaskEntry task_entry, Buffer callable) {
-        auto job = std::make_shared<ApplyJob>(task_entry, std::move(callable));
+        // One block per apply_async, recycled (detail/block_recycler.hpp): bursts allocate and free thousands.
+        auto job = std::allocate_shared<ApplyJob>(RecyclingAllocator<ApplyJob>(), task_entry, std::move(callable));
         std::shared_ptr<ResultState<R>> state(job, &job->own_state_);
         std::shared_ptr<ItemBlock> item(job, &job->item_);
         return {std::move(job), std::move(state), std::move(item)};

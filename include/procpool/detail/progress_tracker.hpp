@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <optional>
 
@@ -17,10 +18,11 @@ namespace procpool::detail {
 /// Without a callback it costs one branch per delivery.
 class ProgressTracker {
 public:
+    /// Reports to `callback` from now on (nothing if it is empty). Before the job is visible to other threads.
     PROCPOOL_DECL void start(ProgressCallback callback, std::optional<std::uint64_t> total);
     /// `n` more items finished (delivered or failed).
     void add(std::uint64_t n) {
-        if (callback_) record(n);
+        if (state_) record(n);
     }
     /// The job is over (all delivered, failed, or abandoned): the final report, once.
     PROCPOOL_DECL void finish();
@@ -30,13 +32,18 @@ private:
     PROCPOOL_DECL void record(std::uint64_t n);
     PROCPOOL_DECL void report_locked(MonotonicClock::time_point now, bool final);
 
-    ProgressCallback callback_;
-    std::optional<std::uint64_t> total_;
-    std::mutex mutex_;
-    std::uint64_t done_ = 0;
-    MonotonicClock::time_point start_;
-    MonotonicClock::time_point last_;
-    bool finished_ = false;
+    /// Made by start() with a callback only: most jobs report no progress, and this would take 120 bytes of every
+    /// apply_async's record.
+    struct State {
+        ProgressCallback callback;
+        std::optional<std::uint64_t> total;
+        std::mutex mutex;
+        std::uint64_t done = 0;
+        MonotonicClock::time_point start;
+        MonotonicClock::time_point last;
+        bool finished = false;
+    };
+    std::unique_ptr<State> state_;
 };
 
 }  // namespace procpool::detail

@@ -206,15 +206,13 @@ void Scheduler<Transport>::fail_or_retry_locked(std::size_t slot, std::shared_pt
         // The run of items from here that have no retry left fails as one; the next item with one left is retried.
         std::uint64_t failing = 0;
         while (failing < segment.count) {
-            const auto used = job->retries_used.find(segment.job_first + failing);
-            const std::uint32_t spent = used == job->retries_used.end() ? 0 : used->second;
-            if (spent < settings_.retries) break;  // this one is retried
+            if (job->retries_used.spent(segment.job_first + failing) < settings_.retries) break;  // retried
             ++failing;
         }
         if (failing != 0) failures_.push_back(Failure{job, segment.take_front(failing), error});
         if (segment.count == 0) break;
         Segment item = segment.take_front(1);
-        ++job->retries_used[item.job_first];
+        job->retries_used.add(item.job_first);
         item.avoid_slot = static_cast<std::uint32_t>(slot);
         retried.emplace_back(job, std::move(item));
     }
