@@ -7,9 +7,9 @@
 // ran at 1.2 M tasks/s, and at 2.0 M with trimming turned off through GLIBC_TUNABLES). Freed blocks are kept here
 // instead, by size class, up to kMaxKeptBytes in all, and handed out again.
 //
-// Only the process that first used the recycler recycles (fork_generation(), no system call): in a forked child every block is allocated and freed with
-// operator new and delete, and the lists and their lock, which another thread of the parent may have held at the
-// fork, are never touched (blocks on them are left alone).
+// Only the process that first used the recycler recycles (fork_generation(), no system call): in a forked child every
+// block is allocated and freed with operator new and delete, and the lists and their lock, which another thread of the
+// parent may have held at the fork, are never touched (blocks on them are left alone).
 #pragma once
 
 #include <cstddef>
@@ -47,14 +47,14 @@ struct RecyclingAllocator {
 
     T* allocate(std::size_t n) {
         if constexpr (alignof(T) > __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
-            return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{alignof(T)}));
+            return static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{alignof(T)}));
         } else {
             return static_cast<T*>(BlockRecycler::allocate(n * sizeof(T)));
         }
     }
     void deallocate(T* block, std::size_t n) noexcept {
         if constexpr (alignof(T) > __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
-            ::operator delete(block, std::align_val_t{alignof(T)});
+            ::operator delete (block, std::align_val_t{alignof(T)});
         } else {
             BlockRecycler::deallocate(block, n * sizeof(T));
         }

@@ -212,6 +212,7 @@ private:
     void dispatch_locked();
     [[nodiscard]] std::size_t depth_locked(std::size_t slot) const noexcept;
     [[nodiscard]] std::size_t workers_behind_locked(std::size_t slot) const noexcept;
+    /// The worker to send the next task to; `passed` marks slots to skip (empty: none).
     [[nodiscard]] std::optional<std::size_t> pick_worker_locked(const std::vector<bool>& passed) const noexcept;
     std::optional<Task> next_task_locked(std::size_t slot, bool& avoided);
     [[nodiscard]] bool another_worker_free_locked(std::size_t slot) const noexcept;

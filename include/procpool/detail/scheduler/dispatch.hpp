@@ -18,13 +18,14 @@ void Scheduler<Transport>::dispatch_locked() {
     }
     // 2. Hand out new tasks, least loaded worker first, most recently active among equals (it is still awake). A
     //    worker the next item is to avoid (it died there and is retried) is passed over this time.
-    std::vector<bool> passed(workers_.size());
+    std::vector<bool> passed;  // sized on the first worker passed over (rare: allocates nothing per call)
     for (;;) {
         const std::optional<std::size_t> slot = pick_worker_locked(passed);
         if (!slot) break;
         bool avoided = false;
         std::optional<Task> task = next_task_locked(*slot, avoided);
         if (avoided) {
+            if (passed.empty()) passed.resize(workers_.size());
             passed[*slot] = true;
             continue;
         }
@@ -95,7 +96,9 @@ std::optional<std::size_t> Scheduler<Transport>::pick_worker_locked(const std::v
     std::optional<std::size_t> best;
     for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
         const WorkerSlot& w = workers_[slot];
-        if (passed[slot] || !w.usable() || w.budget == 0 || w.load >= depth_locked(slot)) continue;
+        if ((!passed.empty() && passed[slot]) || !w.usable() || w.budget == 0 || w.load >= depth_locked(slot)) {
+            continue;
+        }
         if (!w.inflight.empty() && !w.inflight.back().fully_written()) continue;
         if (!best) {
             best = slot;
