@@ -2,6 +2,7 @@
 // mode: compiled by procpool/src.hpp).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -19,7 +20,7 @@ PROCPOOL_DECL std::uint64_t imap_read_ahead_limit(std::size_t workers, std::size
         }
         return buffersize;
     }
-    if (chunksize != 0) return imap_window_chunks(workers) * chunksize;
+    if (chunksize != 0) return std::max(imap_window_chunks(workers) * chunksize, imap_window_floor_items(workers));
     return imap_default_buffersize(workers);
 }
 

@@ -31,13 +31,57 @@ void Scheduler<Transport>::extend(const std::shared_ptr<JobBase>& job, Segment s
     dispatch_locked();
 }
 
-/// Drops a job's items that were not sent yet (an imap range abandoned by its reader). Never blocks on workers.
+/// extend() for several segments at once, in order: one lock and one dispatch. All or none are added (the job is
+/// unchanged when it throws).
+template <class Transport>
+void Scheduler<Transport>::extend(const std::shared_ptr<JobBase>& job, std::vector<Segment>& segments) {
+    check_owner();
+    std::lock_guard lock(mutex_);
+    if (state_ != State::running && state_ != State::closed) throw_state_error_locked();
+    std::size_t added = 0;
+    try {
+        for (; added < segments.size(); ++added) add_segment_locked(*job, std::move(segments[added]));
+    } catch (...) {  // std::bad_alloc growing the job's queue: take back what went in, into `segments`
+        while (added-- != 0) {
+            Segment& segment = segments[added];
+            if (segment.count == 0) continue;  // (add_segment_locked skips empty segments)
+            segment = std::move(job->ready.back());
+            job->ready.pop_back();
+            job->unsent_items -= segment.count;
+            job->encoded_items -= segment.count;
+            job->encoded_bytes -= segment.block->items(segment.block_first, segment.count).size();
+        }
+        throw;
+    }
+    enqueue_locked(job);
+    dispatch_locked();
+}
+
+/// Drops a job's items that were not sent yet (an imap range abandoned by its reader), and where the transport can
+/// take tasks back, those queued in workers' rings that no worker has started: nobody wants their results, and a
+/// pool being closed would otherwise wait for them to run. Never blocks on workers.
 template <class Transport>
 void Scheduler<Transport>::abandon(JobBase& job) {
     if (fork_generation() != generation_) return;  // a forked child's copy: the lock may have been held at the fork
     std::lock_guard lock(mutex_);
     job.ready.clear();
     job.unsent_items = 0;
+    if constexpr (RevocableQueue<Transport>) {
+        for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
+            WorkerSlot& w = workers_[slot];
+            for (std::size_t i = w.inflight.size(); i-- > 0;) {
+                Task& task = w.inflight[i];
+                if (task.job.get() != &job || !task.fully_written() || task.fragmented ||
+                    !transport_.revoke(slot, task.position)) {
+                    continue;  // another job's, being written, or claimed: the worker runs it
+                }
+                w.load -= task.load;
+                w.budget += task.segment.count;
+                w.inflight.erase(i);  // the worker skips it (results come for the others, in order)
+            }
+        }
+        dispatch_locked();  // other jobs' tasks, or the exit messages of a pool being joined
+    }
     idle_cv_.notify_all();
 }
 
