@@ -148,6 +148,25 @@ TEST_CASE("imap read-ahead stays bounded while the reader is slow", "[imap]") {
     CHECK(*it == 1);
 }
 
+TEST_CASE("imap's read-ahead floor in items is for small items: large ones keep the window of chunks", "[imap]") {
+    procpool::Pool pool(2);
+    std::atomic<long> read{0};
+    auto input = std::views::iota(0, 1000) | std::views::transform([&read](int) {
+                     ++read;
+                     return std::string(std::size_t{256} << 10, 'x');  // 256 KiB each
+                 });
+    auto results = pool.imap([](const std::string& s) { return s.size(); }, input, {.chunksize = 1});
+    auto it = results.begin();
+    std::this_thread::sleep_for(200ms);  // the workers are fast, the reader does not read
+    using Range = decltype(results);
+    // 136 items of 256 KiB would be 34 MiB read ahead; the floor allows 1 MiB of them, the window 16 chunks.
+    CHECK(read.load() <= static_cast<long>(Range::window_chunks(pool.size())) + 1);
+    CHECK(*it == std::size_t{256} << 10);
+    long n = 0;
+    for (; it != results.end(); ++it) ++n;
+    CHECK(n == 1000);
+}
+
 TEST_CASE("breaking out of a slow imap returns at once without waiting for running tasks", "[imap][threads]") {
     const auto start = std::chrono::steady_clock::now();
     {

@@ -174,21 +174,33 @@ private:
         }
     }
 
-    /// Items unconsumed at most with chunks of `chunk` items: `window_` chunks or `window_floor_` items, whichever
-    /// is more, and never more than `buffer_`.
+    /// Read-ahead that the window's floor in items may add at most: the floor is for tiny items (a futex wake-up per
+    /// few of them otherwise), not for large ones, which keep their window of chunks.
+    static constexpr std::uint64_t kWindowFloorBytes = std::uint64_t{1} << 20;
+
+    /// Items unconsumed at most with chunks of `chunk` items: `window_` chunks or the floor in items (window_floor_,
+    /// fewer if the items read so far average more than kWindowFloorBytes / window_floor_ bytes), whichever is more,
+    /// and never more than `buffer_`.
     [[nodiscard]] std::uint64_t read_ahead_items(std::uint64_t chunk) const noexcept {
-        return std::min(std::max(window_ * chunk, window_floor_), buffer_);
+        std::uint64_t floor = window_floor_;
+        if (items_read_ != 0 && bytes_read_ != 0) {
+            const double per_item = static_cast<double>(bytes_read_) / static_cast<double>(items_read_);
+            floor = std::min(floor, static_cast<std::uint64_t>(static_cast<double>(kWindowFloorBytes) / per_item));
+        }
+        return std::min(std::max(window_ * chunk, floor), buffer_);
     }
 
     /// Reads input and submits chunks while fewer than read_ahead_items() are unconsumed. It starts only once half of
     /// that is left (or nothing), and submits what it read in one batch: one lock and one dispatch for many chunks
-    /// (with chunks of one item, a dispatch per item took a quarter of the reader's time). An exception from the input
-    /// ends the reading; it is kept for advance() to throw in its place, after the results of what was read before it.
+    /// (with chunks of one item, a dispatch per item took a quarter of the reader's time). With nothing in flight the
+    /// first chunk goes at once, so that the workers start while the rest is read. An exception from the input ends
+    /// the reading; it is kept for advance() to throw in its place, after the results of what was read before it.
     void refill() {
         if (input_done_) return;
         if (job_->unconsumed() > read_ahead_items(chunk_size()) / 2) return;
+        bool submit_first_alone = job_->unconsumed() == 0;
         batch_.clear();
-        const std::uint64_t batch_first = next_index_;
+        batch_first_ = next_index_;
         while (!input_done_) {
             const std::uint64_t chunk = chunk_size();
             if (job_->unconsumed() + chunk > read_ahead_items(chunk)) break;
@@ -210,33 +222,54 @@ private:
             }
             const std::uint64_t count = encoder.count();
             if (count == 0) break;
-            const std::uint64_t first = next_index_;
-            try {
-                batch_.push_back(detail::Segment{encoder.finish(), 0, count, first});
-            } catch (...) {
-                take_back_batch(batch_first);
-                throw;
+            items_read_ += count;
+            bytes_read_ += encoder.bytes();
+            add_to_batch(encoder.finish(), count);
+            if (submit_first_alone) {
+                submit_batch();
+                submit_first_alone = false;
             }
-            next_index_ += count;
-            job_->expect(first, count);  // before extend(): results may arrive before it returns
-            ++chunks_formed_;
         }
+        submit_batch();
+    }
+    /// Expects a chunk's results and adds it to the batch. On failure (std::bad_alloc) the batch is taken back.
+    void add_to_batch(std::shared_ptr<detail::ItemBlock> block, std::uint64_t count) {
+        const std::uint64_t first = next_index_;
+        try {
+            job_->expect(first, count);  // before extend(): results may arrive before it returns
+        } catch (...) {
+            take_back_batch();
+            throw;
+        }
+        try {
+            batch_.push_back(detail::Segment{std::move(block), 0, count, first});
+        } catch (...) {
+            job_->unexpect(count);
+            take_back_batch();
+            throw;
+        }
+        next_index_ += count;
+        ++chunks_formed_;
+    }
+    /// Hands the batch to the scheduler (all of it or, if that throws, none: then the batch is taken back).
+    void submit_batch() {
         if (batch_.empty()) return;
         try {
             core_->scheduler.extend(job_, batch_);
         } catch (...) {
-            take_back_batch(batch_first);
+            take_back_batch();
             throw;
         }
         batch_.clear();  // the scheduler moved the segments out
+        batch_first_ = next_index_;
     }
     /// Takes back the chunks of a batch that could not be submitted: what was read is lost with the error, and the
     /// pool takes no more input.
-    void take_back_batch(std::uint64_t batch_first) noexcept {
+    void take_back_batch() noexcept {
         for (auto chunk = batch_.rbegin(); chunk != batch_.rend(); ++chunk)
             job_->unexpect(chunk->count);  // latest first
         batch_.clear();
-        next_index_ = batch_first;
+        next_index_ = batch_first_;
         input_done_ = true;
     }
 
@@ -267,6 +300,9 @@ private:
     std::exception_ptr input_error_;  // what reading the input threw, until advance() throws it in its place
     std::optional<typename Job::Entry> current_;
     std::vector<detail::Segment> batch_;  // the chunks refill() submits at once (kept: allocated once)
+    std::uint64_t batch_first_ = 0;       // the job index of batch_'s first item
+    std::uint64_t items_read_ = 0;        // items read from the input so far...
+    std::uint64_t bytes_read_ = 0;        // ...and their encoded bytes (read_ahead_items())
     std::uint64_t next_index_ = 0;
     std::uint64_t chunks_formed_ = 0;
     bool started_ = false;

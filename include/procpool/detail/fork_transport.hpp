@@ -133,8 +133,11 @@ public:
         return done;
     }
 
-    /// Takes back a queued task message the worker has not claimed. True if the worker will now skip it.
+    /// Takes back a queued task message the worker has not claimed. True if the worker will now skip it. False for a
+    /// message the worker has consumed already: its ring space may hold another message by now (only the parent
+    /// writes there, under the scheduler's lock, so the check cannot go stale before the exchange).
     bool revoke(std::size_t slot, std::uint64_t position) noexcept {
+        if (position < task_ring_head(slot)) return false;
         std::uint32_t expected = kUnclaimed;
         return claim_word(slot, position).compare_exchange_strong(expected, kRevoked, std::memory_order_acq_rel);
     }

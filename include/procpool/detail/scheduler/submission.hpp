@@ -41,6 +41,7 @@ void Scheduler<Transport>::extend(const std::shared_ptr<JobBase>& job, std::vect
     std::size_t added = 0;
     try {
         for (; added < segments.size(); ++added) add_segment_locked(*job, std::move(segments[added]));
+        enqueue_locked(job);
     } catch (...) {  // std::bad_alloc growing the job's queue: take back what went in, into `segments`
         while (added-- != 0) {
             Segment& segment = segments[added];
@@ -53,8 +54,12 @@ void Scheduler<Transport>::extend(const std::shared_ptr<JobBase>& job, std::vect
         }
         throw;
     }
-    enqueue_locked(job);
-    dispatch_locked();
+    // The segments are the job's now: a dispatch that fails leaves them queued for the next one (the next result
+    // or housekeeping), rather than telling the caller they were not taken.
+    try {
+        dispatch_locked();
+    } catch (...) {
+    }
 }
 
 /// Drops a job's items that were not sent yet (an imap range abandoned by its reader), and where the transport can
@@ -63,6 +68,7 @@ void Scheduler<Transport>::extend(const std::shared_ptr<JobBase>& job, std::vect
 template <class Transport>
 void Scheduler<Transport>::abandon(JobBase& job) {
     if (fork_generation() != generation_) return;  // a forked child's copy: the lock may have been held at the fork
+    std::vector<std::shared_ptr<const ItemBlock>> dropped;  // freed after the lock (an arena range, a mapping)
     std::lock_guard lock(mutex_);
     job.ready.clear();
     job.unsent_items = 0;
@@ -73,14 +79,21 @@ void Scheduler<Transport>::abandon(JobBase& job) {
                 Task& task = w.inflight[i];
                 if (task.job.get() != &job || !task.fully_written() || task.fragmented ||
                     !transport_.revoke(slot, task.position)) {
-                    continue;  // another job's, being written, or claimed: the worker runs it
+                    continue;  // another job's, being written, claimed or consumed: the worker runs it
                 }
                 w.load -= task.load;
                 w.budget += task.segment.count;
+                try {
+                    dropped.push_back(std::move(task.segment.block));
+                } catch (...) {  // no memory for the list: the block is freed with the task, under the lock
+                }
                 w.inflight.erase(i);  // the worker skips it (results come for the others, in order)
             }
         }
-        dispatch_locked();  // other jobs' tasks, or the exit messages of a pool being joined
+        try {
+            dispatch_locked();  // other jobs' tasks, or the exit messages of a pool being joined
+        } catch (...) {         // (std::bad_alloc) the next result or housekeeping dispatches again
+        }
     }
     idle_cv_.notify_all();
 }
@@ -168,18 +181,20 @@ void Scheduler<Transport>::throw_state_error_locked() const {
 template <class Transport>
 void Scheduler<Transport>::add_segment_locked(JobBase& job, Segment segment) {
     if (segment.count == 0) return;
-    job.unsent_items += segment.count;
-    job.encoded_items += segment.count;
-    job.encoded_bytes += segment.block->items(segment.block_first, segment.count).size();
-    job.ready.push_back(std::move(segment));
+    const std::uint64_t count = segment.count;
+    const std::uint64_t bytes = segment.block->items(segment.block_first, segment.count).size();
+    job.ready.push_back(std::move(segment));  // first: if it throws, the job is unchanged
+    job.unsent_items += count;
+    job.encoded_items += count;
+    job.encoded_bytes += bytes;
 }
 
 template <class Transport>
 void Scheduler<Transport>::enqueue_locked(const std::shared_ptr<JobBase>& job, bool front) {
     if (job->queued || job->ready.empty()) return;
-    job->queued = true;
     if (front) jobs_.push_front(job);
     else jobs_.push_back(job);
+    job->queued = true;  // after the push: if that throws, the job is not marked queued
 }
 
 /// True if some job still has items to send (stops at the first such job: O(1) unless many jobs failed).
