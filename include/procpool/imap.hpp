@@ -266,8 +266,7 @@ private:
     /// Takes back the chunks of a batch that could not be submitted: what was read is lost with the error, and the
     /// pool takes no more input.
     void take_back_batch() noexcept {
-        for (auto chunk = batch_.rbegin(); chunk != batch_.rend(); ++chunk)
-            job_->unexpect(chunk->count);  // latest first
+        for (const detail::Segment& chunk : std::views::reverse(batch_)) job_->unexpect(chunk.count);  // latest first
         batch_.clear();
         next_index_ = batch_first_;
         input_done_ = true;

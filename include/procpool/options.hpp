@@ -61,8 +61,8 @@ struct MapOptions {
     std::size_t chunksize = 0;
     /// imap/imap_unordered: items read from the input and not yet consumed at most (Python 3.14's
     /// Executor.map(buffersize=)). 0 (the default): a few thousand (1024 per worker, at least 4096) with automatic
-    /// chunks, a window of chunks (4 per worker and 8 more, or 64 items per worker and 8 more if that is more) with
-    /// a chunksize of yours. A bound, not a target: the pool reads only as far ahead as keeps its workers busy.
+    /// chunks, a window of chunks (4 per worker and 8 more; for small items up to 64 items per worker and 8 more)
+    /// with a chunksize of yours. A bound, not a target: the pool reads only as far ahead as keeps its workers busy.
     /// Below chunksize, or given to map/starmap (which read their whole input), it throws std::invalid_argument.
     std::size_t buffersize = 0;
     /// Progress reports; empty (the default) costs nothing. procpool::progress_bar() draws one on stderr.

@@ -26,9 +26,7 @@
 #include "procpool/errors.hpp"
 #include "procpool/serialize.hpp"
 
-namespace procpool {
-
-namespace detail {
+namespace procpool::detail {
 
 /// A 64-bit hash of encoded key bytes (8 bytes per step, splitmix64's finalizer).
 inline std::uint64_t hash_bytes(const std::byte* data, std::size_t size) noexcept {
@@ -367,6 +365,4 @@ T decode_bytes(Bytes bytes) {
     return decode_as<T>(ar);
 }
 
-}  // namespace detail
-
-}  // namespace procpool
+}  // namespace procpool::detail

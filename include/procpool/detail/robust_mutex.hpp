@@ -119,7 +119,7 @@ concept BoostPtime = requires(const T& time) {
     typename T::time_duration_type;
     { time.is_pos_infinity() } -> std::convertible_to<bool>;
     { time.is_special() } -> std::convertible_to<bool>;
-    { (time - time).ticks() } -> std::convertible_to<std::int64_t>;
+    { (time - time).ticks() } -> std::convertible_to<std::int64_t>;  // NOLINT(misc-redundant-expression): a shape
 };
 
 /// Locks `mutex` as Boost.Interprocess' timed_lock(abs_time) does: waits until `abs_time`, read as UTC; pos_infin
