@@ -603,8 +603,9 @@ TEST_CASE("block recycler: freed blocks come back by size class, up to its budge
     {
         procpool::Pool pool(1);
         std::vector<procpool::AsyncResult<int>> results;
+        results.reserve(100);
         for (int i = 0; i < 100; ++i) results.push_back(pool.apply_async([](int x) { return x + 1; }, i));
         for (int i = 0; i < 100; ++i) CHECK(results[static_cast<std::size_t>(i)].get() == i + 1);
     }  // the pool is closed and joined: nothing but the results held the records
-    CHECK(BlockRecycler::kept_bytes() >= before_burst + 100 * 512);
+    CHECK(BlockRecycler::kept_bytes() >= before_burst + std::size_t{100} * 512);
 }

@@ -275,7 +275,7 @@ TEST_CASE("large byte runs are copied exactly at every alignment and length arou
 TEST_CASE("copies split between two threads land exactly, whatever the alignment and length", "[serialize]") {
     using procpool::detail::kParallelCopyBytes;
     constexpr std::size_t kGuard = 4096;
-    const std::size_t longest = kParallelCopyBytes + 3 * 4096 + 77;
+    const std::size_t longest = kParallelCopyBytes + std::size_t{3} * 4096 + 77;
     std::vector<unsigned char> source(longest + 32);
     for (std::size_t i = 0; i < source.size(); ++i) source[i] = static_cast<unsigned char>(i * 131 + 7 + i / 4096);
     std::vector<unsigned char> target(longest + 2 * kGuard + 4096);

@@ -266,7 +266,7 @@ private:
     /// Takes back the chunks of a batch that could not be submitted: what was read is lost with the error, and the
     /// pool takes no more input.
     void take_back_batch() noexcept {
-        for (const detail::Segment& chunk : std::views::reverse(batch_)) job_->unexpect(chunk.count);  // latest first
+        for (std::size_t i = batch_.size(); i-- > 0;) job_->unexpect(batch_[i].count);  // latest first
         batch_.clear();
         next_index_ = batch_first_;
         input_done_ = true;
