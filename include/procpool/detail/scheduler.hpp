@@ -99,7 +99,6 @@ public:
 
     // ---- submission (any thread; submission.hpp) ----
     void submit(const std::shared_ptr<JobBase>& job, Segment items);
-    void extend(const std::shared_ptr<JobBase>& job, Segment segment);
     void extend(const std::shared_ptr<JobBase>& job, std::vector<Segment>& segments);  // moves them out
     void abandon(JobBase& job);
 

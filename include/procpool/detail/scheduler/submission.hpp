@@ -18,21 +18,10 @@ void Scheduler<Transport>::submit(const std::shared_ptr<JobBase>& job, Segment i
     dispatch_locked();
 }
 
-/// Adds items to a job submitted earlier (imap reading more input). Allowed after close() until join() has
-/// begun; throws PoolStateError after that, after terminate(), and in a process forked after the pool was
-/// built (its dispatch would write tasks into the rings the original process's workers read).
-template <class Transport>
-void Scheduler<Transport>::extend(const std::shared_ptr<JobBase>& job, Segment segment) {
-    check_owner();
-    std::lock_guard lock(mutex_);
-    if (state_ != State::running && state_ != State::closed) throw_state_error_locked();
-    add_segment_locked(*job, std::move(segment));
-    enqueue_locked(job);
-    dispatch_locked();
-}
-
-/// extend() for several segments at once, in order: one lock and one dispatch. All or none are added (the job is
-/// unchanged when it throws).
+/// Adds segments to a job submitted earlier (imap reading more input), in order: one lock and one dispatch. All or
+/// none are added (the job is unchanged when it throws). Allowed after close() until join() has begun; throws
+/// PoolStateError after that, after terminate(), and in a process forked after the pool was built (its dispatch
+/// would write tasks into the rings the original process's workers read).
 template <class Transport>
 void Scheduler<Transport>::extend(const std::shared_ptr<JobBase>& job, std::vector<Segment>& segments) {
     check_owner();
