@@ -331,7 +331,7 @@ public:
         // Read first: workers read this word for every result, so it is written only when it changes.
         if (control_->result_bell_low_water.load(std::memory_order_relaxed) == low_water) return;
         const std::uint32_t was = control_->result_bell_low_water.exchange(low_water, std::memory_order_seq_cst);
-        if (was == 0 && low_water != 0) control_->parent_bell.wake_all();
+        if (was == 0 && low_water != 0) control_->parent_bell.wake_sleepers();  // toggled often: no idle syscall
     }
     /// The longest a result a worker did not ring for waits for the parent to look (a short task's result held
     /// behind a long one queued after it).

@@ -43,20 +43,33 @@ inline void futex_wake(std::atomic<std::uint32_t>& word, int count, bool shared)
 }
 
 /// A cross-process eventcount. A waiter spins, then registers as a sleeper and sleeps on `epoch`; a notifier that
-/// published new state rings only when someone sleeps, so a busy pair never makes a system call.
+/// published new state rings only when someone sleeps, so a busy pair never makes a system call. Once a ring has
+/// woken the sleepers, later rings make no system call either until one of them registers again (`woken`): a
+/// producer that publishes many items while its consumer wakes up (tens of microseconds here) calls FUTEX_WAKE once,
+/// not once per item.
 /// Lives in shared memory: trivially copyable, lock-free, no pointers. Survives any party dying at any
-/// instruction: a dead sleeper only costs later ring() calls a spurious FUTEX_WAKE until reset().
+/// instruction: a dead sleeper costs at most one spurious FUTEX_WAKE until reset().
 struct Doorbell {
     std::atomic<std::uint32_t> epoch{0};
     std::atomic<std::uint32_t> sleepers{0};
     /// Nonzero while another thread of the waiting side polls for what the sleepers wait for (so waking them
     /// would only cost a system call). Whoever mutes must, after unmuting, look once more (see unmute()).
     std::atomic<std::uint32_t> muted{0};
+    /// Nonzero once a ring() woke the sleepers; each sleeper clears it as it registers. While set, ring() and
+    /// wake_sleepers() skip the system call: whoever sleeps was woken and will look at the state before sleeping
+    /// again (a sleeper clears it before its fence, a notifier reads it after its own: one of them sees the other).
+    std::atomic<std::uint32_t> woken{0};
 
     /// Call after publishing state that may satisfy a waiter. Never blocks. Safe from any process.
     void ring() noexcept {
         std::atomic_thread_fence(std::memory_order_seq_cst);  // publish happens-before the sleepers check
-        if (sleepers.load(std::memory_order_relaxed) != 0 && muted.load(std::memory_order_relaxed) == 0) wake_all();
+        if (sleepers.load(std::memory_order_relaxed) != 0 && muted.load(std::memory_order_relaxed) == 0) wake_once();
+    }
+    /// ring() for state a muted poller does not look at: wakes sleepers even while muted, and still makes no system
+    /// call when nobody sleeps. Never blocks. Safe from any process.
+    void wake_sleepers() noexcept {
+        std::atomic_thread_fence(std::memory_order_seq_cst);  // publish happens-before the sleepers check
+        if (sleepers.load(std::memory_order_relaxed) != 0) wake_once();
     }
     void mute() noexcept { muted.store(1, std::memory_order_relaxed); }
     /// After this returns, a ring() that was muted has published state the caller's next look will see.
@@ -75,6 +88,7 @@ struct Doorbell {
     bool wait(Ready&& ready, Deadline deadline, std::chrono::nanoseconds spin) noexcept(noexcept(ready())) {
         if (spin_until(ready, spin)) return true;
         for (;;) {
+            woken.store(0, std::memory_order_relaxed);
             sleepers.fetch_add(1, std::memory_order_relaxed);
             std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the fence in ring()
             const std::uint32_t seen = epoch.load(std::memory_order_acquire);
@@ -89,9 +103,19 @@ struct Doorbell {
         }
     }
 
+private:
+    /// wake_all(), unless an earlier ring already woke the sleepers and none has registered since.
+    void wake_once() noexcept {
+        if (woken.load(std::memory_order_relaxed) == 0 && woken.exchange(1, std::memory_order_relaxed) == 0) {
+            wake_all();
+        }
+    }
+
+public:
     /// Forgets sleepers left behind by a process that died while waiting. Only when no one else uses the bell.
     void reset() noexcept {
         sleepers.store(0, std::memory_order_relaxed);
+        woken.store(0, std::memory_order_relaxed);
         muted.store(0, std::memory_order_relaxed);
         wake_all();
     }

@@ -270,14 +270,18 @@ public:
         std::lock_guard lock(mutex_);
         outstanding_ += count;
         unconsumed_.fetch_add(count, std::memory_order_acq_rel);
-        if (ordered_) chunks_.push_back(Chunk{first, 0, std::vector<Slot>(count)});
+        if (ordered_) {
+            PROCPOOL_ASSERT(first == slots_first_ + slots_.size(), "items are expected in input order");
+            (void)first;
+            slots_.resize(slots_.size() + count);
+        }
     }
     /// Takes back the last expect() when its items could not be submitted after all.
     void unexpect(std::uint64_t count) {
         std::lock_guard lock(mutex_);
         outstanding_ -= count;
         unconsumed_.fetch_sub(count, std::memory_order_acq_rel);
-        if (ordered_) chunks_.pop_back();
+        if (ordered_) slots_.resize(slots_.size() - count);
     }
     /// Items submitted whose entries the reader has not taken yet.
     [[nodiscard]] std::uint64_t unconsumed() const noexcept { return unconsumed_.load(std::memory_order_acquire); }
@@ -310,7 +314,10 @@ public:
     void deliver(std::uint64_t first, std::uint64_t count, std::span<ItemError> errors, InputArchive& values,
                  std::uint64_t /*busy_ns*/) override {
         if (abandoned_.load(std::memory_order_acquire)) return;
-        std::vector<Entry> entries(count);
+        // One item per message is the common case of small chunks: no allocation for it.
+        Entry one;
+        std::vector<Entry> many(count == 1 ? 0 : count);
+        const std::span<Entry> entries = count == 1 ? std::span<Entry>(&one, 1) : std::span<Entry>(many);
         auto error = errors.begin();
         for (std::uint64_t i = 0; i < count; ++i) {
             if (error != errors.end() && error->index == first + i) {
@@ -347,13 +354,8 @@ private:
         bool resolved = false;
         Entry entry;
     };
-    struct Chunk {
-        std::uint64_t first;
-        std::uint64_t next;  // slots before this were released
-        std::vector<Slot> slots;
-    };
 
-    void resolve(std::uint64_t first, std::vector<Entry>& entries) {
+    void resolve(std::uint64_t first, std::span<Entry> entries) {
         std::size_t released = 0;
         {
             std::lock_guard lock(mutex_);
@@ -361,27 +363,19 @@ private:
                 for (Entry& entry : entries) released_.push_back(std::move(entry));
                 released = entries.size();
             } else {
-                // Items of one message always fall in one chunk.
-                auto chunk = std::upper_bound(chunks_.begin(), chunks_.end(), first,
-                                              [](std::uint64_t index, const Chunk& c) { return index < c.first; });
-                if (chunk == chunks_.begin()) return;
-                --chunk;
-                PROCPOOL_ASSERT(first >= chunk->first && first - chunk->first + entries.size() <= chunk->slots.size(),
-                                "the items of one result message fall in one chunk");
+                if (first < slots_first_) return;  // released already (cannot happen: each item resolves once)
+                PROCPOOL_ASSERT(first - slots_first_ + entries.size() <= slots_.size(),
+                                "results arrive only for expected items");
                 for (std::size_t i = 0; i < entries.size(); ++i) {
-                    Slot& slot = chunk->slots[first - chunk->first + i];
+                    Slot& slot = slots_[first - slots_first_ + i];
                     slot.resolved = true;
                     slot.entry = std::move(entries[i]);
                 }
-                while (!chunks_.empty()) {
-                    Chunk& front = chunks_.front();
-                    while (front.next < front.slots.size() && front.slots[front.next].resolved) {
-                        released_.push_back(std::move(front.slots[front.next].entry));
-                        ++front.next;
-                        ++released;
-                    }
-                    if (front.next < front.slots.size()) break;
-                    chunks_.pop_front();
+                while (!slots_.empty() && slots_.front().resolved) {
+                    released_.push_back(std::move(slots_.front().entry));
+                    slots_.pop_front();
+                    ++slots_first_;
+                    ++released;
                 }
             }
             outstanding_ -= entries.size();
@@ -396,8 +390,9 @@ private:
     // chunks of one: a std::mutex made them sleep on a futex whenever they met (imap with chunksize 1 measured
     // 70 000-90 000 futex calls per 200 ms and ran at half speed while that lasted).
     SpinMutex mutex_;
-    std::deque<Chunk> chunks_;    // ordered mode: chunks not fully released, in input order
-    std::deque<Entry> released_;  // entries the reader may take, in the order it gets them
+    std::deque<Slot> slots_;         // ordered mode: items expected and not yet released, in input order
+    std::uint64_t slots_first_ = 0;  // the index of slots_.front()
+    std::deque<Entry> released_;     // entries the reader may take, in the order it gets them
     std::uint64_t outstanding_ = 0;
     std::atomic<std::uint64_t> available_{0};   // released_.size()
     std::atomic<std::uint64_t> unconsumed_{0};  // submitted, not yet taken by the reader
