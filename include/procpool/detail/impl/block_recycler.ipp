@@ -9,6 +9,19 @@
 #include "procpool/detail/block_recycler.hpp"
 #include "procpool/detail/process.hpp"
 
+// Under AddressSanitizer a kept block is poisoned but for its link, and unpoisoned as it is handed out again: a use
+// after free of a recycled record is still reported (heap-use-after-free becomes use-after-poison).
+#if defined(__SANITIZE_ADDRESS__)
+#define PROCPOOL_DETAIL_RECYCLER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PROCPOOL_DETAIL_RECYCLER_ASAN 1
+#endif
+#endif
+#ifdef PROCPOOL_DETAIL_RECYCLER_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 namespace procpool::detail {
 
 namespace block_recycler_detail {
@@ -30,6 +43,25 @@ inline Lists& lists() {
     return *made;
 }
 
+/// Marks a kept block of `bytes` unreadable but for its link (ASan builds; nothing otherwise).
+inline void poison_kept(FreeBlock* block, std::size_t bytes) noexcept {
+#ifdef PROCPOOL_DETAIL_RECYCLER_ASAN
+    ASAN_POISON_MEMORY_REGION(reinterpret_cast<char*>(block) + sizeof(FreeBlock), bytes - sizeof(FreeBlock));
+#else
+    (void)block;
+    (void)bytes;
+#endif
+}
+/// Makes a block leaving the lists usable again.
+inline void unpoison_taken(void* block, std::size_t bytes) noexcept {
+#ifdef PROCPOOL_DETAIL_RECYCLER_ASAN
+    ASAN_UNPOISON_MEMORY_REGION(block, bytes);
+#else
+    (void)block;
+    (void)bytes;
+#endif
+}
+
 /// The size class of `bytes` (kClasses if too large to recycle).
 constexpr std::size_t size_class(std::size_t bytes) noexcept {
     const std::size_t index = (bytes + BlockRecycler::kClassBytes - 1) / BlockRecycler::kClassBytes;
@@ -48,6 +80,7 @@ PROCPOOL_DECL void* BlockRecycler::allocate(std::size_t bytes) {
         if (FreeBlock* block = l.free[index]) {
             l.free[index] = block->next;
             l.kept_bytes -= (index + 1) * kClassBytes;
+            unpoison_taken(block, (index + 1) * kClassBytes);
             return block;
         }
     }
@@ -64,6 +97,7 @@ PROCPOOL_DECL void BlockRecycler::deallocate(void* block, std::size_t bytes) noe
             std::lock_guard lock(l.mutex);
             if (l.kept_bytes + (index + 1) * kClassBytes <= kMaxKeptBytes) {
                 l.free[index] = ::new (block) FreeBlock{l.free[index]};
+                poison_kept(l.free[index], (index + 1) * kClassBytes);
                 l.kept_bytes += (index + 1) * kClassBytes;
                 return;
             }
