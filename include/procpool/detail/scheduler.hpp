@@ -219,6 +219,10 @@ private:
     [[nodiscard]] std::uint64_t chunk_size_locked(const JobBase& job, const Segment& front) const noexcept;
     void write_task_locked(std::size_t slot, Task& task);
     void rebalance_locked();
+    /// Takes task `index` of `slot`'s queue back from its worker if no worker has claimed it (fully written, in one
+    /// piece, revoked from the task ring): the slot's load and budget no longer count it, and it is ready to be
+    /// written again. Nothing, and nothing changed, otherwise. Only where the transport can revoke.
+    std::optional<Task> take_back_locked(std::size_t slot, std::size_t index) noexcept;
 
     // ---- the poller and the service thread (polling.hpp) ----
     bool poll_rings();

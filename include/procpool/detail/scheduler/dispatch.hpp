@@ -262,18 +262,12 @@ void Scheduler<Transport>::rebalance_locked() {
         }
         if (!idle || !victim) return;
         WorkerSlot& from = workers_[*victim];
-        Task& last = from.inflight.back();
+        const Task& last = from.inflight.back();
         // (A retried item stays off the worker slot it died in, as in next_task_locked().)
-        if (!last.fully_written() || last.fragmented || last.segment.count > workers_[*idle].budget ||
-            last.segment.avoid_slot == *idle || !transport_.revoke(*victim, last.position)) {
-            return;
-        }
-        Task moved = std::move(last);
-        from.inflight.pop_back();
-        from.load -= moved.load;
-        from.budget += moved.segment.count;
-        moved.written = moved.total = 0;
-        moved.header.claim = kUnclaimed;
+        if (last.segment.count > workers_[*idle].budget || last.segment.avoid_slot == *idle) return;
+        std::optional<Task> taken = take_back_locked(*victim, from.inflight.size() - 1);
+        if (!taken) return;
+        Task moved = std::move(*taken);
         WorkerSlot& to = workers_[*idle];
         to.budget -= moved.segment.count;
         moved.load = std::min<std::size_t>(moved.segment.count, workers_behind_locked(*idle));
@@ -281,6 +275,21 @@ void Scheduler<Transport>::rebalance_locked() {
         to.inflight.push_back(std::move(moved));
         write_task_locked(*idle, to.inflight.back());
     }
+}
+
+template <class Transport>
+auto Scheduler<Transport>::take_back_locked(std::size_t slot, std::size_t index) noexcept -> std::optional<Task> {
+    static_assert(std::is_nothrow_move_constructible_v<Task>, "abandon() takes tasks back in a destructor");
+    WorkerSlot& w = workers_[slot];
+    Task& task = w.inflight[index];
+    if (!task.fully_written() || task.fragmented || !transport_.revoke(slot, task.position)) return std::nullopt;
+    std::optional<Task> taken(std::move(task));
+    w.inflight.erase(index);  // the worker skips it (results come for the others, in order)
+    w.load -= taken->load;
+    w.budget += taken->segment.count;
+    taken->written = taken->total = 0;
+    taken->header.claim = kUnclaimed;
+    return taken;
 }
 
 }  // namespace procpool::detail

@@ -65,18 +65,13 @@ void Scheduler<Transport>::abandon(JobBase& job) {
         for (std::size_t slot = 0; slot < workers_.size(); ++slot) {
             WorkerSlot& w = workers_[slot];
             for (std::size_t i = w.inflight.size(); i-- > 0;) {
-                Task& task = w.inflight[i];
-                if (task.job.get() != &job || !task.fully_written() || task.fragmented ||
-                    !transport_.revoke(slot, task.position)) {
-                    continue;  // another job's, being written, claimed or consumed: the worker runs it
-                }
-                w.load -= task.load;
-                w.budget += task.segment.count;
+                if (w.inflight[i].job.get() != &job) continue;
+                std::optional<Task> taken = take_back_locked(slot, i);
+                if (!taken) continue;  // being written, claimed or consumed: the worker runs it
                 try {
-                    dropped.push_back(std::move(task.segment.block));
+                    dropped.push_back(std::move(taken->segment.block));
                 } catch (...) {  // no memory for the list: the block is freed with the task, under the lock
                 }
-                w.inflight.erase(i);  // the worker skips it (results come for the others, in order)
             }
         }
         try {
