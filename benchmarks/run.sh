@@ -6,6 +6,10 @@
 #                                                                          raw figures and the report
 #   benchmarks/results/speedup.svg                                          the plot benchmarks/README.md shows
 # Usage: benchmarks/run.sh [python workload ...]. Run it on a quiet machine: the figures are wall-clock times.
+# A subset, C++ and Python in the same run: BENCH_FILTER='<Google Benchmark regex>' benchmarks/run.sh <python
+# workloads> writes <date>-<host>-subset.{cpp.json,python.jsonl,md} only (BENCH_NAME=<name> replaces "subset"; a
+# repeated run the same day adds -2, -3, ...),
+# e.g. BENCH_FILTER='BM_apply_async_burst|BM_imap' BENCH_NAME=bursts-python benchmarks/run.sh apply_async_burst imap
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -23,6 +27,23 @@ cmake --build --preset release --target bench_mpi >/dev/null 2>&1 || true  # onl
 stamp="$(date -u +%Y-%m-%d)-$(hostname -s)"
 out="benchmarks/results/$stamp"
 mkdir -p benchmarks/results
+if [ -n "${BENCH_FILTER:-}" ]; then
+    base="$out-${BENCH_NAME:-subset}"
+    out="$base"
+    for ((n = 2; ; ++n)); do  # never over an earlier run's files: -2, -3, ...
+        [ -e "$out.md" ] || [ -e "$out.cpp.json" ] || break
+        out="$base-$n"
+    done
+    echo "benchmarks: procpool (C++) matching $BENCH_FILTER ..." >&2
+    build/release/benchmarks/bench_pool --benchmark_format=json --benchmark_repetitions=3 \
+        --benchmark_report_aggregates_only=false --benchmark_filter="$BENCH_FILTER" > "$out.cpp.json"
+    echo "benchmarks: Python multiprocessing.Pool: ${*:-every workload} ..." >&2
+    /usr/bin/python3 benchmarks/python_pool.py "$@" > "$out.python.jsonl"
+    /usr/bin/python3 benchmarks/report.py "$out.cpp.json" "$out.python.jsonl" > "$out.md"
+    cat "$out.md"
+    echo "benchmarks: wrote $out.md" >&2
+    exit 0
+fi
 echo "benchmarks: procpool (C++) ..." >&2
 build/release/benchmarks/bench_pool --benchmark_format=json --benchmark_repetitions=3 \
     --benchmark_report_aggregates_only=false > "$out.cpp.json"
