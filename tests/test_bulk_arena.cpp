@@ -24,7 +24,15 @@
 
 #include "support.hpp"
 
+// AddressSanitizer, as GCC and clang say it.
 #if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+#ifdef TEST_ASAN
 #include <sanitizer/asan_interface.h>
 #endif
 
@@ -599,7 +607,7 @@ TEST_CASE("block recycler: freed blocks come back by size class, up to its budge
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
 
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef TEST_ASAN
     // Under AddressSanitizer a kept block is poisoned but for its link: a use after free of a recycled record is
     // still reported. Handed out again, the block is usable as a whole.
     {

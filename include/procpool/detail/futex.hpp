@@ -55,9 +55,10 @@ struct Doorbell {
     /// Nonzero while another thread of the waiting side polls for what the sleepers wait for (so waking them
     /// would only cost a system call). Whoever mutes must, after unmuting, look once more (see unmute()).
     std::atomic<std::uint32_t> muted{0};
-    /// Nonzero once a ring() woke the sleepers; each sleeper clears it as it registers. While set, ring() and
-    /// wake_sleepers() skip the system call: whoever sleeps was woken and will look at the state before sleeping
-    /// again (a sleeper clears it before its fence, a notifier reads it after its own: one of them sees the other).
+    /// Nonzero once a ring() woke the sleepers; each sleeper clears it as it registers, after reading `epoch`.
+    /// While set, ring() and wake_sleepers() skip the system call: whoever sleeps was woken, or will see `epoch`
+    /// moved past what it read, or will see the state published (a sleeper clears it before a fence, a notifier
+    /// reads it after its own: one of them sees the other).
     std::atomic<std::uint32_t> woken{0};
 
     /// Call after publishing state that may satisfy a waiter. Never blocks. Safe from any process.
@@ -88,10 +89,14 @@ struct Doorbell {
     bool wait(Ready&& ready, Deadline deadline, std::chrono::nanoseconds spin) noexcept(noexcept(ready())) {
         if (spin_until(ready, spin)) return true;
         for (;;) {
-            woken.store(0, std::memory_order_relaxed);
             sleepers.fetch_add(1, std::memory_order_relaxed);
             std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the fence in ring()
             const std::uint32_t seen = epoch.load(std::memory_order_acquire);
+            // Cleared after `seen` is read: a ring between the two would otherwise leave `woken` set with its wake
+            // already counted in `seen` (this sleeper would then sleep through every later ring). A ring that sets
+            // it after this store moves `epoch` past `seen`; one that found it still set published before the fence.
+            woken.store(0, std::memory_order_relaxed);
+            std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with the fence in ring(), for `woken`
             if (ready()) {
                 sleepers.fetch_sub(1, std::memory_order_relaxed);
                 return true;
