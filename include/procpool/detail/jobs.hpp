@@ -265,16 +265,16 @@ public:
         : JobBase(task_entry, std::move(callable), chunksize, true), ordered_(ordered) {}
 
     // ---- reader side ----
-    /// Registers items [first, first + count) before they are submitted.
+    /// Registers items [first, first + count) before they are submitted. Throws std::bad_alloc, having changed nothing.
     void expect(std::uint64_t first, std::uint64_t count) {
         std::lock_guard lock(mutex_);
-        outstanding_ += count;
-        unconsumed_.fetch_add(count, std::memory_order_acq_rel);
-        if (ordered_) {
+        if (ordered_) {  // first: if it throws (std::bad_alloc), nothing was counted
             PROCPOOL_ASSERT(first == slots_first_ + slots_.size(), "items are expected in input order");
             (void)first;
             slots_.resize(slots_.size() + count);
         }
+        outstanding_ += count;
+        unconsumed_.fetch_add(count, std::memory_order_acq_rel);
     }
     /// Takes back the last expect() when its items could not be submitted after all.
     void unexpect(std::uint64_t count) {
