@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include <procpool/detail/config.hpp>
 #include <procpool/errors.hpp>
 
 namespace test_support {
@@ -152,7 +153,7 @@ bool fails_past_memory_limit(F&& allocate_past_limit) {
     } catch (const std::bad_alloc&) {
         return true;
     } catch (const procpool::WorkerCrashed&) {
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef PROCPOOL_DETAIL_ASAN
         return true;
 #else
         throw;

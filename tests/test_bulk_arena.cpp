@@ -24,15 +24,7 @@
 
 #include "support.hpp"
 
-// AddressSanitizer, as GCC and clang say it.
-#if defined(__SANITIZE_ADDRESS__)
-#define TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TEST_ASAN 1
-#endif
-#endif
-#ifdef TEST_ASAN
+#ifdef PROCPOOL_DETAIL_ASAN
 #include <sanitizer/asan_interface.h>
 #endif
 
@@ -607,7 +599,7 @@ TEST_CASE("block recycler: freed blocks come back by size class, up to its budge
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
 
-#ifdef TEST_ASAN
+#ifdef PROCPOOL_DETAIL_ASAN
     // Under AddressSanitizer a kept block is poisoned but for its link: a use after free of a recycled record is
     // still reported. Handed out again, the block is usable as a whole.
     {

@@ -15,3 +15,20 @@
 /// Declares a function defined in the headers (header-only mode): inline.
 #define PROCPOOL_DECL inline
 #endif
+
+// Sanitizer builds, as GCC (__SANITIZE_*__) and clang (__has_feature) say it: fast paths that the sanitizers cannot
+// see through step aside for them (detail/stream_copy, detail/block_recycler).
+#if defined(__SANITIZE_ADDRESS__)
+#define PROCPOOL_DETAIL_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PROCPOOL_DETAIL_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define PROCPOOL_DETAIL_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PROCPOOL_DETAIL_TSAN 1
+#endif
+#endif

@@ -11,14 +11,7 @@
 
 // Under AddressSanitizer a kept block is poisoned but for its link, and unpoisoned as it is handed out again: a use
 // after free of a recycled record is still reported (heap-use-after-free becomes use-after-poison).
-#if defined(__SANITIZE_ADDRESS__)
-#define PROCPOOL_DETAIL_RECYCLER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PROCPOOL_DETAIL_RECYCLER_ASAN 1
-#endif
-#endif
-#ifdef PROCPOOL_DETAIL_RECYCLER_ASAN
+#ifdef PROCPOOL_DETAIL_ASAN
 #include <sanitizer/asan_interface.h>
 #endif
 
@@ -45,7 +38,7 @@ inline Lists& lists() {
 
 /// Marks a kept block of `bytes` unreadable but for its link (ASan builds; nothing otherwise).
 inline void poison_kept(FreeBlock* block, std::size_t bytes) noexcept {
-#ifdef PROCPOOL_DETAIL_RECYCLER_ASAN
+#ifdef PROCPOOL_DETAIL_ASAN
     ASAN_POISON_MEMORY_REGION(reinterpret_cast<char*>(block) + sizeof(FreeBlock), bytes - sizeof(FreeBlock));
 #else
     (void)block;
@@ -54,7 +47,7 @@ inline void poison_kept(FreeBlock* block, std::size_t bytes) noexcept {
 }
 /// Makes a block leaving the lists usable again.
 inline void unpoison_taken(void* block, std::size_t bytes) noexcept {
-#ifdef PROCPOOL_DETAIL_RECYCLER_ASAN
+#ifdef PROCPOOL_DETAIL_ASAN
     ASAN_UNPOISON_MEMORY_REGION(block, bytes);
 #else
     (void)block;

@@ -14,15 +14,7 @@
 
 // GCC instruments neither ASan nor TSan checks around non-temporal store intrinsics: sanitizer builds copy with
 // memcpy, so that every byte a large encoding writes stays checked.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define PROCPOOL_DETAIL_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define PROCPOOL_DETAIL_SANITIZED 1
-#endif
-#endif
-
-#if defined(__x86_64__) && defined(__SSE2__) && !defined(PROCPOOL_DETAIL_SANITIZED)
+#if defined(__x86_64__) && defined(__SSE2__) && !defined(PROCPOOL_DETAIL_ASAN) && !defined(PROCPOOL_DETAIL_TSAN)
 #define PROCPOOL_DETAIL_STREAMING_STORES 1
 #include <emmintrin.h>
 #endif
