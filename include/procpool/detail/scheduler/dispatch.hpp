@@ -267,7 +267,7 @@ void Scheduler<Transport>::rebalance_locked() {
         if (last.segment.count > workers_[*idle].budget || last.segment.avoid_slot == *idle) return;
         std::optional<Task> taken = take_back_locked(*victim, from.inflight.size() - 1);
         if (!taken) return;
-        Task moved = std::move(*taken);
+        Task& moved = *taken;
         WorkerSlot& to = workers_[*idle];
         to.budget -= moved.segment.count;
         moved.load = std::min<std::size_t>(moved.segment.count, workers_behind_locked(*idle));
