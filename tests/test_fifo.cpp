@@ -3,13 +3,30 @@
 #include <catch2/catch.hpp>
 #include <procpool/detail/fifo.hpp>
 
+#include <cstdlib>
 #include <deque>
 #include <memory>
+#include <new>
 #include <random>
 #include <string>
 #include <vector>
 
 using procpool::detail::Fifo;
+
+// Counts the allocations of this test binary, and fails them on request (Fifo::reserve_one's contract).
+namespace {
+bool fail_allocations = false;
+long allocations = 0;
+}  // namespace
+
+void* operator new(std::size_t bytes) {
+    if (fail_allocations) throw std::bad_alloc();
+    ++allocations;
+    if (void* memory = std::malloc(bytes == 0 ? 1 : bytes)) return memory;
+    throw std::bad_alloc();
+}
+void operator delete(void* memory) noexcept { std::free(memory); }
+void operator delete(void* memory, std::size_t /*bytes*/) noexcept { std::free(memory); }
 
 namespace {
 
@@ -107,4 +124,40 @@ TEST_CASE("Fifo releases a popped element at once, not when its slot is reused",
     fifo.pop_back();
     REQUIRE(second.use_count() == 1);
     REQUIRE(fifo.empty());
+}
+
+TEST_CASE("Fifo::reserve_one makes the next push_back allocate nothing, or throws and changes nothing", "[fifo]") {
+    Fifo<std::string, 2> fifo;
+    fifo.push_back("a");
+    fifo.push_back("b");  // the inline slots are full
+
+    bool threw = false;
+    fail_allocations = true;
+    try {
+        fifo.reserve_one();
+    } catch (const std::bad_alloc&) {
+        threw = true;
+    }
+    fail_allocations = false;
+    CHECK(threw);
+    CHECK(contents(fifo) == std::vector<std::string>{"a", "b"});
+
+    fifo.reserve_one();
+    std::string c = "c";  // short: its own construction allocates nothing either
+    const long before = allocations;
+    fifo.push_back(std::move(c));
+    CHECK(allocations == before);
+    CHECK(contents(fifo) == std::vector<std::string>{"a", "b", "c"});
+
+    // Room made by moving the elements to the front (half the slots popped) costs no allocation at all.
+    fifo.push_back("d");  // full again: 4 slots
+    fifo.pop_front();
+    fifo.pop_front();
+    const long before_compact = allocations;
+    fail_allocations = true;
+    fifo.reserve_one();
+    fifo.push_back("e");
+    fail_allocations = false;
+    CHECK(allocations == before_compact);
+    CHECK(contents(fifo) == std::vector<std::string>{"c", "d", "e"});
 }

@@ -93,6 +93,12 @@ public:
         std::construct_at(slots() + tail_, std::move(value));
         ++tail_;
     }
+    /// Makes room for one more element, so that the next push_back() allocates nothing and cannot throw. Throws
+    /// std::bad_alloc (and then changes nothing): a caller about to take an element from elsewhere calls this first,
+    /// so that a failed allocation cannot lose it.
+    void reserve_one() {
+        if (tail_ == capacity_ && head_ * 2 < tail_) grow();
+    }
     void push_front(T value) {
         if (head_ != 0) {
             std::construct_at(slots() + head_ - 1, std::move(value));

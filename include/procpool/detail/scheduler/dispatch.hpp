@@ -22,6 +22,7 @@ void Scheduler<Transport>::dispatch_locked() {
     for (;;) {
         const std::optional<std::size_t> slot = pick_worker_locked(passed);
         if (!slot) break;
+        workers_[*slot].inflight.reserve_one();  // a task once cut from its job must not be lost to bad_alloc
         bool avoided = false;
         std::optional<Task> task = next_task_locked(*slot, avoided);
         if (avoided) {
@@ -146,6 +147,11 @@ auto Scheduler<Transport>::next_task_locked(std::size_t slot, bool& avoided) -> 
             return std::nullopt;
         }
         const std::uint64_t n = std::min<std::uint64_t>({chunk_size_locked(*job, front), front.count, w.budget});
+        // Round-robin between jobs: the next task goes to the next job. The job goes to the back before anything is
+        // cut from it, so that a std::bad_alloc there changes nothing; nothing after it throws.
+        const bool job_done = n == front.count && job->ready.size() == 1;
+        const bool rotate = !job_done && jobs_.size() > 1 && jobs_take_turns_;
+        if (rotate) jobs_.push_back(job);  // (a deque's push_back leaves references to its elements valid)
         Task task;
         task.id = ++last_task_id_;
         task.job = job;
@@ -158,14 +164,8 @@ auto Scheduler<Transport>::next_task_locked(std::size_t slot, bool& avoided) -> 
         PROCPOOL_ASSERT(job->unsent_items >= n, "a job's unsent items count what its segments hold");
         job->unsent_items -= n;
         ++job->tasks_sent;
-        if (job->ready.empty()) {
-            job->queued = false;
-            jobs_.pop_front();
-        } else if (jobs_.size() > 1 && jobs_take_turns_) {
-            // Round-robin between jobs: the next task goes to the next job.
-            jobs_.push_back(std::move(jobs_.front()));
-            jobs_.pop_front();
-        }
+        if (job_done) job->queued = false;
+        if (job_done || rotate) jobs_.pop_front();  // `job` refers to the front: not used after this
         return task;
     }
     return std::nullopt;
