@@ -13,20 +13,36 @@
 
 using procpool::detail::Fifo;
 
-// Counts the allocations of this test binary, and fails them on request (Fifo::reserve_one's contract).
+// Counts the allocations of this test binary, and fails them on request (Fifo::reserve_one's contract). Every
+// unaligned form is replaced, so that all of them pair with free() (AddressSanitizer's own operator new[] would
+// otherwise meet this operator delete).
 namespace {
 bool fail_allocations = false;
 long allocations = 0;
+
+void* counted_allocation(std::size_t bytes) noexcept {
+    if (fail_allocations) return nullptr;
+    ++allocations;
+    return std::malloc(bytes == 0 ? 1 : bytes);
+}
 }  // namespace
 
 void* operator new(std::size_t bytes) {
-    if (fail_allocations) throw std::bad_alloc();
-    ++allocations;
-    if (void* memory = std::malloc(bytes == 0 ? 1 : bytes)) return memory;
+    if (void* memory = counted_allocation(bytes)) return memory;
     throw std::bad_alloc();
 }
+void* operator new[](std::size_t bytes) {
+    if (void* memory = counted_allocation(bytes)) return memory;
+    throw std::bad_alloc();
+}
+void* operator new(std::size_t bytes, const std::nothrow_t& /*tag*/) noexcept { return counted_allocation(bytes); }
+void* operator new[](std::size_t bytes, const std::nothrow_t& /*tag*/) noexcept { return counted_allocation(bytes); }
 void operator delete(void* memory) noexcept { std::free(memory); }
+void operator delete[](void* memory) noexcept { std::free(memory); }
 void operator delete(void* memory, std::size_t /*bytes*/) noexcept { std::free(memory); }
+void operator delete[](void* memory, std::size_t /*bytes*/) noexcept { std::free(memory); }
+void operator delete(void* memory, const std::nothrow_t& /*tag*/) noexcept { std::free(memory); }
+void operator delete[](void* memory, const std::nothrow_t& /*tag*/) noexcept { std::free(memory); }
 
 namespace {
 
