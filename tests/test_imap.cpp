@@ -6,7 +6,9 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <numeric>
+#include <optional>
 #include <ranges>
 #include <set>
 #include <stdexcept>
@@ -460,4 +462,35 @@ TEST_CASE("in one large chunk of raw-byte items, each failing item fails alone a
     for (int i = 0; i < 5000; ++i) pairs[i] = {i, 2};
     const auto products = pool.starmap([](int a, int b) { return a * b; }, pairs);
     for (int i = 0; i < 5000; ++i) REQUIRE(products[i] == 2 * i);
+}
+
+namespace {
+/// The message of the exception `error` holds.
+std::string message_of(const std::exception_ptr& error) {
+    try {
+        std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+}
+}  // namespace
+
+TEST_CASE("imap's ordered results: a failure for items partly resolved already stores only the rest", "[imap]") {
+    // The scheduler fails a message's items when delivering them threw midway, after some were stored: those keep
+    // what they got, the others get the error, and the reader is not left waiting for any of them.
+    using Job = procpool::detail::ImapJob<int>;
+    Job job([](procpool::detail::TaskRunner&) {}, procpool::detail::Buffer(), 1, true);
+    job.expect(0, 4);
+    job.fail(0, 2, std::make_exception_ptr(std::runtime_error("first")));
+    std::optional<Job::Entry> item0 = job.try_take();
+    REQUIRE(item0.has_value());
+    CHECK(message_of(item0->error) == "first");
+
+    // Item 0 is taken, item 1 resolved and not taken yet, items 2 and 3 unresolved.
+    job.fail(0, 4, std::make_exception_ptr(std::runtime_error("second")));
+    CHECK(job.unconsumed() == 3);
+    std::vector<std::string> messages;
+    while (std::optional<Job::Entry> entry = job.try_take()) messages.push_back(message_of(entry->error));
+    CHECK(messages == std::vector<std::string>{"first", "second", "second"});
+    CHECK(job.unconsumed() == 0);
 }

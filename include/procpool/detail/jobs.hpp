@@ -273,13 +273,11 @@ public:
             (void)first;
             slots_.resize(slots_.size() + count);
         }
-        outstanding_ += count;
         unconsumed_.fetch_add(count, std::memory_order_acq_rel);
     }
     /// Takes back the last expect() when its items could not be submitted after all.
     void unexpect(std::uint64_t count) {
         std::lock_guard lock(mutex_);
-        outstanding_ -= count;
         unconsumed_.fetch_sub(count, std::memory_order_acq_rel);
         if (ordered_) slots_.resize(slots_.size() - count);
     }
@@ -290,9 +288,18 @@ public:
     std::optional<Entry> try_take() {
         if (available_.load(std::memory_order_acquire) == 0) return std::nullopt;
         std::lock_guard lock(mutex_);
-        if (released_.empty()) return std::nullopt;
-        Entry entry = std::move(released_.front());
-        released_.pop_front();
+        std::optional<Entry> entry;
+        if (ordered_) {
+            if (ready_ == 0) return std::nullopt;
+            entry.emplace(std::move(slots_.front().entry));
+            slots_.pop_front();
+            ++slots_first_;
+            --ready_;
+        } else {
+            if (released_.empty()) return std::nullopt;
+            entry.emplace(std::move(released_.front()));
+            released_.pop_front();
+        }
         available_.fetch_sub(1, std::memory_order_acq_rel);
         unconsumed_.fetch_sub(1, std::memory_order_acq_rel);
         return entry;
@@ -355,34 +362,59 @@ private:
         Entry entry;
     };
 
+    /// Stores the entries of items [first, first + entries.size()) and releases what the reader may take now.
+    /// Allocates nothing in ordered mode (expect() made the slots). Each item resolves once: a fail() for items that
+    /// a deliver() that threw midway already resolved leaves those alone. Throws only what moving a value throws,
+    /// or (unordered) std::bad_alloc, with the counts true to what was stored.
     void resolve(std::uint64_t first, std::span<Entry> entries) {
-        std::size_t released = 0;
+        std::size_t resolved = 0;  // items stored now
+        std::size_t released = 0;  // entries the reader may take now that it could not before
         {
             std::lock_guard lock(mutex_);
-            if (!ordered_) {
-                for (Entry& entry : entries) released_.push_back(std::move(entry));
-                released = entries.size();
-            } else {
-                if (first < slots_first_) return;  // released already (cannot happen: each item resolves once)
-                PROCPOOL_ASSERT(first - slots_first_ + entries.size() <= slots_.size(),
-                                "results arrive only for expected items");
-                for (std::size_t i = 0; i < entries.size(); ++i) {
-                    Slot& slot = slots_[first - slots_first_ + i];
-                    slot.resolved = true;
-                    slot.entry = std::move(entries[i]);
+            const auto publish = [&] { available_.fetch_add(released, std::memory_order_acq_rel); };
+            try {
+                if (ordered_) {
+                    for (std::size_t i = 0; i < entries.size(); ++i) {
+                        if (first + i < slots_first_) continue;  // taken by the reader already
+                        PROCPOOL_ASSERT(first + i - slots_first_ < slots_.size(),
+                                        "results arrive only for expected items");
+                        Slot& slot = slots_[first + i - slots_first_];
+                        if (slot.resolved) continue;
+                        slot.entry = std::move(entries[i]);
+                        slot.resolved = true;
+                        ++resolved;
+                    }
+                } else {
+                    // Room first: a std::bad_alloc then changes nothing (fail() stores the range's errors instead).
+                    const std::size_t old_size = released_.size();
+                    released_.resize(old_size + entries.size());
+                    try {
+                        for (std::size_t i = 0; i < entries.size(); ++i)
+                            released_[old_size + i] = std::move(entries[i]);
+                    } catch (...) {
+                        released_.resize(old_size);  // (shrinking does not throw)
+                        throw;
+                    }
+                    resolved = released = entries.size();
                 }
-                while (!slots_.empty() && slots_.front().resolved) {
-                    released_.push_back(std::move(slots_.front().entry));
-                    slots_.pop_front();
-                    ++slots_first_;
-                    ++released;
-                }
+            } catch (...) {
+                advance_ready_locked(released);
+                publish();
+                throw;
             }
-            outstanding_ -= entries.size();
-            available_.fetch_add(released, std::memory_order_acq_rel);
+            advance_ready_locked(released);
+            publish();
         }
-        progress.add(entries.size());
+        progress.add(resolved);
         if (released != 0) bell_.ring();
+    }
+    /// Ordered mode: extends the resolved prefix of the slots the reader may take, counting it in `released`.
+    void advance_ready_locked(std::size_t& released) noexcept {
+        if (!ordered_) return;
+        while (ready_ < slots_.size() && slots_[ready_].resolved) {
+            ++ready_;
+            ++released;
+        }
     }
 
     const bool ordered_;
@@ -390,11 +422,11 @@ private:
     // chunks of one: a std::mutex made them sleep on a futex whenever they met (imap with chunksize 1 measured
     // 70 000-90 000 futex calls per 200 ms and ran at half speed while that lasted).
     SpinMutex mutex_;
-    std::deque<Slot> slots_;         // ordered mode: items expected and not yet released, in input order
+    std::deque<Slot> slots_;         // ordered mode: items expected and not yet taken by the reader, in input order
     std::uint64_t slots_first_ = 0;  // the index of slots_.front()
-    std::deque<Entry> released_;     // entries the reader may take, in the order it gets them
-    std::uint64_t outstanding_ = 0;
-    std::atomic<std::uint64_t> available_{0};   // released_.size()
+    std::size_t ready_ = 0;          // ordered mode: the resolved prefix of slots_, the reader's to take
+    std::deque<Entry> released_;     // unordered mode: entries the reader may take, in the order it gets them
+    std::atomic<std::uint64_t> available_{0};   // entries the reader may take: ready_ or released_.size()
     std::atomic<std::uint64_t> unconsumed_{0};  // submitted, not yet taken by the reader
     std::atomic<bool> abandoned_{false};
     Doorbell bell_;
