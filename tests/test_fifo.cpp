@@ -20,6 +20,14 @@ namespace {
 bool fail_allocations = false;
 long allocations = 0;
 
+/// Fails this binary's allocations while it lives (and no longer once a test leaves early).
+struct FailingAllocations {
+    FailingAllocations() noexcept { fail_allocations = true; }
+    ~FailingAllocations() { fail_allocations = false; }
+    FailingAllocations(const FailingAllocations&) = delete;
+    FailingAllocations& operator=(const FailingAllocations&) = delete;
+};
+
 void* counted_allocation(std::size_t bytes) noexcept {
     if (fail_allocations) return nullptr;
     ++allocations;
@@ -148,13 +156,12 @@ TEST_CASE("Fifo::reserve_one makes the next push_back allocate nothing, or throw
     fifo.push_back("b");  // the inline slots are full
 
     bool threw = false;
-    fail_allocations = true;
     try {
+        const FailingAllocations failing;
         fifo.reserve_one();
     } catch (const std::bad_alloc&) {
         threw = true;
     }
-    fail_allocations = false;
     CHECK(threw);
     CHECK(contents(fifo) == std::vector<std::string>{"a", "b"});
 
@@ -170,10 +177,15 @@ TEST_CASE("Fifo::reserve_one makes the next push_back allocate nothing, or throw
     fifo.pop_front();
     fifo.pop_front();
     const long before_compact = allocations;
-    fail_allocations = true;
-    fifo.reserve_one();
-    fifo.push_back("e");
-    fail_allocations = false;
+    bool compacted = true;
+    try {
+        const FailingAllocations failing;
+        fifo.reserve_one();
+        fifo.push_back("e");
+    } catch (const std::bad_alloc&) {
+        compacted = false;
+    }
+    CHECK(compacted);
     CHECK(allocations == before_compact);
     CHECK(contents(fifo) == std::vector<std::string>{"c", "d", "e"});
 }

@@ -367,11 +367,11 @@ private:
     /// a deliver() that threw midway already resolved leaves those alone. Throws only what moving a value throws,
     /// or (unordered) std::bad_alloc, with the counts true to what was stored.
     void resolve(std::uint64_t first, std::span<Entry> entries) {
-        std::size_t resolved = 0;  // items stored now
-        std::size_t released = 0;  // entries the reader may take now that it could not before
+        std::size_t resolved = 0;   // items stored now
+        std::size_t released = 0;   // entries the reader may take now that it could not before
+        std::exception_ptr thrown;  // what storing threw: counted, rung and reported as far as it got, then rethrown
         {
             std::lock_guard lock(mutex_);
-            const auto publish = [&] { available_.fetch_add(released, std::memory_order_acq_rel); };
             try {
                 if (ordered_) {
                     for (std::size_t i = 0; i < entries.size(); ++i) {
@@ -398,15 +398,14 @@ private:
                     resolved = released = entries.size();
                 }
             } catch (...) {
-                advance_ready_locked(released);
-                publish();
-                throw;
+                thrown = std::current_exception();
             }
             advance_ready_locked(released);
-            publish();
+            available_.fetch_add(released, std::memory_order_acq_rel);
         }
         progress.add(resolved);
         if (released != 0) bell_.ring();
+        if (thrown) std::rethrow_exception(thrown);
     }
     /// Ordered mode: extends the resolved prefix of the slots the reader may take, counting it in `released`.
     void advance_ready_locked(std::size_t& released) noexcept {
