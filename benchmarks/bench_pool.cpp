@@ -726,10 +726,12 @@ BENCHMARK(BM_shared_dict)
 // 9. The first map of a process next to the later ones (issue 19): a program that maps once only ever sees the
 // first. Each sample is a fresh process (this binary run again with --first-map=<kind>, so nothing is warm: not the
 // heap, the shared arena, the result areas or the VM's fresh pages); it builds a pool, runs the same map 4 times
-// and prints the rate of each. The first is reported as "<workload>_first_map", the fourth beside it as
-// "fourth_map" (the steady rows above run 3 more maps before they time any). The last kind maps nothing: it
-// writes 40 MiB into fresh shared memory and then 3 times more into the same pages, the price this machine puts
-// on the first touch of memory, which a process's first map pays for its input, its results and its result vector.
+// and prints the rate of each, and the page faults it took (the caller's and the workers'). The first is reported
+// as "<workload>_first_map", the fourth beside it as "fourth_map" (the steady rows above run 3 more maps before
+// they time any). Two kinds map nothing: "fresh" writes 40 MiB into fresh shared memory and then 3 times more into
+// the same pages, the price this machine puts on the first touch of memory; "fault" measures what one fresh page
+// costs, touched on every CPU at once, which with the first map's fault count gives the least time those faults
+// can take (the fault floor).
 constexpr int kMapsInChild = 4;
 struct FirstMapKind {
     const char* kind;      // --first-map=<kind>
@@ -740,8 +742,51 @@ constexpr FirstMapKind kFirstMapKinds[] = {{"ints", "map_tiny", "items/s"},
                                            {"args", "payload_10mib_args", "GB/s"},
                                            {"results", "payload_10mib_results", "GB/s"},
                                            {"imap", "imap_default", "items/s"},
-                                           {"fresh", "write_40mib_shared_memory", "GB/s"}};
-/// Runs in the child: the maps of `kind` (see kFirstMapKinds), one rate per line.
+                                           {"fresh", "write_40mib_shared_memory", "GB/s"},
+                                           {"fault", "fresh_page_fault", "ns/page"}};
+/// Minor page faults of process `pid` so far (/proc/PID/stat), 0 if it is gone.
+long minor_faults_of(pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const std::size_t after_name = line.rfind(')');
+    if (after_name == std::string::npos) return 0;
+    std::istringstream fields(line.substr(after_name + 2));
+    std::string skipped;
+    for (int i = 0; i < 7; ++i) fields >> skipped;  // state, ppid, pgrp, session, tty_nr, tpgid, flags
+    long minflt = 0;
+    fields >> minflt;
+    return minflt;
+}
+/// Minor page faults of this process and of the pool's workers so far.
+long pool_minor_faults(const procpool::Pool& pool) {
+    long faults = minor_faults_of(::getpid());
+    for (const pid_t worker : pool.worker_pids()) faults += minor_faults_of(worker);
+    return faults;
+}
+/// CPU time one fresh page costs, in ns: 80 MiB of fresh memory (shared or private) touched on every CPU at once.
+double fresh_page_ns(bool shared) {
+    const std::size_t bytes = std::size_t{80} << 20;
+    const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    void* mapped = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS,
+                          -1, 0);
+    if (mapped == MAP_FAILED) return 0;
+    auto* base = static_cast<volatile char*>(mapped);
+    const std::size_t threads = cpus();
+    const std::size_t part = bytes / threads;
+    const auto start = Clock::now();
+    std::vector<std::thread> touching;
+    for (std::size_t t = 0; t < threads; ++t) {
+        touching.emplace_back([=] {
+            for (std::size_t at = t * part; at < (t + 1) * part; at += page) base[at] = 1;
+        });
+    }
+    for (std::thread& thread : touching) thread.join();
+    const double seconds = seconds_since(start);
+    ::munmap(mapped, bytes);
+    return seconds * 1e9 * static_cast<double>(threads) / static_cast<double>(bytes / page);
+}
+/// Runs in the child: the maps of `kind` (see kFirstMapKinds), one "rate faults" line per map.
 int first_map_child(const std::string& kind) {
     const std::size_t size = std::size_t{10} << 20;
     if (kind == "fresh") {  // no pool: fresh shared pages written once, then the same pages again
@@ -753,9 +798,14 @@ int first_map_child(const std::string& kind) {
             const auto start = Clock::now();
             std::memcpy(mapped, source.data(), bytes);
             benchmark::ClobberMemory();
-            std::printf("%.6g\n", static_cast<double>(bytes) / seconds_since(start) / 1e9);
+            const double seconds = seconds_since(start);
+            std::printf("%.6g 0 %.6g\n", static_cast<double>(bytes) / seconds / 1e9, seconds);
         }
         ::munmap(mapped, bytes);
+        return 0;
+    }
+    if (kind == "fault") {  // no pool: what a fresh page costs, private memory (the cheaper kind) and shared
+        for (int k = 0; k < kMapsInChild; ++k) std::printf("%.6g %.6g 0\n", fresh_page_ns(false), fresh_page_ns(true));
         return 0;
     }
     procpool::Pool pool(cpus());
@@ -765,52 +815,83 @@ int first_map_child(const std::string& kind) {
     const std::vector<std::string> items(kind == "args" ? 16 : 0, std::string(size, 'x'));
     const std::vector<std::size_t> sizes(16, size);
     for (int k = 0; k < kMapsInChild; ++k) {
+        const long faults_before = pool_minor_faults(pool);
         const auto start = Clock::now();
+        double amount = 0;  // in the kind's unit: items, or GB
         if (kind == "ints") {
             benchmark::DoNotOptimize(pool.map([](int x) { return 2 * x; }, iota_input));
-            std::printf("%.6g\n", static_cast<double>(iota_input.size()) / seconds_since(start));
+            amount = static_cast<double>(iota_input.size());
         } else if (kind == "args") {
             benchmark::DoNotOptimize(pool.map([](const std::string& text) { return text.size(); }, items));
-            std::printf("%.6g\n", 16.0 * static_cast<double>(size) / seconds_since(start) / 1e9);
+            amount = 16.0 * static_cast<double>(size) / 1e9;
         } else if (kind == "results") {
             benchmark::DoNotOptimize(pool.map([](std::size_t n) { return std::string(n, 'y'); }, sizes));
-            std::printf("%.6g\n", 16.0 * static_cast<double>(size) / seconds_since(start) / 1e9);
+            amount = 16.0 * static_cast<double>(size) / 1e9;
         } else if (kind == "imap") {
             benchmark::DoNotOptimize(imap_sum(pool, 200000, {}, true));
-            std::printf("%.6g\n", 200000 / seconds_since(start));
+            amount = 200000;
         } else {
             return 2;
         }
+        const double seconds = seconds_since(start);
+        std::printf("%.6g %ld %.6g\n", amount / seconds, pool_minor_faults(pool) - faults_before, seconds);
     }
     return 0;
 }
-/// Runs this binary as a first-map child and returns its rates (empty if it failed).
-std::vector<double> run_first_map_child(const std::string& kind) {
+/// One line of a first-map child: the map's rate, the page faults it took and its seconds (for "fault": the ns per
+/// fresh private page and per fresh shared page).
+struct FirstMapLine {
+    double rate;
+    double faults;
+    double seconds;
+};
+/// Runs this binary as a first-map child and returns its lines (empty if it failed).
+std::vector<FirstMapLine> run_first_map_child(const std::string& kind) {
     const std::string command = "/proc/" + std::to_string(::getpid()) + "/exe --first-map=" + kind;
-    std::vector<double> rates;
+    std::vector<FirstMapLine> lines;
     if (FILE* child = ::popen(command.c_str(), "r")) {
-        double rate = 0;
-        while (std::fscanf(child, "%lf", &rate) == 1) rates.push_back(rate);
-        if (::pclose(child) != 0) rates.clear();
+        FirstMapLine line{};
+        while (std::fscanf(child, "%lf %lf %lf", &line.rate, &line.faults, &line.seconds) == 3) lines.push_back(line);
+        if (::pclose(child) != 0) lines.clear();
     }
-    return rates;
+    return lines;
 }
 void BM_first_map(benchmark::State& state) {
     const FirstMapKind& kind = kFirstMapKinds[state.range(0)];
-    std::vector<double> first;
-    std::vector<double> fourth;
+    const bool fault_kind = kind.kind == std::string("fault");
+    std::vector<FirstMapLine> first;
+    std::vector<FirstMapLine> fourth;
     for (auto _ : state) {
-        const std::vector<double> rates = run_first_map_child(kind.kind);
-        if (rates.size() != kMapsInChild) {
+        const std::vector<FirstMapLine> lines = run_first_map_child(kind.kind);
+        if (lines.size() != kMapsInChild) {
             state.SkipWithError("the first-map child process failed");
             return;
         }
-        first.push_back(rates.front());
-        fourth.push_back(rates.back());
+        if (fault_kind) {
+            first.insert(first.end(), lines.begin(), lines.end());  // every line is one measurement
+        } else {
+            first.push_back(lines.front());
+            fourth.push_back(lines.back());
+        }
     }
-    report(state, std::string(kind.workload) + "_first_map", median(first), kind.unit);
-    state.counters["fourth_map"] = median(fourth);
-    state.counters["first_vs_fourth"] = median(first) / median(fourth);
+    const auto median_of = [](const std::vector<FirstMapLine>& lines, double FirstMapLine::*field) {
+        std::vector<double> values;
+        for (const FirstMapLine& line : lines) values.push_back(line.*field);
+        return median(values);
+    };
+    if (fault_kind) {
+        report(state, kind.workload, median_of(first, &FirstMapLine::rate), kind.unit);
+        state.counters["shared_ns_per_page"] = median_of(first, &FirstMapLine::faults);
+        state.counters["cpus"] = static_cast<double>(cpus());
+        return;
+    }
+    report(state, std::string(kind.workload) + "_first_map", median_of(first, &FirstMapLine::rate), kind.unit);
+    state.counters["fourth_map"] = median_of(fourth, &FirstMapLine::rate);
+    state.counters["first_vs_fourth"] = median_of(first, &FirstMapLine::rate) / median_of(fourth, &FirstMapLine::rate);
+    state.counters["first_ms"] = median_of(first, &FirstMapLine::seconds) * 1e3;
+    state.counters["fourth_ms"] = median_of(fourth, &FirstMapLine::seconds) * 1e3;
+    state.counters["first_faults"] = median_of(first, &FirstMapLine::faults);
+    state.counters["fourth_faults"] = median_of(fourth, &FirstMapLine::faults);
 }
 BENCHMARK(BM_first_map)
     ->DenseRange(0, std::size(kFirstMapKinds) - 1)

@@ -55,7 +55,9 @@ def load_cpp(path, rename=lambda workload: workload):
         figures.setdefault(workload, (unit, []))[1].append(bench["figure"])
         extra = {k: v for k, v in bench.items() if k in ("serial_ms", "threads_ms", "speedup", "vs_threads",
                                                           "private_kib_per_worker", "std_mutex_ns", "fourth_map",
-                                                          "first_vs_fourth")}
+                                                          "first_vs_fourth", "first_ms", "fourth_ms",
+                                                          "first_faults", "fourth_faults", "shared_ns_per_page",
+                                                          "cpus")}
         if extra:
             extras.setdefault(workload, []).append(extra)
     return {w: (u, statistics.median(v)) for w, (u, v) in figures.items()}, extras, data.get("context", {})
@@ -184,6 +186,44 @@ def take_option(args, name):
     return value
 
 
+def write_first_map_table(first_maps, ours, extras):
+    """BM_first_map's rows, with the least time the first map's extra page faults can take (the fault floor)."""
+    fault = ours.get("fresh_page_fault")
+    fault_extra = extras.get("fresh_page_fault", [{}])[0]
+    print("\n## The first map of a process next to the later ones\n")
+    print("Each sample a fresh process that builds a pool and runs the same map 4 times (bench_pool's "
+          "BM_first_map); the steady row is the workload above, timed after 3 untimed maps. "
+          "write_40mib_shared_memory maps nothing: 40 MiB written into fresh shared memory, then into the "
+          "same pages again, the price of a first touch on this machine.")
+    if fault:
+        print(f"\nA fresh page costs {fault[1]:,.0f} ns of CPU in private memory and "
+              f"{fault_extra.get('shared_ns_per_page', float('nan')):,.0f} ns in shared memory "
+              f"({fault_extra.get('cpus', 0):.0f} CPUs touching at once). The fault floor is the first map's page "
+              "faults beyond the fourth's at those prices, spread over every CPU: the least time they can take, "
+              "from all private to all shared. The last column is the first map's time without it, over the "
+              "fourth's.")
+    print("\n| workload | unit | first map | fourth map, same process | first / fourth | steady | "
+          "extra faults | fault floor | fourth / (first - floor) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for workload, (unit, value) in first_maps:
+        extra = extras.get(workload, [{}])[0]
+        steady = ours.get(workload.removesuffix("_first_map"))
+        steady_text = f"{steady[1]:,.3g}" if steady else "-"
+        floor_text = ratio_text = faults_text = "-"
+        faults = extra.get("first_faults", 0) - extra.get("fourth_faults", 0)
+        if fault and faults > 0 and extra.get("fourth_ms"):
+            cpus = fault_extra.get("cpus", 1)
+            low = faults * fault[1] / cpus / 1e6
+            high = faults * fault_extra.get("shared_ns_per_page", fault[1]) / cpus / 1e6
+            first_ms, fourth_ms = extra["first_ms"], extra["fourth_ms"]
+            faults_text = f"{faults:,.0f}"
+            floor_text = f"{low:.0f}-{high:.0f} ms"
+            ratio_text = f"{fourth_ms / max(first_ms - low, 1e-9):.2f}-{fourth_ms / max(first_ms - high, 1e-9):.2f}"
+        print(f"| {workload.removesuffix('_first_map')} | {unit} | {value:,.3g} | "
+              f"{extra.get('fourth_map', float('nan')):,.3g} | {extra.get('first_vs_fourth', float('nan')):.2f} | "
+              f"{steady_text} | {faults_text} | {floor_text} | {ratio_text} |")
+
+
 def main():
     args = sys.argv[1:]
     plot_data = take_option(args, "--plot-data")
@@ -259,20 +299,7 @@ def main():
                   f"{by.get('fork', {}).get('value', float('nan')):,.3g} |")
     first_maps = [(w, v) for w, v in ours.items() if w.endswith("_first_map")]
     if first_maps:
-        print("\n## The first map of a process next to the later ones\n")
-        print("Each sample a fresh process that builds a pool and runs the same map 4 times (bench_pool's "
-              "BM_first_map); the steady row is the workload above, timed after 3 untimed maps. "
-              "write_40mib_shared_memory maps nothing: 40 MiB written into fresh shared memory, then into the "
-              "same pages again, the price of a first touch on this machine.\n")
-        print("| workload | unit | first map | fourth map, same process | first / fourth | steady |")
-        print("|---|---|---:|---:|---:|---:|")
-        for workload, (unit, value) in first_maps:
-            extra = extras.get(workload, [{}])[0]
-            steady = ours.get(workload.removesuffix("_first_map"))
-            steady_text = f"{steady[1]:,.3g}" if steady else "-"
-            print(f"| {workload.removesuffix('_first_map')} | {unit} | {value:,.3g} | "
-                  f"{extra.get('fourth_map', float('nan')):,.3g} | {extra.get('first_vs_fourth', float('nan')):.2f} | "
-                  f"{steady_text} |")
+        write_first_map_table(first_maps, ours, extras)
     lock = extras.get("lock_acquire_release")
     if lock:
         print(f"\nFor comparison, std::mutex lock + unlock in the same process: {lock[0].get('std_mutex_ns', 0):.1f} ns.")
