@@ -3,7 +3,7 @@
 #include <catch2/catch.hpp>
 #include <procpool/detail/fifo.hpp>
 
-#include <cstdlib>
+#include <array>
 #include <deque>
 #include <memory>
 #include <new>
@@ -13,44 +13,10 @@
 
 using procpool::detail::Fifo;
 
-// Counts the allocations of this test binary, and fails them on request (Fifo::reserve_one's contract). Every
-// unaligned form is replaced, so that all of them pair with free() (AddressSanitizer's own operator new[] would
-// otherwise meet this operator delete).
-namespace {
-bool fail_allocations = false;
-long allocations = 0;
+#include "failing_allocations.hpp"
 
-/// Fails this binary's allocations while it lives (and no longer once a test leaves early).
-struct FailingAllocations {
-    FailingAllocations() noexcept { fail_allocations = true; }
-    ~FailingAllocations() { fail_allocations = false; }
-    FailingAllocations(const FailingAllocations&) = delete;
-    FailingAllocations& operator=(const FailingAllocations&) = delete;
-};
-
-void* counted_allocation(std::size_t bytes) noexcept {
-    if (fail_allocations) return nullptr;
-    ++allocations;
-    return std::malloc(bytes == 0 ? 1 : bytes);
-}
-}  // namespace
-
-void* operator new(std::size_t bytes) {
-    if (void* memory = counted_allocation(bytes)) return memory;
-    throw std::bad_alloc();
-}
-void* operator new[](std::size_t bytes) {
-    if (void* memory = counted_allocation(bytes)) return memory;
-    throw std::bad_alloc();
-}
-void* operator new(std::size_t bytes, const std::nothrow_t& /*tag*/) noexcept { return counted_allocation(bytes); }
-void* operator new[](std::size_t bytes, const std::nothrow_t& /*tag*/) noexcept { return counted_allocation(bytes); }
-void operator delete(void* memory) noexcept { std::free(memory); }
-void operator delete[](void* memory) noexcept { std::free(memory); }
-void operator delete(void* memory, std::size_t /*bytes*/) noexcept { std::free(memory); }
-void operator delete[](void* memory, std::size_t /*bytes*/) noexcept { std::free(memory); }
-void operator delete(void* memory, const std::nothrow_t& /*tag*/) noexcept { std::free(memory); }
-void operator delete[](void* memory, const std::nothrow_t& /*tag*/) noexcept { std::free(memory); }
+using procpool_test::allocations;
+using procpool_test::FailingAllocations;
 
 namespace {
 
@@ -188,4 +154,48 @@ TEST_CASE("Fifo::reserve_one makes the next push_back allocate nothing, or throw
     CHECK(compacted);
     CHECK(allocations == before_compact);
     CHECK(contents(fifo) == std::vector<std::string>{"c", "d", "e"});
+}
+
+TEST_CASE("Fifo::reserve_total keeps push_back from allocating while the queue holds at most that many", "[fifo]") {
+    constexpr std::size_t kMost = 8;  // a power of two: room for exactly kMost would not do
+    Fifo<std::string, 1> fifo;
+    fifo.push_back("kept");
+    bool threw = false;
+    try {
+        const FailingAllocations failing;
+        fifo.reserve_total(kMost);
+    } catch (const std::bad_alloc&) {
+        threw = true;
+    }
+    CHECK(threw);
+    CHECK(contents(fifo) == std::vector<std::string>{"kept"});
+
+    fifo.reserve_total(kMost);
+    std::mt19937 rng(7);
+    // The model, a ring of kMost that allocates nothing either, and no Catch2 assertion until allocating works again.
+    std::array<std::string, kMost> model{"kept"};
+    std::size_t model_front = 0;
+    std::size_t model_size = 1;
+    bool sizes_agree = true;
+    {
+        const FailingAllocations failing;
+        // Random pushes and pops that never hold more than kMost: every push_back must find room without allocating.
+        // (The strings are short: their own construction allocates nothing.)
+        for (int step = 0; step < 10000; ++step) {
+            if (model_size < kMost && (model_size == 0 || rng() % 2 == 0)) {
+                const std::string value = std::to_string(step % 1000);
+                fifo.push_back(value);  // would throw std::bad_alloc if it grew
+                model[(model_front + model_size++) % kMost] = value;
+            } else {
+                fifo.pop_front();
+                model_front = (model_front + 1) % kMost;
+                --model_size;
+            }
+            sizes_agree = sizes_agree && fifo.size() == model_size;
+        }
+    }
+    CHECK(sizes_agree);
+    std::vector<std::string> expected;
+    for (std::size_t i = 0; i < model_size; ++i) expected.push_back(model[(model_front + i) % kMost]);
+    CHECK(contents(fifo) == expected);
 }

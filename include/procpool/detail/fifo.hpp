@@ -9,6 +9,7 @@
 // (and their elements destroyed at once), the slots from tail_ are free.
 #pragma once
 
+#include <bit>
 #include <cassert>
 #include <cstddef>
 #include <memory>
@@ -99,6 +100,13 @@ public:
     void reserve_one() {
         if (tail_ == capacity_ && head_ * 2 < tail_) grow();
     }
+    /// Makes room for `total` elements in all: while the queue holds at most that many, push_back() allocates
+    /// nothing and cannot throw, whatever pops come between. Throws std::bad_alloc (and then changes nothing).
+    void reserve_total(std::size_t total) {
+        // push_back() grows only when full with fewer than half the slots popped; with at least twice `total` slots
+        // and at most `total` elements, a full queue has popped at least half of them.
+        if (capacity_ / 2 < total) grow_to(std::bit_ceil(total * 2));
+    }
     void push_front(T value) {
         if (head_ != 0) {
             std::construct_at(slots() + head_ - 1, std::move(value));
@@ -172,8 +180,10 @@ private:
 
     /// Moves the elements to the first slots of new storage of twice the capacity. Throws std::bad_alloc (and then
     /// changes nothing).
-    void grow() {
-        const std::size_t capacity = capacity_ * 2;
+    void grow() { grow_to(capacity_ * 2); }
+    /// Moves the elements to the first slots of new storage of `capacity` slots (more than now). Throws
+    /// std::bad_alloc (and then changes nothing).
+    void grow_to(std::size_t capacity) {
         T* bigger = std::allocator<T>().allocate(capacity);
         T* at = slots();
         const std::size_t n = size();

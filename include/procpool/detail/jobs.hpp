@@ -27,6 +27,7 @@
 #include "procpool/detail/block_recycler.hpp"
 #include "procpool/detail/buffer.hpp"
 #include "procpool/detail/config.hpp"
+#include "procpool/detail/fifo.hpp"
 #include "procpool/detail/futex.hpp"
 #include "procpool/detail/items.hpp"
 #include "procpool/detail/progress_tracker.hpp"
@@ -265,13 +266,18 @@ public:
         : JobBase(task_entry, std::move(callable), chunksize, true), ordered_(ordered) {}
 
     // ---- reader side ----
-    /// Registers items [first, first + count) before they are submitted. Throws std::bad_alloc, having changed nothing.
+    /// Registers items [first, first + count) before they are submitted, with the room their failures will need
+    /// (fail() allocates nothing). Throws std::bad_alloc, having changed nothing.
     void expect(std::uint64_t first, std::uint64_t count) {
         std::lock_guard lock(mutex_);
-        if (ordered_) {  // first: if it throws (std::bad_alloc), nothing was counted
+        // First: if it throws (std::bad_alloc), nothing was counted.
+        if (ordered_) {
             PROCPOOL_ASSERT(first == slots_first_ + slots_.size(), "items are expected in input order");
             (void)first;
             slots_.resize(slots_.size() + count);
+        } else {
+            // Each run of failed items holds at least one item submitted and not taken.
+            failed_runs_.reserve_total(unconsumed_.load(std::memory_order_relaxed) + count);
         }
         unconsumed_.fetch_add(count, std::memory_order_acq_rel);
     }
@@ -295,6 +301,10 @@ public:
             slots_.pop_front();
             ++slots_first_;
             --ready_;
+        } else if (!failed_runs_.empty()) {  // failures first: a reader that stops at an error stops early
+            FailedRun& run = failed_runs_.front();
+            entry.emplace(Entry{std::nullopt, run.error});
+            if (--run.count == 0) failed_runs_.pop_front();
         } else {
             if (released_.empty()) return std::nullopt;
             entry.emplace(std::move(released_.front()));
@@ -347,11 +357,33 @@ public:
         resolve(first, entries);
     }
 
-    void fail(std::uint64_t first, std::uint64_t count, const std::exception_ptr& error) override {
+    /// Allocates nothing and throws nothing: the scheduler calls it when delivering threw, std::bad_alloc included,
+    /// and an item it failed to resolve would leave the reader waiting for ever.
+    void fail(std::uint64_t first, std::uint64_t count, const std::exception_ptr& error) noexcept override {
         if (abandoned_.load(std::memory_order_acquire)) return;
-        std::vector<Entry> entries(count);
-        for (Entry& entry : entries) entry.error = error;
-        resolve(first, entries);
+        std::size_t resolved = 0;
+        std::size_t released = 0;
+        {
+            std::lock_guard lock(mutex_);
+            if (ordered_) {
+                for (std::uint64_t item = std::max(first, slots_first_); item < first + count; ++item) {
+                    PROCPOOL_ASSERT(item - slots_first_ < slots_.size(), "results arrive only for expected items");
+                    Slot& slot = slots_[item - slots_first_];
+                    if (slot.resolved) continue;  // a deliver() that threw midway stored it
+                    slot.entry.value.reset();
+                    slot.entry.error = error;
+                    slot.resolved = true;
+                    ++resolved;
+                }
+                advance_ready_locked(released);
+            } else if (count != 0) {  // unordered resolve() stores all of a message or none of it
+                failed_runs_.push_back(FailedRun{error, count});  // within the room expect() made
+                resolved = released = count;
+            }
+            available_.fetch_add(released, std::memory_order_acq_rel);
+        }
+        progress.add(resolved);
+        if (released != 0) bell_.ring();
     }
 
     [[nodiscard]] bool cancelled() const noexcept override { return abandoned_.load(std::memory_order_acquire); }
@@ -360,6 +392,11 @@ private:
     struct Slot {
         bool resolved = false;
         Entry entry;
+    };
+    /// Unordered mode: `count` items that failed with `error`, stored by fail() without allocating.
+    struct FailedRun {
+        std::exception_ptr error;
+        std::uint64_t count;
     };
 
     /// Stores the entries of items [first, first + entries.size()) and releases what the reader may take now.
@@ -385,7 +422,7 @@ private:
                         ++resolved;
                     }
                 } else {
-                    // Room first: a std::bad_alloc then changes nothing (fail() stores the range's errors instead).
+                    // Room first: a std::bad_alloc then changes nothing (the scheduler then fails the items).
                     const std::size_t old_size = released_.size();
                     released_.resize(old_size + entries.size());
                     try {
@@ -421,11 +458,12 @@ private:
     // chunks of one: a std::mutex made them sleep on a futex whenever they met (imap with chunksize 1 measured
     // 70 000-90 000 futex calls per 200 ms and ran at half speed while that lasted).
     SpinMutex mutex_;
-    std::deque<Slot> slots_;         // ordered mode: items expected and not yet taken by the reader, in input order
-    std::uint64_t slots_first_ = 0;  // the index of slots_.front()
-    std::size_t ready_ = 0;          // ordered mode: the resolved prefix of slots_, the reader's to take
-    std::deque<Entry> released_;     // unordered mode: entries the reader may take, in the order it gets them
-    std::atomic<std::uint64_t> available_{0};   // entries the reader may take: ready_ or released_.size()
+    std::deque<Slot> slots_;          // ordered mode: items expected and not yet taken by the reader, in input order
+    std::uint64_t slots_first_ = 0;   // the index of slots_.front()
+    std::size_t ready_ = 0;           // ordered mode: the resolved prefix of slots_, the reader's to take
+    std::deque<Entry> released_;      // unordered mode: entries the reader may take, in the order it gets them
+    Fifo<FailedRun, 1> failed_runs_;  // unordered mode: failed items the reader may take, before released_
+    std::atomic<std::uint64_t> available_{0};   // entries the reader may take: ready_, or released_ and failed runs
     std::atomic<std::uint64_t> unconsumed_{0};  // submitted, not yet taken by the reader
     std::atomic<bool> abandoned_{false};
     Doorbell bell_;
