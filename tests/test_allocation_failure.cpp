@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <optional>
@@ -20,7 +21,9 @@ namespace {
 
 using Job = procpool::detail::ImapJob<int>;
 
-Job make_job(bool ordered) { return Job([](procpool::detail::TaskRunner&) {}, procpool::detail::Buffer(), 1, ordered); }
+Job make_job(bool ordered) {
+    return Job([](procpool::detail::TaskRunner&) {}, procpool::detail::Buffer(), 1, ordered);
+}
 
 std::string message_of(const std::exception_ptr& error) {
     if (!error) return "(no error)";
@@ -31,11 +34,25 @@ std::string message_of(const std::exception_ptr& error) {
     }
 }
 
-/// The messages of every entry the reader can take now (values as "value").
+/// Delivers item `index` of `job`, whose value is its index.
+void deliver_value(Job& job, int index) {
+    std::array<std::byte, sizeof index> encoded{};
+    std::memcpy(encoded.data(), &index, sizeof index);
+    procpool::InputArchive values(encoded);
+    job.deliver(static_cast<std::uint64_t>(index), 1, {}, values, 0);
+}
+
+/// The message of the next entry the reader can take ("value <v>" for a value), or "(none)".
+std::string take_one(Job& job) {
+    std::optional<Job::Entry> entry = job.try_take();
+    if (!entry) return "(none)";
+    return entry->value ? "value " + std::to_string(*entry->value) : message_of(entry->error);
+}
+
+/// The messages of every entry the reader can take now.
 std::vector<std::string> take_all(Job& job) {
     std::vector<std::string> messages;
-    while (std::optional<Job::Entry> entry = job.try_take())
-        messages.push_back(entry->value ? "value" : message_of(entry->error));
+    for (std::string message = take_one(job); message != "(none)"; message = take_one(job)) messages.push_back(message);
     return messages;
 }
 
@@ -72,24 +89,31 @@ TEST_CASE("imap: failing items allocates nothing, so a std::bad_alloc cannot los
     }
 }
 
-TEST_CASE("imap unordered: failed items reach the reader before values released earlier", "[allocation_failure]") {
-    // A reader that stops at the first error then stops as early as it can. The failures are stored within the room
-    // expect() made, for every item not taken yet.
+TEST_CASE("imap unordered: failures stored without allocating keep their place in completion order",
+          "[allocation_failure]") {
+    // imap_unordered yields results in the order they complete, failures included. The failures are stored within the
+    // room expect() made, for every item not taken yet.
     Job job = make_job(false);
-    job.expect(0, 2);
-    const int value = 42;
-    std::array<std::byte, sizeof value> encoded{};
-    std::memcpy(encoded.data(), &value, sizeof value);
-    procpool::InputArchive values(encoded);
-    job.deliver(0, 1, {}, values, 0);
-    job.expect(2, 4);
+    job.expect(0, 3);
+    job.expect(3, 4);
     const auto crashed = std::make_exception_ptr(std::runtime_error("crashed"));
     const auto timed_out = std::make_exception_ptr(std::runtime_error("timed out"));
+    std::vector<std::string> taken;
+    deliver_value(job, 0);
     {
         const FailingAllocations failing;
-        job.fail(2, 4, timed_out);
-        job.fail(1, 1, crashed);
+        job.fail(3, 2, timed_out);  // after item 0's value
     }
-    CHECK(take_all(job) == std::vector<std::string>{"timed out", "timed out", "timed out", "timed out", "crashed", "value"});
+    deliver_value(job, 2);
+    taken.push_back(take_one(job));  // item 0: the reader now stands right before the failed run
+    {
+        const FailingAllocations failing;
+        job.fail(1, 1, crashed);  // after item 2's value
+    }
+    deliver_value(job, 5);
+    deliver_value(job, 6);
+    for (std::string& message : take_all(job)) taken.push_back(std::move(message));
+    CHECK(taken ==
+          std::vector<std::string>{"value 0", "timed out", "timed out", "value 2", "crashed", "value 5", "value 6"});
     CHECK(job.unconsumed() == 0);
 }

@@ -301,7 +301,8 @@ public:
             slots_.pop_front();
             ++slots_first_;
             --ready_;
-        } else if (!failed_runs_.empty()) {  // failures first: a reader that stops at an error stops early
+        } else if (!failed_runs_.empty() && failed_runs_.front().after == released_taken_) {
+            // Every value released before this run has been taken: its failures come next, in completion order.
             FailedRun& run = failed_runs_.front();
             entry.emplace(Entry{std::nullopt, run.error});
             if (--run.count == 0) failed_runs_.pop_front();
@@ -309,6 +310,7 @@ public:
             if (released_.empty()) return std::nullopt;
             entry.emplace(std::move(released_.front()));
             released_.pop_front();
+            ++released_taken_;
         }
         available_.fetch_sub(1, std::memory_order_acq_rel);
         unconsumed_.fetch_sub(1, std::memory_order_acq_rel);
@@ -377,7 +379,7 @@ public:
                 }
                 advance_ready_locked(released);
             } else if (count != 0) {  // unordered resolve() stores all of a message or none of it
-                failed_runs_.push_back(FailedRun{error, count});  // within the room expect() made
+                failed_runs_.push_back(FailedRun{error, count, released_total_});  // within the room expect() made
                 resolved = released = count;
             }
             available_.fetch_add(released, std::memory_order_acq_rel);
@@ -393,10 +395,12 @@ private:
         bool resolved = false;
         Entry entry;
     };
-    /// Unordered mode: `count` items that failed with `error`, stored by fail() without allocating.
+    /// Unordered mode: `count` items that failed with `error`, stored by fail() without allocating, after the first
+    /// `after` entries released.
     struct FailedRun {
         std::exception_ptr error;
         std::uint64_t count;
+        std::uint64_t after;
     };
 
     /// Stores the entries of items [first, first + entries.size()) and releases what the reader may take now.
@@ -433,6 +437,7 @@ private:
                         throw;
                     }
                     resolved = released = entries.size();
+                    released_total_ += entries.size();
                 }
             } catch (...) {
                 thrown = std::current_exception();
@@ -458,11 +463,13 @@ private:
     // chunks of one: a std::mutex made them sleep on a futex whenever they met (imap with chunksize 1 measured
     // 70 000-90 000 futex calls per 200 ms and ran at half speed while that lasted).
     SpinMutex mutex_;
-    std::deque<Slot> slots_;          // ordered mode: items expected and not yet taken by the reader, in input order
-    std::uint64_t slots_first_ = 0;   // the index of slots_.front()
-    std::size_t ready_ = 0;           // ordered mode: the resolved prefix of slots_, the reader's to take
-    std::deque<Entry> released_;      // unordered mode: entries the reader may take, in the order it gets them
-    Fifo<FailedRun, 1> failed_runs_;  // unordered mode: failed items the reader may take, before released_
+    std::deque<Slot> slots_;            // ordered mode: items expected and not yet taken by the reader, in input order
+    std::uint64_t slots_first_ = 0;     // the index of slots_.front()
+    std::size_t ready_ = 0;             // ordered mode: the resolved prefix of slots_, the reader's to take
+    std::deque<Entry> released_;        // unordered mode: entries the reader may take, in the order it gets them
+    std::uint64_t released_total_ = 0;  // unordered mode: entries ever put into released_
+    std::uint64_t released_taken_ = 0;  // unordered mode: entries ever taken from released_
+    Fifo<FailedRun, 1> failed_runs_;    // unordered mode: failed items, each run in its place among released_
     std::atomic<std::uint64_t> available_{0};   // entries the reader may take: ready_, or released_ and failed runs
     std::atomic<std::uint64_t> unconsumed_{0};  // submitted, not yet taken by the reader
     std::atomic<bool> abandoned_{false};
