@@ -45,6 +45,7 @@ template <class Transport>
 auto Scheduler<Transport>::help(bool (*ready)(const void*), const void* context, std::chrono::nanoseconds budget,
                                 Deadline deadline) noexcept -> Outcome {
     if (std::this_thread::get_id() == service_id_.load(std::memory_order_relaxed)) return Outcome::busy;
+    note_caller_cpu();
     if (role_wanted_.load(std::memory_order_acquire)) return Outcome::busy;
     std::unique_lock role(poller_mutex_, std::try_to_lock);
     if (!role.owns_lock()) return Outcome::busy;
@@ -140,6 +141,7 @@ bool Scheduler<Transport>::spinning_pays() const noexcept {
 template <class Transport>
 void Scheduler<Transport>::service_loop() {
     service_id_ = std::this_thread::get_id();
+    service_tid_.store(::gettid(), std::memory_order_relaxed);
     {
         std::lock_guard role(poller_mutex_);
         for (const WorkerEvent& event : early_events_) handle_event(event);

@@ -107,11 +107,34 @@ void Scheduler<Transport>::finish_completions() {
                 task_ns_ = ChunkPolicy::smoothed(task_ns_, task_ns, ChunkPolicy::kTaskTimeWeight);
                 task_ns_seen_.store(task_ns_, std::memory_order_relaxed);
             }
+            const auto placement = placement_.on_result(c.busy_ns, now, caller_cpu_.load(std::memory_order_relaxed));
+            if (placement) place_workers_locked(*placement);
         }
         dispatch_locked();
         if (!work_left_locked()) idle_cv_.notify_all();
     }
     completions_.clear();  // drops the job references outside the lock
+}
+
+/// Records the CPU the calling thread (a caller submitting or polling, never the service thread) runs on: the one
+/// placement_ keeps the workers off during a stream of tiny tasks.
+template <class Transport>
+void Scheduler<Transport>::note_caller_cpu() noexcept {
+    if (placement_.active()) caller_cpu_.store(::sched_getcpu(), std::memory_order_relaxed);
+}
+
+/// Moves every live worker whose affinity is placement_'s (or, when the workers are not kept off a CPU yet, still
+/// every usable CPU) to the placement for `cpu`: kept off it, or every CPU (-1); and the service thread onto `cpu`
+/// (or every CPU). Two system calls a worker and one.
+template <class Transport>
+void Scheduler<Transport>::place_workers_locked(int cpu) noexcept {
+    const int from = placement_.kept_off();
+    for (WorkerSlot& w : workers_) {
+        if (w.phase != Phase::running || (from >= 0 && !w.placed)) continue;
+        w.placed = placement_.move(w.pid, cpu, from) && cpu >= 0;
+    }
+    placement_.moved(cpu);
+    placement_.place_own_thread(service_tid_.load(std::memory_order_relaxed), cpu);
 }
 
 template <class Transport>

@@ -11,8 +11,12 @@ namespace procpool::detail {
 template <class Transport>
 void Scheduler<Transport>::submit(const std::shared_ptr<JobBase>& job, Segment items) {
     check_owner();  // before the lock: in a forked child another thread may have held it at the fork
+    note_caller_cpu();
     std::lock_guard lock(mutex_);
     check_open_locked();
+    if (placement_.kept_off() >= 0) {  // (the clock only then: an apply_async burst submits a few million a second)
+        if (const auto placement = placement_.on_submit(monotonic_ns())) place_workers_locked(*placement);
+    }
     add_segment_locked(*job, std::move(items));
     enqueue_locked(job);
     dispatch_locked();
@@ -25,6 +29,7 @@ void Scheduler<Transport>::submit(const std::shared_ptr<JobBase>& job, Segment i
 template <class Transport>
 void Scheduler<Transport>::extend(const std::shared_ptr<JobBase>& job, std::vector<Segment>& segments) {
     check_owner();
+    note_caller_cpu();
     std::lock_guard lock(mutex_);
     if (state_ != State::running && state_ != State::closed) throw_state_error_locked();
     std::size_t added = 0;

@@ -1,0 +1,133 @@
+// Where the workers run during a stream of tiny tasks (detail/worker_placement.hpp): kept off the caller's CPU while
+// the stream lasts when there are as many workers as CPUs, every CPU again once it is over, and an affinity someone
+// else gave a worker left as it is.
+#include <catch2/catch.hpp>
+#include <procpool/procpool.hpp>
+
+#include <sched.h>
+
+#include <chrono>
+#include <ranges>
+#include <thread>
+#include <vector>
+
+namespace {
+
+int identity(int x) { return x; }
+
+/// The CPUs this process may use.
+cpu_set_t usable_cpus() {
+    cpu_set_t mask;
+    CPU_ZERO(&mask);
+    REQUIRE(::sched_getaffinity(0, sizeof mask, &mask) == 0);
+    return mask;
+}
+
+/// The affinity of process `pid` (all zero if it is gone).
+cpu_set_t affinity_of(pid_t pid) {
+    cpu_set_t mask;
+    CPU_ZERO(&mask);
+    (void)::sched_getaffinity(pid, sizeof mask, &mask);
+    return mask;
+}
+
+/// The CPU every worker is kept off: the one usable CPU none of them may use, the same for all; -1 if there is none.
+int cpu_kept_off(const std::vector<pid_t>& workers, const cpu_set_t& usable) {
+    int kept_off = -1;
+    for (const pid_t pid : workers) {
+        const cpu_set_t mask = affinity_of(pid);
+        if (CPU_COUNT(&mask) != CPU_COUNT(&usable) - 1) return -1;
+        int missing = -1;
+        for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+            if (CPU_ISSET(cpu, &usable) && !CPU_ISSET(cpu, &mask)) missing = cpu;
+        }
+        if (missing < 0 || (kept_off >= 0 && missing != kept_off)) return -1;
+        kept_off = missing;
+    }
+    return kept_off;
+}
+
+/// Streams no-op items through an imap at chunksize 1 until `seen()` is true (checked every 100 items) or 20 s have
+/// passed; true if it was.
+template <class Seen>
+bool stream_until(procpool::Pool& pool, Seen seen) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    long items = 0;
+    for (const int v : pool.imap(identity, std::views::iota(0), {.chunksize = 1})) {
+        (void)v;
+        if (++items % 100 != 0) continue;
+        if (seen()) return true;
+        if (std::chrono::steady_clock::now() > deadline) return false;
+    }
+    return false;
+}
+
+}  // namespace
+
+TEST_CASE("a stream of tiny tasks keeps the workers off the caller's CPU, and every CPU is theirs after it",
+          "[placement]") {
+    const cpu_set_t usable = usable_cpus();
+    if (CPU_COUNT(&usable) < 2) {
+        WARN("one usable CPU: there is no CPU to keep the workers off");
+        return;
+    }
+    procpool::Pool pool;  // as many workers as usable CPUs
+    const std::vector<pid_t> workers = pool.worker_pids();
+    REQUIRE(static_cast<int>(workers.size()) == CPU_COUNT(&usable));
+
+    int kept_off = -1;
+    int caller_cpu = -1;
+    const bool seen = stream_until(pool, [&] {
+        kept_off = cpu_kept_off(workers, usable);
+        caller_cpu = ::sched_getcpu();
+        return kept_off >= 0;
+    });
+    REQUIRE(seen);
+    INFO("kept off CPU " << kept_off << ", the caller on CPU " << caller_cpu);
+    CHECK(CPU_ISSET(kept_off, &usable));
+
+    // The stream over for longer than the placement's pause, the next submission gives the workers every CPU back
+    // before it runs.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    CHECK(pool.apply(identity, 7) == 7);
+    for (const pid_t pid : workers) {
+        const cpu_set_t mask = affinity_of(pid);
+        CHECK(CPU_EQUAL(&mask, &usable));
+    }
+}
+
+TEST_CASE("a worker pinned by its initializer stays pinned through a stream of tiny tasks", "[placement]") {
+    const cpu_set_t usable = usable_cpus();
+    if (CPU_COUNT(&usable) < 2) {
+        WARN("one usable CPU: there is no CPU to keep the workers off");
+        return;
+    }
+    int first_cpu = 0;
+    while (!CPU_ISSET(first_cpu, &usable)) ++first_cpu;
+    procpool::Pool pool(procpool::PoolOptions{.initializer = [first_cpu] {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(first_cpu, &one);
+        if (::sched_setaffinity(0, sizeof one, &one) != 0) throw std::runtime_error("sched_setaffinity failed");
+    }});
+    CHECK(pool.apply(identity, 1) == 1);  // the initializers have run
+    const std::vector<pid_t> workers = pool.worker_pids();
+    bool moved = false;
+    // As long as the first test's stream took to be placed, at least: had the placement moved these workers, the
+    // release below would give them every CPU.
+    (void)stream_until(pool, [&, start = std::chrono::steady_clock::now()] {
+        for (const pid_t pid : workers) {
+            const cpu_set_t mask = affinity_of(pid);
+            moved = moved || CPU_COUNT(&mask) != 1 || !CPU_ISSET(first_cpu, &mask);
+        }
+        return std::chrono::steady_clock::now() - start > std::chrono::milliseconds(500);
+    });
+    CHECK_FALSE(moved);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    CHECK(pool.apply(identity, 7) == 7);
+    for (const pid_t pid : workers) {
+        const cpu_set_t mask = affinity_of(pid);
+        CHECK(CPU_COUNT(&mask) == 1);
+        CHECK(CPU_ISSET(first_cpu, &mask));
+    }
+}
