@@ -121,7 +121,9 @@ void run_round(Placement placement, Rates& rates) {
 /// "median (first quartile-third quartile)" of `values`.
 std::string summary(std::vector<double> values) {
     std::sort(values.begin(), values.end());
-    const auto at = [&](double q) { return values[static_cast<std::size_t>(q * static_cast<double>(values.size() - 1))]; };
+    const auto at = [&](double q) {
+        return values[static_cast<std::size_t>(q * static_cast<double>(values.size() - 1))];
+    };
     char text[64];
     std::snprintf(text, sizeof text, "%.2f (%.2f-%.2f)", at(0.5), at(0.25), at(0.75));
     return text;
@@ -139,7 +141,8 @@ int main(int argc, char** argv) {
             if (chosen(kPlacements[p])) run_round(kPlacements[p], rates[p]);
         }
     }
-    std::printf("| placement | apply_async burst, M tasks/s | ordered imap chunksize 1, M items/s |\n|---|---:|---:|\n");
+    std::printf(
+        "| placement | apply_async burst, M tasks/s | ordered imap chunksize 1, M items/s |\n|---|---:|---:|\n");
     for (std::size_t p = 0; p < std::size(kPlacements); ++p) {
         if (!chosen(kPlacements[p])) continue;
         std::printf("| %s | %s | %s |\n", name_of(kPlacements[p]), summary(rates[p].burst).c_str(),

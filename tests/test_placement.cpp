@@ -7,6 +7,7 @@
 #include <sched.h>
 
 #include <chrono>
+#include <optional>
 #include <ranges>
 #include <thread>
 #include <vector>
@@ -15,12 +16,30 @@ namespace {
 
 int identity(int x) { return x; }
 
+/// Run in a worker: how many CPUs it may run on now.
+int own_cpu_count(int /*unused*/) {
+    cpu_set_t mask;
+    CPU_ZERO(&mask);
+    return ::sched_getaffinity(0, sizeof mask, &mask) == 0 ? CPU_COUNT(&mask) : -1;
+}
+
+/// Run in a worker: the same, for a task the pool has never timed (so it may be long).
+int own_cpu_count_untimed(int unused) { return own_cpu_count(unused); }
+
 /// The CPUs this process may use.
 cpu_set_t usable_cpus() {
     cpu_set_t mask;
     CPU_ZERO(&mask);
     REQUIRE(::sched_getaffinity(0, sizeof mask, &mask) == 0);
     return mask;
+}
+
+/// The CPUs this process may use, or nothing (with a warning) if they are too few to keep the workers off one.
+std::optional<cpu_set_t> cpus_to_place() {
+    const cpu_set_t usable = usable_cpus();
+    if (CPU_COUNT(&usable) >= 2) return usable;
+    WARN("one usable CPU: there is no CPU to keep the workers off");
+    return std::nullopt;
 }
 
 /// The affinity of process `pid` (all zero if it is gone).
@@ -47,13 +66,13 @@ int cpu_kept_off(const std::vector<pid_t>& workers, const cpu_set_t& usable) {
     return kept_off;
 }
 
-/// Streams no-op items through an imap at chunksize 1 until `seen()` is true (checked every 100 items) or 20 s have
-/// passed; true if it was.
+/// Streams tiny items (own_cpu_count) through an imap at chunksize 1 until `seen()` is true (checked every 100 items)
+/// or 20 s have passed; true if it was.
 template <class Seen>
 bool stream_until(procpool::Pool& pool, Seen seen) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     long items = 0;
-    for (const int v : pool.imap(identity, std::views::iota(0), {.chunksize = 1})) {
+    for (const int v : pool.imap(own_cpu_count, std::views::iota(0), {.chunksize = 1})) {
         (void)v;
         if (++items % 100 != 0) continue;
         if (seen()) return true;
@@ -66,11 +85,9 @@ bool stream_until(procpool::Pool& pool, Seen seen) {
 
 TEST_CASE("a stream of tiny tasks keeps the workers off the caller's CPU, and every CPU is theirs after it",
           "[placement]") {
-    const cpu_set_t usable = usable_cpus();
-    if (CPU_COUNT(&usable) < 2) {
-        WARN("one usable CPU: there is no CPU to keep the workers off");
-        return;
-    }
+    const std::optional<cpu_set_t> placeable = cpus_to_place();
+    if (!placeable) return;
+    const cpu_set_t& usable = *placeable;
     procpool::Pool pool;  // as many workers as usable CPUs
     const std::vector<pid_t> workers = pool.worker_pids();
     REQUIRE(static_cast<int>(workers.size()) == CPU_COUNT(&usable));
@@ -86,22 +103,29 @@ TEST_CASE("a stream of tiny tasks keeps the workers off the caller's CPU, and ev
     INFO("kept off CPU " << kept_off << ", the caller on CPU " << caller_cpu);
     CHECK(CPU_ISSET(kept_off, &usable));
 
-    // The stream over for longer than the placement's pause, the next submission gives the workers every CPU back
-    // before it runs.
+    // The stream over, the tasks of the next job run with every CPU: a worker follows the placement when it takes a
+    // task, and a job's first tasks (its item time unknown) go out with every CPU the workers'.
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    CHECK(pool.apply(identity, 7) == 7);
-    for (const pid_t pid : workers) {
-        const cpu_set_t mask = affinity_of(pid);
-        CHECK(CPU_EQUAL(&mask, &usable));
+    for (const int cpus : pool.map(own_cpu_count, std::vector<int>(64), {.chunksize = 1})) {
+        CHECK(cpus == CPU_COUNT(&usable));
     }
 }
 
+TEST_CASE("a task that may be long runs with every CPU even in the middle of a stream of tiny tasks", "[placement]") {
+    const std::optional<cpu_set_t> placeable = cpus_to_place();
+    if (!placeable) return;
+    const cpu_set_t& usable = *placeable;
+    procpool::Pool pool;
+    const std::vector<pid_t> workers = pool.worker_pids();
+    REQUIRE(stream_until(pool, [&] { return cpu_kept_off(workers, usable) >= 0; }));
+    // No pause: a function the pool has never timed goes out with every CPU given back first.
+    CHECK(pool.apply(own_cpu_count_untimed, 0) == CPU_COUNT(&usable));
+}
+
 TEST_CASE("a worker pinned by its initializer stays pinned through a stream of tiny tasks", "[placement]") {
-    const cpu_set_t usable = usable_cpus();
-    if (CPU_COUNT(&usable) < 2) {
-        WARN("one usable CPU: there is no CPU to keep the workers off");
-        return;
-    }
+    const std::optional<cpu_set_t> placeable = cpus_to_place();
+    if (!placeable) return;
+    const cpu_set_t& usable = *placeable;
     int first_cpu = 0;
     while (!CPU_ISSET(first_cpu, &usable)) ++first_cpu;
     procpool::Pool pool(procpool::PoolOptions{.initializer = [first_cpu] {
@@ -130,4 +154,37 @@ TEST_CASE("a worker pinned by its initializer stays pinned through a stream of t
         CHECK(CPU_COUNT(&mask) == 1);
         CHECK(CPU_ISSET(first_cpu, &mask));
     }
+}
+
+TEST_CASE("a stream of tiny tasks that pauses gives the workers every CPU back", "[placement]") {
+    const std::optional<cpu_set_t> placeable = cpus_to_place();
+    if (!placeable) return;
+    const cpu_set_t& usable = *placeable;
+    procpool::Pool pool;
+    const std::vector<pid_t> workers = pool.worker_pids();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    bool kept_off = false;
+    bool paused = false;
+    bool every_cpu_after_pause = false;
+    long items = 0;
+    long after_pause = 0;
+    // One imap: its item time is known (tiny) by the pause, so only the pause can give the CPUs back. Items read
+    // after it report the CPUs their worker had when it took them.
+    for (const int cpus : pool.imap(own_cpu_count, std::views::iota(0), {.chunksize = 1})) {
+        ++items;
+        if (!kept_off) {
+            kept_off = items % 100 == 0 && cpu_kept_off(workers, usable) >= 0;
+            if (!kept_off && std::chrono::steady_clock::now() > deadline) break;
+            continue;
+        }
+        if (!paused) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));  // several housekeeping periods
+            paused = true;
+            continue;
+        }
+        every_cpu_after_pause = every_cpu_after_pause || cpus == CPU_COUNT(&usable);
+        if (every_cpu_after_pause || ++after_pause == 20000) break;
+    }
+    REQUIRE(kept_off);
+    CHECK(every_cpu_after_pause);
 }

@@ -336,6 +336,9 @@ public:
     /// The longest a result a worker did not ring for waits for the parent to look (a short task's result held
     /// behind a long one queued after it).
     static constexpr std::chrono::microseconds kDeferredResultBound{1000};
+    /// The workers keep off `cpu` (-1: none) from their next task on (ControlBlock::keep_off_cpu). Any thread of the
+    /// parent.
+    void keep_workers_off(int cpu) noexcept { control_->keep_off_cpu.store(cpu, std::memory_order_relaxed); }
     /// Wakes the thread in wait() (from another thread of the parent).
     void wake() noexcept { control_->parent_bell.wake_all(); }
     /// While muted, workers and the fork server do not wake the thread in wait(): another thread polls.

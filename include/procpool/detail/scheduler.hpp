@@ -178,7 +178,6 @@ private:
             std::int64_t start_ns = 0;
             std::int64_t sigkill_at_ns = 0;
         } timeout_kill;
-        bool placed = false;  // its affinity is placement_'s (kept off the caller's CPU)
         [[nodiscard]] bool usable() const noexcept {
             return (phase == Phase::running || phase == Phase::starting) && !timeout_kill.active;
         }
@@ -267,6 +266,7 @@ private:
     // ---- worker placement (placement_; results.hpp) ----
     void note_caller_cpu() noexcept;
     void place_workers_locked(int cpu) noexcept;
+    [[nodiscard]] bool long_work_inflight_locked() const noexcept;
 
     Transport& transport_;
     const SchedulerSettings settings_;
@@ -290,7 +290,6 @@ private:
     bool spare_core_ = false;              // more usable CPUs than workers: a parent thread may spin for free
     WorkerPlacement placement_;            // where the workers run during streams of tiny tasks (mutex_)
     std::atomic<int> caller_cpu_{-1};      // the CPU of the thread that last submitted or polled, for placement_
-    std::atomic<pid_t> service_tid_{0};    // the service thread's thread id, for placement_
     std::atomic<bool> stop_requested_{false};
     unsigned generation_;                    // fork_generation() where the pool was built
     std::vector<WorkerEvent> early_events_;  // deaths seen while the pool was built, for the service thread
@@ -325,7 +324,7 @@ Scheduler<Transport>::Scheduler(Transport& transport, SchedulerSettings settings
         }
     }
     spare_core_ = usable_cpu_count() > total_workers_;
-    if constexpr (SharedMemoryWorkers<Transport>) placement_ = WorkerPlacement(total_workers_);  // local workers
+    if constexpr (PlaceableWorkers<Transport>) placement_ = WorkerPlacement(total_workers_);
     // Workers that died while the pool was being built are handled by the service thread like any other death (it
     // first reads what they sent, an initializer's error for instance).
     if constexpr (ReplaceableWorkers<Transport>) early_events_ = transport_.take_early_exits();

@@ -39,6 +39,9 @@ struct ControlBlock {
     // ForkTransport::kDeferredResultBound); 0: for every result. Batches the parent's wake-ups when tasks are short
     // and queues deep (issue 19).
     alignas(kCacheLine) std::atomic<std::uint32_t> result_bell_low_water{0};
+    // Set by the parent (WorkerPlacement): the CPU the workers keep off, -1 for none. Each worker reads it when it
+    // takes a task and changes its own affinity when it changed (Worker::follow_placement).
+    alignas(kCacheLine) std::atomic<std::int32_t> keep_off_cpu{-1};
 };
 
 struct SlotBlock {

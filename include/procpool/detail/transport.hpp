@@ -157,6 +157,12 @@ concept MutableDoorbell = Transport<T> && requires(T& transport) {
     {transport.unmute_doorbell()};
 };
 
+/// The workers run on this machine and keep off a CPU the parent names (WorkerPlacement), each from its next task on.
+template <class T>
+concept PlaceableWorkers = Transport<T> && requires(T& transport, int cpu) {
+    {transport.keep_workers_off(cpu)};
+};
+
 /// The workers can hold back the doorbell for a result while enough tasks wait behind the one they run, so that
 /// the parent wakes once for several results (short tasks, deep queues). While that is on (`low_water` > 0), the
 /// transport's wait() looks at least every so often by itself, which bounds how long a held-back result waits.

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <functional>
 #include <optional>
+#include <sched.h>
 #include <span>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -59,12 +60,22 @@ public:
     /// Runs the initializer, then serves tasks until told to exit. Never returns.
     [[noreturn]] void run() noexcept {
         apply_memory_limit(env_.memory_limit);
+        CPU_ZERO(&inherited_cpus_);
+        const bool known = ::sched_getaffinity(0, sizeof inherited_cpus_, &inherited_cpus_) == 0;
         run_initializer();
+        cpu_set_t now;
+        CPU_ZERO(&now);
+        // The placement is ours to follow only if the initializer left the affinity alone.
+        follows_placement_ = known && ::sched_getaffinity(0, sizeof now, &now) == 0 &&
+                             CPU_EQUAL(&now, &inherited_cpus_);
         for (;;) {
             const Fragment fragment = next_fragment();
             switch (fragment.header.kind) {
                 case kExitMessage: task_ring_.consume(fragment); exit_process(0);
-                case kTaskMessage: handle_task(fragment); break;
+                case kTaskMessage:
+                    follow_placement();
+                    handle_task(fragment);
+                    break;
                 default: std::abort();  // protocol violation: let the parent see a crash rather than guess
             }
         }
@@ -88,6 +99,34 @@ private:
             }
         }
         slot_->status.initialized.store(1, std::memory_order_release);
+    }
+
+    /// Keeps off the CPU the parent names (ControlBlock::keep_off_cpu; WorkerPlacement) when that changed: read after
+    /// the task itself, so a change written before a task was sent holds for it. Stops following for good when its
+    /// affinity is no longer the one it set last (a task changed it).
+    void follow_placement() noexcept {
+        if (!follows_placement_) return;
+        const std::int32_t cpu = control_->keep_off_cpu.load(std::memory_order_relaxed);
+        if (cpu == kept_off_) return;
+        cpu_set_t now;
+        CPU_ZERO(&now);
+        const cpu_set_t set_last = inherited_without(kept_off_);
+        if (::sched_getaffinity(0, sizeof now, &now) != 0 || !CPU_EQUAL(&now, &set_last)) {
+            follows_placement_ = false;
+            return;
+        }
+        const cpu_set_t wanted = inherited_without(cpu);
+        if (::sched_setaffinity(0, sizeof wanted, &wanted) != 0) {
+            follows_placement_ = false;
+            return;
+        }
+        kept_off_ = cpu;
+    }
+    /// The CPUs it inherited, without `cpu` (all of them if -1, or if that would leave none).
+    [[nodiscard]] cpu_set_t inherited_without(std::int32_t cpu) const noexcept {
+        cpu_set_t mask = inherited_cpus_;
+        if (cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &mask) && CPU_COUNT(&mask) > 1) CPU_CLR(cpu, &mask);
+        return mask;
     }
 
     Fragment next_fragment() noexcept {
@@ -318,6 +357,9 @@ private:
     static constexpr std::size_t kNoHalf = ResultAreas::kHalves;
     std::size_t picked_half_ = kNoHalf;         // the half area_values_ is over until its message is sent
     std::optional<std::uint64_t> running_end_;  // task ring position past the running task, if it is one fragment
+    cpu_set_t inherited_cpus_{};                // its affinity as forked, before the initializer
+    bool follows_placement_ = false;            // the initializer left it: it follows ControlBlock::keep_off_cpu
+    std::int32_t kept_off_ = -1;                // the CPU it keeps off now
     bool bell_owed_ = false;                    // a result went out without ringing the parent's bell
     bool large_messages_ = false;               // the last result message was larger than a ring fragment
 };

@@ -5,14 +5,16 @@
 // fraction of a CPU between them. When there are as many workers as CPUs, the kernel often puts that thread on a
 // CPU with a worker: the two then take turns, the caller's polling holds up the very worker it waits for, and the
 // service thread takes over the rings on the other CPU. Measured on the benchmark VM (2 CPUs, 2 workers;
-// benchmarks/bench_placement.cpp): ordered imap at chunksize 1 ran at 0.9-1.3 M items/s with the threads placed by
-// the kernel, and at 3.0-3.2 M with the workers kept off the caller's CPU.
+// benchmarks/bench_placement.cpp, 6d8b051): ordered imap at chunksize 1 ran at 0.9-2.0 M items/s with the threads
+// placed by the kernel, and at 3.0-3.2 M with the workers kept off the caller's CPU.
 //
-// WorkerPlacement keeps the workers off the CPU of the thread that last submitted or polled, and the pool's service
-// thread on it, while the workers' measured task time fills less than half of the other CPUs at a high rate of
-// results, and gives them every CPU again as soon as that stops (the tasks grow, the stream pauses). It decides once per window of a few milliseconds,
-// so it changes the workers' affinity at most that often, and never touches a worker whose affinity someone else
-// set (an initializer pinning its worker, say).
+// WorkerPlacement decides, once per window of a few milliseconds, whether the workers keep off the CPU of the thread
+// that last submitted or polled: while tasks and results come at 100 000 a second or more and the workers' measured
+// task time fills at most half of the other CPUs. They get every CPU back when that stops (the tasks grow, the
+// stream pauses), and before a task that may be long is sent (its job's item time unknown or over kLongTaskNs): a
+// worker applies the placement to itself when it takes a task (Worker::follow_placement), so a long task never
+// starts squeezed. The decisions are the scheduler's (under its lock), the affinity system calls the workers'; a
+// worker whose affinity someone else set (an initializer pinning it, a task) is left alone.
 #pragma once
 
 #include <cstddef>
@@ -20,7 +22,6 @@
 #include <optional>
 
 #include <sched.h>
-#include <sys/types.h>
 
 namespace procpool::detail {
 
@@ -30,12 +31,16 @@ public:
     static constexpr std::int64_t kWindowNs = 2'000'000;
     /// A window longer than this (no results for a while): the stream paused, the workers get every CPU back.
     static constexpr std::int64_t kPauseNs = 20'000'000;
-    /// A stream is at least this many results per window (100 000 a second).
-    static constexpr std::uint64_t kStreamResults = 200;
+    /// A stream is at least this many tasks submitted and results received per window (100 000 a second). Both
+    /// count: while the service thread shares the caller's CPU, a burst's results wait until the caller stops
+    /// submitting.
+    static constexpr std::uint64_t kStreamEvents = 200;
     /// The workers are kept off a CPU while their task time fills at most this share of the others, and get it back
     /// above `kReleaseShare`.
     static constexpr double kKeepShare = 0.5;
     static constexpr double kReleaseShare = 0.75;
+    /// A task longer than this (by its job's measured item time) is sent only with every CPU the workers'.
+    static constexpr double kLongTaskNs = 100'000.0;
 
     /// Inactive: never moves a worker.
     WorkerPlacement() noexcept { CPU_ZERO(&usable_); }
@@ -52,29 +57,36 @@ public:
     /// The CPU the workers are kept off now, -1 for none.
     [[nodiscard]] int kept_off() const noexcept { return kept_off_; }
 
-    /// A result came, with `busy_ns` of worker time, at `now`; `caller_cpu` is the CPU the thread that last submitted
-    /// or polled ran on (-1 if unknown). Once per window, returns where the workers should run when that changes:
-    /// the CPU to keep them off, or -1 for every CPU. The caller then calls move() for each live worker and
-    /// moved().
-    [[nodiscard]] std::optional<int> on_result(std::uint64_t busy_ns, std::int64_t now, int caller_cpu) noexcept {
-        if (!active_) return std::nullopt;
+    /// A result came, with `busy_ns` of worker time, at `now`. True when a window is over: decide() is due.
+    [[nodiscard]] bool add_result(std::uint64_t busy_ns, std::int64_t now) noexcept {
+        if (!active_) return false;
         busy_ns_ += busy_ns;
         ++results_;
         last_result_ = now;
         if (window_start_ == 0) window_start_ = now;
+        return now - window_start_ >= kWindowNs;
+    }
+
+    /// Ends the window at `now`: `caller_cpu` is the CPU the thread that last submitted or polled ran on (-1 if
+    /// unknown), `long_work` whether a task that may be long is queued or running. Returns where the workers should
+    /// run when that changes: the CPU to keep off, or -1 for every CPU.
+    [[nodiscard]] std::optional<int> decide(std::int64_t now, int caller_cpu, bool long_work) noexcept {
         const std::int64_t length = now - window_start_;
-        if (length < kWindowNs) return std::nullopt;
         const double used_cpus = static_cast<double>(busy_ns_) / static_cast<double>(length);
         const double other_cpus = static_cast<double>(cpus_ - 1);
-        const bool stream = results_ >= kStreamResults && length < kPauseNs;
+        // At least kStreamEvents per kWindowNs, however long the window ran.
+        const bool stream = (results_ + submissions_) * static_cast<std::uint64_t>(kWindowNs) >=
+                                kStreamEvents * static_cast<std::uint64_t>(length) &&
+                            length < kPauseNs;
         const bool valid_cpu = caller_cpu >= 0 && caller_cpu < CPU_SETSIZE && CPU_ISSET(caller_cpu, &usable_);
         window_start_ = now;
         busy_ns_ = 0;
         results_ = 0;
+        submissions_ = 0;
         if (kept_off_ >= 0) {
-            if (!stream || !valid_cpu || used_cpus > kReleaseShare * other_cpus) return -1;
+            if (!stream || !valid_cpu || long_work || used_cpus > kReleaseShare * other_cpus) return -1;
             if (caller_cpu != kept_off_) return caller_cpu;  // the caller moved: follow it
-        } else if (stream && valid_cpu && used_cpus <= kKeepShare * other_cpus) {
+        } else if (stream && valid_cpu && !long_work && used_cpus <= kKeepShare * other_cpus) {
             return caller_cpu;
         }
         return std::nullopt;
@@ -87,47 +99,21 @@ public:
         if (kept_off_ < 0 || now - last_result_ < kPauseNs) return std::nullopt;
         return -1;
     }
-
-    /// Sets worker `pid`'s affinity to the usable CPUs without `cpu` (every usable CPU if -1), if it is now the one
-    /// this class gives for `from` (-1: every usable CPU): an affinity someone else chose stays, and so does one the
-    /// kernel refuses to change (the worker is gone). True if the worker has the placement for `cpu` now.
-    [[nodiscard]] bool move(pid_t pid, int cpu, int from) const noexcept {
-        if (pid <= 0) return false;
-        cpu_set_t now;
-        CPU_ZERO(&now);
-        if (::sched_getaffinity(pid, sizeof now, &now) != 0) return false;
-        const cpu_set_t expected = mask_for(from);
-        if (!CPU_EQUAL(&now, &expected)) return false;
-        cpu_set_t wanted = mask_for(cpu);
-        return CPU_EQUAL(&now, &wanted) || ::sched_setaffinity(pid, sizeof wanted, &wanted) == 0;
+    /// A task (or a batch of them) was submitted: counts towards a stream.
+    void count_submission() noexcept { ++submissions_; }
+    /// The service thread's periodic look at `now`: -1 if the workers keep off a CPU but no result came for a while,
+    /// else nothing. (Bounds how long they stay off it after a stream that no submission follows.)
+    [[nodiscard]] std::optional<int> on_housekeeping(std::int64_t now) const noexcept { return on_submit(now); }
+    /// Whether a task of `items` items of `item_ns` each (0: not measured yet) may be long: the workers get every CPU
+    /// before it is sent.
+    [[nodiscard]] static bool long_task(double item_ns, std::uint64_t items) noexcept {
+        return item_ns <= 0 || item_ns * static_cast<double>(items) > kLongTaskNs;
     }
-    /// Every live worker was move()d to `cpu`'s placement.
+
+    /// The workers keep off `cpu` from now on (-1: every CPU is theirs).
     void moved(int cpu) noexcept { kept_off_ = cpu; }
 
-    /// Puts the pool's own thread `tid` (the service thread) on `cpu`, with the caller, or back on every usable CPU
-    /// (-1). On the workers' CPUs it takes turns with workers that poll their task rings without a pause during a
-    /// stream: the apply_async burst ran at a median of 1.90 M tasks/s left there, 2.11 M beside the caller (four
-    /// alternating runs of bench_placement).
-    void place_own_thread(pid_t tid, int cpu) const noexcept {
-        if (tid <= 0) return;
-        cpu_set_t mask;
-        CPU_ZERO(&mask);
-        if (cpu >= 0) {
-            CPU_SET(cpu, &mask);
-        } else {
-            mask = usable_;
-        }
-        (void)::sched_setaffinity(tid, sizeof mask, &mask);
-    }
-
 private:
-    /// The usable CPUs without `cpu` (all of them if -1).
-    [[nodiscard]] cpu_set_t mask_for(int cpu) const noexcept {
-        cpu_set_t mask = usable_;
-        if (cpu >= 0) CPU_CLR(cpu, &mask);
-        return mask;
-    }
-
     cpu_set_t usable_;
     int cpus_ = 0;
     bool active_ = false;
@@ -135,6 +121,7 @@ private:
     std::int64_t window_start_ = 0;
     std::uint64_t busy_ns_ = 0;
     std::uint64_t results_ = 0;
+    std::uint64_t submissions_ = 0;
     std::int64_t last_result_ = 0;
 };
 

@@ -31,6 +31,11 @@ void Scheduler<Transport>::dispatch_locked() {
             continue;
         }
         if (!task) break;
+        // A task that may be long never starts kept off a CPU: the worker reads the placement as it takes the task.
+        if (placement_.kept_off() >= 0 &&
+            WorkerPlacement::long_task(task->job->item_ns.load(std::memory_order_relaxed), task->segment.count)) {
+            place_workers_locked(-1);
+        }
         WorkerSlot& w = workers_[*slot];
         w.budget -= task->segment.count;
         task->load = std::min<std::size_t>(task->segment.count, workers_behind_locked(*slot));

@@ -141,7 +141,6 @@ bool Scheduler<Transport>::spinning_pays() const noexcept {
 template <class Transport>
 void Scheduler<Transport>::service_loop() {
     service_id_ = std::this_thread::get_id();
-    service_tid_.store(::gettid(), std::memory_order_relaxed);
     {
         std::lock_guard role(poller_mutex_);
         for (const WorkerEvent& event : early_events_) handle_event(event);
@@ -227,6 +226,7 @@ std::optional<std::int64_t> Scheduler<Transport>::housekeeping() {
     std::lock_guard lock(mutex_);
     const std::int64_t now = monotonic_ns();
     const std::int64_t next = now + settings_.housekeeping_period.count();
+    if (const auto placement = placement_.on_housekeeping(now)) place_workers_locked(*placement);
     // Gone, or saying goodbye as it exits: wait_workers_gone() reaps it later, outside these locks.
     const bool server_gone = transport_.workers_gone();
     if (state_ == State::terminated) {

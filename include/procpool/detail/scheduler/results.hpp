@@ -107,8 +107,11 @@ void Scheduler<Transport>::finish_completions() {
                 task_ns_ = ChunkPolicy::smoothed(task_ns_, task_ns, ChunkPolicy::kTaskTimeWeight);
                 task_ns_seen_.store(task_ns_, std::memory_order_relaxed);
             }
-            const auto placement = placement_.on_result(c.busy_ns, now, caller_cpu_.load(std::memory_order_relaxed));
-            if (placement) place_workers_locked(*placement);
+            if (placement_.add_result(c.busy_ns, now)) {
+                const auto placement = placement_.decide(now, caller_cpu_.load(std::memory_order_relaxed),
+                                                         long_work_inflight_locked());
+                if (placement) place_workers_locked(*placement);
+            }
         }
         dispatch_locked();
         if (!work_left_locked()) idle_cv_.notify_all();
@@ -123,18 +126,23 @@ void Scheduler<Transport>::note_caller_cpu() noexcept {
     if (placement_.active()) caller_cpu_.store(::sched_getcpu(), std::memory_order_relaxed);
 }
 
-/// Moves every live worker whose affinity is placement_'s (or, when the workers are not kept off a CPU yet, still
-/// every usable CPU) to the placement for `cpu`: kept off it, or every CPU (-1); and the service thread onto `cpu`
-/// (or every CPU). Two system calls a worker and one.
+/// The workers keep off `cpu` from their next task on, or may use every CPU again (-1).
 template <class Transport>
 void Scheduler<Transport>::place_workers_locked(int cpu) noexcept {
-    const int from = placement_.kept_off();
-    for (WorkerSlot& w : workers_) {
-        if (w.phase != Phase::running || (from >= 0 && !w.placed)) continue;
-        w.placed = placement_.move(w.pid, cpu, from) && cpu >= 0;
-    }
+    if constexpr (PlaceableWorkers<Transport>) transport_.keep_workers_off(cpu);
     placement_.moved(cpu);
-    placement_.place_own_thread(service_tid_.load(std::memory_order_relaxed), cpu);
+}
+
+/// Whether a task that may be long (WorkerPlacement::long_task) is queued or running: the workers then keep every CPU.
+template <class Transport>
+bool Scheduler<Transport>::long_work_inflight_locked() const noexcept {
+    for (const WorkerSlot& w : workers_) {
+        for (const Task& task : w.inflight) {
+            const double item_ns = task.job->item_ns.load(std::memory_order_relaxed);
+            if (WorkerPlacement::long_task(item_ns, task.segment.count)) return true;
+        }
+    }
+    return false;
 }
 
 template <class Transport>

@@ -64,8 +64,6 @@ void Scheduler<Transport>::handle_report(const WorkerEvent& report) {
         case kWorkerSpawned:
             w.pid = report.pid;
             if (w.phase == Phase::starting) w.phase = Phase::running;
-            // A replacement runs where the others do (a fork server's child has every CPU).
-            w.placed = placement_.kept_off() >= 0 && placement_.move(w.pid, placement_.kept_off(), -1);
             idle_cv_.notify_all();  // worker_pids() may wait for it
             break;
         case kSpawnFailed:
