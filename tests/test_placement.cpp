@@ -66,13 +66,13 @@ int cpu_kept_off(const std::vector<pid_t>& workers, const cpu_set_t& usable) {
     return kept_off;
 }
 
-/// Streams tiny items (own_cpu_count) through an imap at chunksize 1 until `seen()` is true (checked every 100 items)
-/// or 20 s have passed; true if it was.
+/// Streams no-op items through an imap at chunksize 1 until `seen()` is true (checked every 100 items) or 20 s have
+/// passed; true if it was.
 template <class Seen>
 bool stream_until(procpool::Pool& pool, Seen seen) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     long items = 0;
-    for (const int v : pool.imap(own_cpu_count, std::views::iota(0), {.chunksize = 1})) {
+    for (const int v : pool.imap(identity, std::views::iota(0), {.chunksize = 1})) {
         (void)v;
         if (++items % 100 != 0) continue;
         if (seen()) return true;
@@ -134,7 +134,7 @@ TEST_CASE("a worker pinned by its initializer stays pinned through a stream of t
         CPU_SET(first_cpu, &one);
         if (::sched_setaffinity(0, sizeof one, &one) != 0) throw std::runtime_error("sched_setaffinity failed");
     }});
-    CHECK(pool.apply(identity, 1) == 1);  // the initializers have run
+    CHECK(pool.apply(identity, 1) == 1);
     const std::vector<pid_t> workers = pool.worker_pids();
     bool moved = false;
     // As long as the first test's stream took to be placed, at least: had the placement moved these workers, the

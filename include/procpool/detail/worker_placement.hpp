@@ -1,6 +1,6 @@
 // procpool internals: where the workers run while a stream of tiny tasks goes through the pool.
 //
-// A stream of tiny tasks (an apply_async burst, an imap at chunksize 1) keeps a thread of the parent busy: the caller
+// A stream of tiny tasks (an imap at chunksize 1, an apply_async burst) keeps a thread of the parent busy: the caller
 // submits, polls the result rings and consumes, at a few hundred nanoseconds per task, while the workers need a
 // fraction of a CPU between them. When there are as many workers as CPUs, the kernel often puts that thread on a
 // CPU with a worker: the two then take turns, the caller's polling holds up the very worker it waits for, and the
@@ -13,8 +13,9 @@
 // task time fills at most half of the other CPUs. They get every CPU back when that stops (the tasks grow, the
 // stream pauses), and before a task that may be long is sent (its job's item time unknown or over kLongTaskNs): a
 // worker applies the placement to itself when it takes a task (Worker::follow_placement), so a long task never
-// starts squeezed. The decisions are the scheduler's (under its lock), the affinity system calls the workers'; a
-// worker whose affinity someone else set (an initializer pinning it, a task) is left alone.
+// starts squeezed (an item far longer than its job's average still can). An apply_async burst is a new job per task,
+// so it is never placed. The decisions are the scheduler's (under its lock), the affinity system calls the workers';
+// a worker whose affinity someone else set (an initializer pinning it, a task) is left alone.
 #pragma once
 
 #include <cstddef>
