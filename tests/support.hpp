@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdint>
 #include <dirent.h>
+#include <exception>
 #include <fcntl.h>
 #include <new>
 #include <set>
@@ -21,6 +22,18 @@
 #include <procpool/errors.hpp>
 
 namespace test_support {
+
+/// The message of the exception `error` holds: its what(), "(no error)" for none, "(not a std::exception)".
+inline std::string message_of(const std::exception_ptr& error) {
+    if (!error) return "(no error)";
+    try {
+        std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+        return e.what();
+    } catch (...) {
+        return "(not a std::exception)";
+    }
+}
 
 /// True while `pid` exists in any state (a zombie included).
 inline bool process_exists(pid_t pid) { return ::kill(pid, 0) == 0 || errno == EPERM; }

@@ -14,8 +14,10 @@
 #include <vector>
 
 #include "failing_allocations.hpp"
+#include "support.hpp"
 
 using procpool_test::FailingAllocations;
+using test_support::message_of;
 
 namespace {
 
@@ -23,15 +25,6 @@ using Job = procpool::detail::ImapJob<int>;
 
 Job make_job(bool ordered) {
     return Job([](procpool::detail::TaskRunner&) {}, procpool::detail::Buffer(), 1, ordered);
-}
-
-std::string message_of(const std::exception_ptr& error) {
-    if (!error) return "(no error)";
-    try {
-        std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-        return e.what();
-    }
 }
 
 /// Delivers item `index` of `job`, whose value is its index.

@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "support.hpp"
+
 using namespace std::chrono_literals;
 
 namespace {
@@ -464,16 +466,7 @@ TEST_CASE("in one large chunk of raw-byte items, each failing item fails alone a
     for (int i = 0; i < 5000; ++i) REQUIRE(products[i] == 2 * i);
 }
 
-namespace {
-/// The message of the exception `error` holds.
-std::string message_of(const std::exception_ptr& error) {
-    try {
-        std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-        return e.what();
-    }
-}
-}  // namespace
+using test_support::message_of;
 
 TEST_CASE("imap's ordered results: a failure for items partly resolved already stores only the rest", "[imap]") {
     // The scheduler fails a message's items when delivering them threw midway, after some were stored: those keep

@@ -368,13 +368,12 @@ public:
         {
             std::lock_guard lock(mutex_);
             if (ordered_) {
-                for (std::uint64_t item = std::max(first, slots_first_); item < first + count; ++item) {
-                    PROCPOOL_ASSERT(item - slots_first_ < slots_.size(), "results arrive only for expected items");
-                    Slot& slot = slots_[item - slots_first_];
-                    if (slot.resolved) continue;  // a deliver() that threw midway stored it
-                    slot.entry.value.reset();
-                    slot.entry.error = error;
-                    slot.resolved = true;
+                for (std::uint64_t item = first; item < first + count; ++item) {
+                    Slot* slot = unresolved_slot_locked(item);
+                    if (slot == nullptr) continue;  // a deliver() that threw midway stored it
+                    slot->entry.value.reset();
+                    slot->entry.error = error;
+                    slot->resolved = true;
                     ++resolved;
                 }
                 advance_ready_locked(released);
@@ -416,13 +415,10 @@ private:
             try {
                 if (ordered_) {
                     for (std::size_t i = 0; i < entries.size(); ++i) {
-                        if (first + i < slots_first_) continue;  // taken by the reader already
-                        PROCPOOL_ASSERT(first + i - slots_first_ < slots_.size(),
-                                        "results arrive only for expected items");
-                        Slot& slot = slots_[first + i - slots_first_];
-                        if (slot.resolved) continue;
-                        slot.entry = std::move(entries[i]);
-                        slot.resolved = true;
+                        Slot* slot = unresolved_slot_locked(first + i);
+                        if (slot == nullptr) continue;
+                        slot->entry = std::move(entries[i]);
+                        slot->resolved = true;
                         ++resolved;
                     }
                 } else {
@@ -448,6 +444,14 @@ private:
         progress.add(resolved);
         if (released != 0) bell_.ring();
         if (thrown) std::rethrow_exception(thrown);
+    }
+    /// Ordered mode: item `item`'s slot, or nullptr if the item is resolved already (taken by the reader, or stored
+    /// by an earlier resolve()): each item resolves once.
+    Slot* unresolved_slot_locked(std::uint64_t item) noexcept {
+        if (item < slots_first_) return nullptr;
+        PROCPOOL_ASSERT(item - slots_first_ < slots_.size(), "results arrive only for expected items");
+        Slot& slot = slots_[item - slots_first_];
+        return slot.resolved ? nullptr : &slot;
     }
     /// Ordered mode: extends the resolved prefix of the slots the reader may take, counting it in `released`.
     void advance_ready_locked(std::size_t& released) noexcept {

@@ -265,6 +265,7 @@ private:
 
     // ---- worker placement (placement_; results.hpp) ----
     void note_caller_cpu() noexcept;
+    void note_submission_locked() noexcept;
     void place_workers_locked(int cpu) noexcept;
     [[nodiscard]] bool long_work_inflight_locked() const noexcept;
 

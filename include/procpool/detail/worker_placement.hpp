@@ -93,18 +93,15 @@ public:
         return std::nullopt;
     }
 
-    /// Work is submitted at `now`: -1 if the workers are kept off a CPU but no result came for a while (the stream is
-    /// over; this work may need every CPU), else nothing. (Not when the pool merely runs dry: an imap's reader lets
-    /// it run dry between two batches of its read-ahead.)
-    [[nodiscard]] std::optional<int> on_submit(std::int64_t now) const noexcept {
-        if (kept_off_ < 0 || now - last_result_ < kPauseNs) return std::nullopt;
-        return -1;
+    /// Whether the workers keep off a CPU although no result came for a while before `now`: the stream is over, and
+    /// they get every CPU back. Asked when work is submitted (it may need every CPU) and by the service thread's
+    /// periodic look (which bounds how long they stay off it after a stream that no submission follows). Not when
+    /// the pool merely runs dry: an imap's reader lets it run dry between two batches of its read-ahead.
+    [[nodiscard]] bool paused(std::int64_t now) const noexcept {
+        return kept_off_ >= 0 && now - last_result_ >= kPauseNs;
     }
     /// A task (or a batch of them) was submitted: counts towards a stream.
     void count_submission() noexcept { ++submissions_; }
-    /// The service thread's periodic look at `now`: -1 if the workers keep off a CPU but no result came for a while,
-    /// else nothing. (Bounds how long they stay off it after a stream that no submission follows.)
-    [[nodiscard]] std::optional<int> on_housekeeping(std::int64_t now) const noexcept { return on_submit(now); }
     /// Whether a task of `items` items of `item_ns` each (0: not measured yet) may be long: the workers get every CPU
     /// before it is sent.
     [[nodiscard]] static bool long_task(double item_ns, std::uint64_t items) noexcept {

@@ -226,7 +226,7 @@ std::optional<std::int64_t> Scheduler<Transport>::housekeeping() {
     std::lock_guard lock(mutex_);
     const std::int64_t now = monotonic_ns();
     const std::int64_t next = now + settings_.housekeeping_period.count();
-    if (const auto placement = placement_.on_housekeeping(now)) place_workers_locked(*placement);
+    if (placement_.paused(now)) place_workers_locked(-1);
     // Gone, or saying goodbye as it exits: wait_workers_gone() reaps it later, outside these locks.
     const bool server_gone = transport_.workers_gone();
     if (state_ == State::terminated) {

@@ -126,6 +126,15 @@ void Scheduler<Transport>::note_caller_cpu() noexcept {
     if (placement_.active()) caller_cpu_.store(::sched_getcpu(), std::memory_order_relaxed);
 }
 
+/// Work was submitted (submit, extend): it counts towards a stream, and after a pause the workers get every CPU back
+/// before it is sent.
+template <class Transport>
+void Scheduler<Transport>::note_submission_locked() noexcept {
+    placement_.count_submission();
+    // The clock only while kept off: an apply_async burst submits a few million a second.
+    if (placement_.kept_off() >= 0 && placement_.paused(monotonic_ns())) place_workers_locked(-1);
+}
+
 /// The workers keep off `cpu` from their next task on, or may use every CPU again (-1).
 template <class Transport>
 void Scheduler<Transport>::place_workers_locked(int cpu) noexcept {

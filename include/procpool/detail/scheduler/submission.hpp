@@ -14,10 +14,7 @@ void Scheduler<Transport>::submit(const std::shared_ptr<JobBase>& job, Segment i
     note_caller_cpu();
     std::lock_guard lock(mutex_);
     check_open_locked();
-    placement_.count_submission();
-    if (placement_.kept_off() >= 0) {  // (the clock only then: an apply_async burst submits a few million a second)
-        if (const auto placement = placement_.on_submit(monotonic_ns())) place_workers_locked(*placement);
-    }
+    note_submission_locked();
     add_segment_locked(*job, std::move(items));
     enqueue_locked(job);
     dispatch_locked();
@@ -33,10 +30,7 @@ void Scheduler<Transport>::extend(const std::shared_ptr<JobBase>& job, std::vect
     note_caller_cpu();
     std::lock_guard lock(mutex_);
     if (state_ != State::running && state_ != State::closed) throw_state_error_locked();
-    placement_.count_submission();
-    if (placement_.kept_off() >= 0) {
-        if (const auto placement = placement_.on_submit(monotonic_ns())) place_workers_locked(*placement);
-    }
+    note_submission_locked();
     std::size_t added = 0;
     try {
         for (; added < segments.size(); ++added) add_segment_locked(*job, std::move(segments[added]));
