@@ -211,6 +211,7 @@ private:
 
     // ---- dispatch (mutex_ held; dispatch.hpp) ----
     void dispatch_locked();
+    void send_task_locked(std::size_t slot, Task&& task);
     [[nodiscard]] std::size_t depth_locked(std::size_t slot) const noexcept;
     [[nodiscard]] std::size_t workers_behind_locked(std::size_t slot) const noexcept;
     /// The worker to send the next task to; `passed` marks slots to skip (empty: none).

@@ -31,17 +31,7 @@ void Scheduler<Transport>::dispatch_locked() {
             continue;
         }
         if (!task) break;
-        // A task that may be long never starts kept off a CPU: the worker reads the placement as it takes the task.
-        if (placement_.kept_off() >= 0 &&
-            WorkerPlacement::long_task(task->job->item_ns.load(std::memory_order_relaxed), task->segment.count)) {
-            place_workers_locked(-1);
-        }
-        WorkerSlot& w = workers_[*slot];
-        w.budget -= task->segment.count;
-        task->load = std::min<std::size_t>(task->segment.count, workers_behind_locked(*slot));
-        w.load += task->load;
-        w.inflight.push_back(std::move(*task));
-        write_task_locked(*slot, w.inflight.back());
+        send_task_locked(*slot, std::move(*task));
     }
     // 3. A worker with nothing to do takes over a task queued behind another worker's running task.
     if constexpr (RevocableQueue<Transport>) rebalance_locked();
@@ -270,16 +260,29 @@ void Scheduler<Transport>::rebalance_locked() {
         const Task& last = from.inflight.back();
         // (A retried item stays off the worker slot it died in, as in next_task_locked().)
         if (last.segment.count > workers_[*idle].budget || last.segment.avoid_slot == *idle) return;
+        workers_[*idle].inflight.reserve_one();  // before the take-back: a task taken back must not be lost
         std::optional<Task> taken = take_back_locked(*victim, from.inflight.size() - 1);
         if (!taken) return;
-        Task& moved = *taken;
-        WorkerSlot& to = workers_[*idle];
-        to.budget -= moved.segment.count;
-        moved.load = std::min<std::size_t>(moved.segment.count, workers_behind_locked(*idle));
-        to.load += moved.load;
-        to.inflight.push_back(std::move(moved));
-        write_task_locked(*idle, to.inflight.back());
+        send_task_locked(*idle, std::move(*taken));
     }
+}
+
+/// Gives `task` to the worker in `slot`, whose `inflight` has room for it (Fifo::reserve_one), so that a task cut
+/// from its job or taken back from another worker cannot be lost: it is the worker's before anything can throw
+/// (write_task_locked, whose unfinished message dispatch_locked() continues). A task that may be long never starts
+/// kept off a CPU: the workers read the placement as they take a task, so it is released before the send.
+template <class Transport>
+void Scheduler<Transport>::send_task_locked(std::size_t slot, Task&& task) {
+    if (placement_.kept_off() >= 0 &&
+        WorkerPlacement::long_task(task.job->item_ns.load(std::memory_order_relaxed), task.segment.count)) {
+        place_workers_locked(-1);
+    }
+    WorkerSlot& w = workers_[slot];
+    w.budget -= task.segment.count;
+    task.load = std::min<std::size_t>(task.segment.count, workers_behind_locked(slot));
+    w.load += task.load;
+    w.inflight.push_back(std::move(task));
+    write_task_locked(slot, w.inflight.back());
 }
 
 template <class Transport>
