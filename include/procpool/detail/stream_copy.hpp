@@ -30,11 +30,14 @@ PROCPOOL_DECL void stream_copy(void* dst, const void* src, std::size_t n) noexce
 
 /// Copies from this size up are split between the calling thread and one more (stream_copy_parallel).
 inline constexpr std::size_t kParallelCopyBytes = std::size_t{8} << 20;
+/// The pieces two threads take turns at in stream_copy_parallel (ending at page boundaries of the destination).
+inline constexpr std::size_t kParallelCopyPiece = std::size_t{512} << 10;
 
-/// stream_copy(dst, src, n), from kParallelCopyBytes up split between this thread and a thread started for the
-/// second half (joined before returning). For a destination in fresh shared memory most of the time goes to the
-/// kernel allocating and zeroing its pages on first touch (about 0.9 ms per MiB on the benchmark VM, ten times the
-/// copy): two threads fault in two halves at once. Copies on this thread alone if no thread can be started. For
+/// stream_copy(dst, src, n), from kParallelCopyBytes up shared between this thread and a thread started for the
+/// call (joined before returning), a piece of about kParallelCopyPiece at a time. For a destination in fresh shared
+/// memory most of the time goes to the kernel allocating and zeroing its pages on first touch (about 0.9 ms per MiB
+/// on the benchmark VM, ten times the copy): two threads fault in pages at once. Copies on this thread alone if no
+/// thread can be started. For
 /// the process that owns the pool, while its workers wait for the bytes (a map's input): elsewhere the second
 /// thread would take a core from a worker. Never throws.
 PROCPOOL_DECL void stream_copy_parallel(void* dst, const void* src, std::size_t n) noexcept;
