@@ -728,10 +728,11 @@ BENCHMARK(BM_shared_dict)
 // heap, the shared arena, the result areas or the VM's fresh pages); it builds a pool, runs the same map 4 times
 // and prints the rate of each, and the page faults it took (the caller's and the workers'). The first is reported
 // as "<workload>_first_map", the fourth beside it as "fourth_map" (the steady rows above run 3 more maps before
-// they time any). Two kinds map nothing: "fresh" writes 40 MiB into fresh shared memory and then 3 times more into
-// the same pages, the price this machine puts on the first touch of memory; "fault" measures what one fresh page
-// costs, touched on every CPU at once, which with the first map's fault count gives the least time those faults
-// can take (the fault floor).
+// they time any). Three kinds map nothing: "fresh" writes 40 MiB into fresh shared memory and then 3 times more into
+// the same pages, the price this machine puts on the first touch of memory; "copy" makes the "args" map's copies
+// alone (16 x 10 MiB on two threads with the pool's own copy) into fresh shared memory, then the same pages: the
+// least that map's first run can take; "fault" measures what one fresh page costs, touched on every CPU at once,
+// which with the first map's fault count gives the least time those faults can take (the fault floor).
 constexpr int kMapsInChild = 4;
 struct FirstMapKind {
     const char* kind;      // --first-map=<kind>
@@ -743,6 +744,7 @@ constexpr FirstMapKind kFirstMapKinds[] = {{"ints", "map_tiny", "items/s"},
                                            {"results", "payload_10mib_results", "GB/s"},
                                            {"imap", "imap_default", "items/s"},
                                            {"fresh", "write_40mib_shared_memory", "GB/s"},
+                                           {"copy", "copy_16x10mib_shared_memory", "GB/s"},
                                            {"fault", "fresh_page_fault", "ns/page"}};
 /// Minor page faults of process `pid` so far (/proc/PID/stat), 0 if it is gone.
 long minor_faults_of(pid_t pid) {
@@ -797,6 +799,24 @@ int first_map_child(const std::string& kind) {
         for (int k = 0; k < kMapsInChild; ++k) {
             const auto start = Clock::now();
             std::memcpy(mapped, source.data(), bytes);
+            benchmark::ClobberMemory();
+            const double seconds = seconds_since(start);
+            std::printf("%.6g 0 %.6g\n", static_cast<double>(bytes) / seconds / 1e9, seconds);
+        }
+        ::munmap(mapped, bytes);
+        return 0;
+    }
+    if (kind == "copy") {  // no pool: the args kind's copies alone, into fresh shared memory, then the same pages
+        const std::size_t bytes = 16 * size;
+        void* mapped = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (mapped == MAP_FAILED) return 1;
+        const std::vector<std::string> items(16, std::string(size, 'x'));
+        for (int k = 0; k < kMapsInChild; ++k) {
+            const auto start = Clock::now();
+            for (std::size_t i = 0; i < items.size(); ++i) {
+                // The copy a map's arguments take into the pool's arena (two threads, streaming stores).
+                procpool::detail::stream_copy_parallel(static_cast<char*>(mapped) + i * size, items[i].data(), size);
+            }
             benchmark::ClobberMemory();
             const double seconds = seconds_since(start);
             std::printf("%.6g 0 %.6g\n", static_cast<double>(bytes) / seconds / 1e9, seconds);
