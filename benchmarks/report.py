@@ -60,6 +60,9 @@ def load_cpp(path, rename=lambda workload: workload):
                                                           "cpus")}
         if extra:
             extras.setdefault(workload, []).append(extra)
+    # One dict per workload, each figure the median over the repetitions (as the figures are).
+    extras = {w: [{k: statistics.median(e[k] for e in reps if k in e) for k in {k for e in reps for k in e}}]
+              for w, reps in extras.items()}
     return {w: (u, statistics.median(v)) for w, (u, v) in figures.items()}, extras, data.get("context", {})
 
 
@@ -195,9 +198,9 @@ def write_first_map_table(first_maps, ours, extras):
           "BM_first_map); the steady row is the workload above, timed after 3 untimed maps. "
           "write_40mib_shared_memory maps nothing: 40 MiB written into fresh shared memory, then into the "
           "same pages again, the price of a first touch on this machine. copy_16x10mib_shared_memory maps "
-          "nothing either: the copies of the 10 MiB arguments' map alone (16 x 10 MiB on two threads, as the "
-          "pool copies a map's input into its arena), into fresh shared memory and then the same pages, the "
-          "least that map's first run can take here.")
+          "nothing either: 16 copies of 10 MiB made with the function the pool copies a map's input into its "
+          "arena with (two threads), into fresh shared memory and then the same pages: about the least the 10 MiB "
+          "arguments' first map can take here.")
     if fault:
         print(f"\nA fresh page costs {fault[1]:,.0f} ns of CPU in private memory and "
               f"{fault_extra.get('shared_ns_per_page', float('nan')):,.0f} ns in shared memory "
@@ -227,13 +230,14 @@ def write_first_map_table(first_maps, ours, extras):
               f"{steady_text} | {faults_text} | {floor_text} | {ratio_text} |")
     args = extras.get("payload_10mib_args_first_map", [{}])[0]
     copy = extras.get("copy_16x10mib_shared_memory_first_map", [{}])[0]
-    if args.get("first_ms") and copy.get("first_ms") and args.get("fourth_ms"):
+    if args.get("first_ms") and args.get("fourth_ms") and copy.get("first_ms") and copy.get("fourth_ms"):
         price = copy["first_ms"] - copy["fourth_ms"]
         rest = args["first_ms"] - price
+        ratio = f"{args['fourth_ms'] / rest:.2f}" if rest > 0 else "-"
         print(f"\nThe 10 MiB arguments' first map took {args['first_ms']:.0f} ms and its fourth {args['fourth_ms']:.0f} ms. "
-              f"Its copies alone took {copy['first_ms']:.0f} ms into fresh shared memory and {copy['fourth_ms']:.0f} ms "
-              f"into the same pages: {price:.0f} ms that no first map on this machine avoids. Without them the first "
-              f"map took {rest:.0f} ms: fourth / (first - {price:.0f} ms) = {args['fourth_ms'] / max(rest, 1e-9):.2f}.")
+              f"The same copies alone took {copy['first_ms']:.0f} ms into fresh shared memory and "
+              f"{copy['fourth_ms']:.0f} ms into the same pages: {price:.0f} ms that no first map on this machine "
+              f"avoids. Without them the first map took {rest:.0f} ms: fourth / (first - {price:.0f} ms) = {ratio}.")
 
 
 def main():

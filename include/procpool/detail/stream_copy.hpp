@@ -32,14 +32,14 @@ PROCPOOL_DECL void stream_copy(void* dst, const void* src, std::size_t n) noexce
 inline constexpr std::size_t kParallelCopyBytes = std::size_t{8} << 20;
 /// The pieces two threads take turns at in stream_copy_parallel (ending at page boundaries of the destination).
 inline constexpr std::size_t kParallelCopyPiece = std::size_t{512} << 10;
+static_assert(kParallelCopyBytes >= kParallelCopyPiece, "a parallel copy has at least one piece");
 
 /// stream_copy(dst, src, n), from kParallelCopyBytes up shared between this thread and a thread started for the
 /// call (joined before returning), a piece of about kParallelCopyPiece at a time. For a destination in fresh shared
 /// memory most of the time goes to the kernel allocating and zeroing its pages on first touch (about 0.9 ms per MiB
 /// on the benchmark VM, ten times the copy): two threads fault in pages at once. Copies on this thread alone if no
-/// thread can be started. For
-/// the process that owns the pool, while its workers wait for the bytes (a map's input): elsewhere the second
-/// thread would take a core from a worker. Never throws.
+/// thread can be started. For the process that owns the pool, while its workers wait for the bytes (a map's input):
+/// elsewhere the second thread would take a core from a worker. Never throws.
 PROCPOOL_DECL void stream_copy_parallel(void* dst, const void* src, std::size_t n) noexcept;
 
 }  // namespace procpool::detail
