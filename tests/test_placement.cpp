@@ -66,6 +66,18 @@ int cpu_kept_off(const std::vector<pid_t>& workers, const cpu_set_t& usable) {
     return kept_off;
 }
 
+/// Gives the calling thread back the affinity it had when this was made, when it ends.
+class CallerPinned {
+public:
+    CallerPinned() noexcept { (void)::sched_getaffinity(0, sizeof before_, &before_); }
+    CallerPinned(const CallerPinned&) = delete;
+    CallerPinned& operator=(const CallerPinned&) = delete;
+    ~CallerPinned() { (void)::sched_setaffinity(0, sizeof before_, &before_); }
+
+private:
+    cpu_set_t before_{};
+};
+
 /// Streams no-op items through an imap at chunksize 1 until `seen()` is true (checked every 100 items) or 20 s have
 /// passed; true if it was.
 template <class Seen>
@@ -108,6 +120,35 @@ TEST_CASE("a stream of tiny tasks keeps the workers off the caller's CPU, and ev
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     for (const int cpus : pool.map(own_cpu_count, std::vector<int>(64), {.chunksize = 1})) {
         CHECK(cpus == CPU_COUNT(&usable));
+    }
+}
+
+TEST_CASE("the CPU the workers keep off is the caller's, and follows it to another", "[placement]") {
+    const std::optional<cpu_set_t> placeable = cpus_to_place();
+    if (!placeable) return;
+    const cpu_set_t& usable = *placeable;
+    procpool::Pool pool;  // built before the caller is pinned: its service thread and workers may use every CPU
+    const std::vector<pid_t> workers = pool.worker_pids();
+    int first = -1;  // the lowest and the highest usable CPU
+    int last = -1;
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+        if (!CPU_ISSET(cpu, &usable)) continue;
+        if (first < 0) first = cpu;
+        last = cpu;
+    }
+    const CallerPinned unpin_at_end;
+    for (const int caller_cpu : {last, first}) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(caller_cpu, &one);
+        REQUIRE(::sched_setaffinity(0, sizeof one, &one) == 0);  // this thread only
+        int kept_off = -1;
+        const bool seen = stream_until(pool, [&] {
+            kept_off = cpu_kept_off(workers, usable);
+            return kept_off == caller_cpu;
+        });
+        INFO("the caller pinned to CPU " << caller_cpu << ", the workers last kept off CPU " << kept_off);
+        CHECK(seen);
     }
 }
 
