@@ -22,8 +22,16 @@ struct FailingAllocations {
     FailingAllocations& operator=(const FailingAllocations&) = delete;
 };
 
+/// Allocations of this thread still to fail, one each (fail_next_allocations_here(n)), however many others succeed.
+inline thread_local int failing_here = 0;
+inline void fail_next_allocations_here(int count) noexcept { failing_here = count; }
+
 inline void* counted_allocation(std::size_t bytes) noexcept {
     if (fail_allocations) return nullptr;
+    if (failing_here > 0) {
+        --failing_here;
+        return nullptr;
+    }
     ++allocations;
     return std::malloc(bytes == 0 ? 1 : bytes);
 }

@@ -3,7 +3,9 @@
 #include <catch2/catch.hpp>
 #include <procpool/procpool.hpp>
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "failing_allocations.hpp"
+#include "fake_transport.hpp"
 #include "support.hpp"
 
 using procpool_test::FailingAllocations;
@@ -109,4 +112,60 @@ TEST_CASE("imap unordered: failures stored without allocating keep their place i
     CHECK(taken ==
           std::vector<std::string>{"value 0", "timed out", "timed out", "value 2", "crashed", "value 5", "value 6"});
     CHECK(job.unconsumed() == 0);
+}
+
+namespace {
+
+/// The grouped fake (each slot a group of workers, so each task's message carries an item index the scheduler
+/// allocates) whose write of the first task makes the caller's next allocation fail: the item index of the task
+/// dispatched after it.
+class FailingSecondTaskTransport : public test_support::GroupedFakeTransport {
+public:
+    using GroupedFakeTransport::GroupedFakeTransport;
+
+    bool write(std::size_t slot, std::uint16_t kind, std::span<const procpool::detail::Piece> pieces, std::size_t total,
+               std::size_t& written, std::uint64_t* first_position = nullptr) {
+        const bool done = GroupedFakeTransport::write(slot, kind, pieces, total, written, first_position);
+        if (kind == procpool::detail::kTaskMessage && !armed_once_) {
+            armed_once_ = true;
+            procpool_test::fail_next_allocations_here(1);
+        }
+        return done;
+    }
+
+private:
+    bool armed_once_ = false;  // (the scheduler's lock guards every write)
+};
+
+struct FailingSecondTaskPool : procpool::BasicPool<FailingSecondTaskTransport> {
+    using BasicPool::BasicPool;
+    FailingSecondTaskPool(const FailingSecondTaskPool&) = delete;
+    FailingSecondTaskPool& operator=(const FailingSecondTaskPool&) = delete;
+    ~FailingSecondTaskPool() { terminate(); }  // the fake never runs the tasks
+};
+
+}  // namespace
+
+TEST_CASE("a task whose message cannot be built is sent by the next dispatch, and the submission stands",
+          "[allocation_failure]") {
+    // A group of 4 workers and a group of 1, each kept two tasks deep per worker: map_async sends 6 tasks of 2 items
+    // at once. Building the second one's item index fails; the job is queued all the same (the caller holds its
+    // result), and the task goes out with the next dispatch (housekeeping, every 50 ms), the others after it.
+    FailingSecondTaskPool pool(procpool::PoolOptions{.processes = 2});
+    auto& fake = procpool::detail::PoolAccess::core(pool).transport;
+    const std::vector<std::string> words(40, "word");
+    std::optional<procpool::AsyncResult<std::vector<std::size_t>>> result;
+    REQUIRE_NOTHROW(
+        result.emplace(pool.map_async([](const std::string& w) { return w.size(); }, words, {.chunksize = 2})));
+    CHECK(fake.writes().size() == 1);  // the first task; the second could not be built, so dispatch stopped there
+    REQUIRE(test_support::eventually([&] { return fake.writes().size() == 6; }, std::chrono::seconds(5)));
+    std::vector<std::uint64_t> tasks;
+    for (const auto& write : fake.writes()) {
+        CHECK(write.items == 2);
+        tasks.push_back(write.task);
+    }
+    std::sort(tasks.begin(), tasks.end());
+    CHECK(std::adjacent_find(tasks.begin(), tasks.end()) == tasks.end());  // each task written once
+    CHECK(tasks == std::vector<std::uint64_t>{tasks.front(), tasks.front() + 1, tasks.front() + 2, tasks.front() + 3,
+                                              tasks.front() + 4, tasks.front() + 5});  // none lost
 }

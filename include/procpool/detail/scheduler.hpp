@@ -156,7 +156,9 @@ private:
         bool fragmented = false;
         std::vector<std::uint64_t> item_index;  // the ItemIndex a group of workers receives (WorkerGroups)
         std::size_t load = 1;  // the workers it can keep busy: its items, at most the workers behind its slot
-        [[nodiscard]] bool fully_written() const noexcept { return written == total; }
+        /// False until its message is built (total != 0) and all of it is in the worker's ring: a task whose
+        /// message could not be built (std::bad_alloc) is built and written by the next dispatch.
+        [[nodiscard]] bool fully_written() const noexcept { return total != 0 && written == total; }
     };
 
     /// The parent's record of one worker slot.

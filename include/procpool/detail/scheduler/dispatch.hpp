@@ -207,7 +207,9 @@ void Scheduler<Transport>::write_task_locked(std::size_t slot, Task& task) {
                 (job.code_pointer_callable ? static_cast<std::uint32_t>(kCodePointerCallable) : 0u) |
                 (by_reference ? static_cast<std::uint32_t>(kItemsByReference) : 0u)};
         if (grouped()) {
-            // Where each item starts, for the group to split the task (stride, or 0 and the offsets).
+            // Where each item starts, for the group to split the task (stride, or 0 and the offsets). (A first
+            // attempt that threw may have left part of it.)
+            task.item_index.clear();
             task.header.flags |= kItemIndex;
             const ItemBlock& block = *task.segment.block;
             if (block.stride != 0) {

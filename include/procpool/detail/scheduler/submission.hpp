@@ -17,7 +17,12 @@ void Scheduler<Transport>::submit(const std::shared_ptr<JobBase>& job, Segment i
     note_submission_locked();
     add_segment_locked(*job, std::move(items));
     enqueue_locked(job);
-    dispatch_locked();
+    // The job is queued and the caller gets its result: a dispatch that fails (std::bad_alloc building a task's
+    // message) leaves its tasks for the next one (the next result or housekeeping), as in extend().
+    try {
+        dispatch_locked();
+    } catch (...) {
+    }
 }
 
 /// Adds segments to a job submitted earlier (imap reading more input), in order: one lock and one dispatch. All or
