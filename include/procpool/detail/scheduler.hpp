@@ -159,6 +159,10 @@ private:
         /// False until its message is built (total != 0) and all of it is in the worker's ring: a task whose
         /// message could not be built (std::bad_alloc) is built and written by the next dispatch.
         [[nodiscard]] bool fully_written() const noexcept { return total != 0 && written == total; }
+        /// Whether it may be long (WorkerPlacement::long_task, by its job's item time): it runs with every CPU.
+        [[nodiscard]] bool may_be_long() const noexcept {
+            return WorkerPlacement::long_task(job->item_ns.load(std::memory_order_relaxed), segment.count);
+        }
     };
 
     /// The parent's record of one worker slot.
@@ -213,6 +217,7 @@ private:
 
     // ---- dispatch (mutex_ held; dispatch.hpp) ----
     void dispatch_locked();
+    void dispatch_or_leave_locked() noexcept;
     void send_task_locked(std::size_t slot, Task&& task);
     [[nodiscard]] std::size_t depth_locked(std::size_t slot) const noexcept;
     [[nodiscard]] std::size_t workers_behind_locked(std::size_t slot) const noexcept;

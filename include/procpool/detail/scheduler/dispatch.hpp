@@ -53,6 +53,17 @@ void Scheduler<Transport>::dispatch_locked() {
     }
 }
 
+/// dispatch_locked() for a caller that must not fail once its work is queued (submit, extend, abandon): what a
+/// std::bad_alloc stopped (building a task's message, growing a queue) waits for the next dispatch, at the next
+/// result or housekeeping. Nothing is lost: a task is its worker's before anything can throw (send_task_locked).
+template <class Transport>
+void Scheduler<Transport>::dispatch_or_leave_locked() noexcept {
+    try {
+        dispatch_locked();
+    } catch (...) {
+    }
+}
+
 template <class Transport>
 std::size_t Scheduler<Transport>::depth_locked(std::size_t slot) const noexcept {
     // A task queued behind a long one can be taken back only where the transport allows it; elsewhere a
@@ -275,10 +286,7 @@ void Scheduler<Transport>::rebalance_locked() {
 /// kept off a CPU: the workers read the placement as they take a task, so it is released before the send.
 template <class Transport>
 void Scheduler<Transport>::send_task_locked(std::size_t slot, Task&& task) {
-    if (placement_.kept_off() >= 0 &&
-        WorkerPlacement::long_task(task.job->item_ns.load(std::memory_order_relaxed), task.segment.count)) {
-        place_workers_locked(-1);
-    }
+    if (placement_.kept_off() >= 0 && task.may_be_long()) place_workers_locked(-1);
     WorkerSlot& w = workers_[slot];
     w.budget -= task.segment.count;
     task.load = std::min<std::size_t>(task.segment.count, workers_behind_locked(slot));

@@ -147,8 +147,7 @@ template <class Transport>
 bool Scheduler<Transport>::long_work_inflight_locked() const noexcept {
     for (const WorkerSlot& w : workers_) {
         for (const Task& task : w.inflight) {
-            const double item_ns = task.job->item_ns.load(std::memory_order_relaxed);
-            if (WorkerPlacement::long_task(item_ns, task.segment.count)) return true;
+            if (task.may_be_long()) return true;
         }
     }
     return false;

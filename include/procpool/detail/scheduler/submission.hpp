@@ -17,12 +17,7 @@ void Scheduler<Transport>::submit(const std::shared_ptr<JobBase>& job, Segment i
     note_submission_locked();
     add_segment_locked(*job, std::move(items));
     enqueue_locked(job);
-    // The job is queued and the caller gets its result: a dispatch that fails (std::bad_alloc building a task's
-    // message) leaves its tasks for the next one (the next result or housekeeping), as in extend().
-    try {
-        dispatch_locked();
-    } catch (...) {
-    }
+    dispatch_or_leave_locked();  // the job is queued, and the caller gets its result
 }
 
 /// Adds segments to a job submitted earlier (imap reading more input), in order: one lock and one dispatch. All or
@@ -52,12 +47,8 @@ void Scheduler<Transport>::extend(const std::shared_ptr<JobBase>& job, std::vect
         }
         throw;
     }
-    // The segments are the job's now: a dispatch that fails leaves them queued for the next one (the next result
-    // or housekeeping), rather than telling the caller they were not taken.
-    try {
-        dispatch_locked();
-    } catch (...) {
-    }
+    // The segments are the job's now: the caller is not told they were not taken.
+    dispatch_or_leave_locked();
 }
 
 /// Drops a job's items that were not sent yet (an imap range abandoned by its reader), and where the transport can
@@ -83,10 +74,7 @@ void Scheduler<Transport>::abandon(JobBase& job) {
                 }
             }
         }
-        try {
-            dispatch_locked();  // other jobs' tasks, or the exit messages of a pool being joined
-        } catch (...) {         // (std::bad_alloc) the next result or housekeeping dispatches again
-        }
+        dispatch_or_leave_locked();  // other jobs' tasks, or the exit messages of a pool being joined
     }
     idle_cv_.notify_all();
 }
