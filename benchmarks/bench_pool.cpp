@@ -788,41 +788,39 @@ double fresh_page_ns(bool shared) {
     ::munmap(mapped, bytes);
     return seconds * 1e9 * static_cast<double>(threads) / static_cast<double>(bytes / page);
 }
+/// Runs in the child: maps `bytes` of fresh shared memory and times `write(start of the mapping)` kMapsInChild times
+/// (fresh pages the first time, the same pages after), one "rate faults seconds" line each. 0, or 1 if nothing was
+/// mapped.
+template <class Write>
+int time_writes_into_fresh_shared_memory(std::size_t bytes, Write write) {
+    void* mapped = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mapped == MAP_FAILED) return 1;
+    for (int k = 0; k < kMapsInChild; ++k) {
+        const auto start = Clock::now();
+        write(static_cast<char*>(mapped));
+        benchmark::ClobberMemory();
+        const double seconds = seconds_since(start);
+        std::printf("%.6g 0 %.6g\n", static_cast<double>(bytes) / seconds / 1e9, seconds);
+    }
+    ::munmap(mapped, bytes);
+    return 0;
+}
 /// Runs in the child: the maps of `kind` (see kFirstMapKinds), one "rate faults" line per map.
 int first_map_child(const std::string& kind) {
     const std::size_t size = std::size_t{10} << 20;
     if (kind == "fresh") {  // no pool: fresh shared pages written once, then the same pages again
-        const std::size_t bytes = std::size_t{40} << 20;
-        void* mapped = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        if (mapped == MAP_FAILED) return 1;
-        const std::vector<char> source(bytes, 'z');
-        for (int k = 0; k < kMapsInChild; ++k) {
-            const auto start = Clock::now();
-            std::memcpy(mapped, source.data(), bytes);
-            benchmark::ClobberMemory();
-            const double seconds = seconds_since(start);
-            std::printf("%.6g 0 %.6g\n", static_cast<double>(bytes) / seconds / 1e9, seconds);
-        }
-        ::munmap(mapped, bytes);
-        return 0;
+        const std::vector<char> source(std::size_t{40} << 20, 'z');
+        return time_writes_into_fresh_shared_memory(source.size(),
+                                                    [&](char* to) { std::memcpy(to, source.data(), source.size()); });
     }
     if (kind == "copy") {  // no pool: the args kind's copies alone, into fresh shared memory, then the same pages
-        const std::size_t bytes = 16 * size;
-        void* mapped = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        if (mapped == MAP_FAILED) return 1;
         const std::vector<std::string> items(16, std::string(size, 'x'));
-        for (int k = 0; k < kMapsInChild; ++k) {
-            const auto start = Clock::now();
+        return time_writes_into_fresh_shared_memory(items.size() * size, [&](char* to) {
             for (std::size_t i = 0; i < items.size(); ++i) {
                 // The copy a map's arguments take into the pool's arena (two threads, streaming stores).
-                procpool::detail::stream_copy_parallel(static_cast<char*>(mapped) + i * size, items[i].data(), size);
+                procpool::detail::stream_copy_parallel(to + i * size, items[i].data(), size);
             }
-            benchmark::ClobberMemory();
-            const double seconds = seconds_since(start);
-            std::printf("%.6g 0 %.6g\n", static_cast<double>(bytes) / seconds / 1e9, seconds);
-        }
-        ::munmap(mapped, bytes);
-        return 0;
+        });
     }
     if (kind == "fault") {  // no pool: what a fresh page costs, private memory (the cheaper kind) and shared
         for (int k = 0; k < kMapsInChild; ++k) std::printf("%.6g %.6g 0\n", fresh_page_ns(false), fresh_page_ns(true));
