@@ -42,6 +42,28 @@ std::optional<cpu_set_t> cpus_to_place() {
     return std::nullopt;
 }
 
+/// The lowest and the highest CPU in `cpus` (-1 if it is empty).
+int lowest_cpu(const cpu_set_t& cpus) {
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+        if (CPU_ISSET(cpu, &cpus)) return cpu;
+    }
+    return -1;
+}
+int highest_cpu(const cpu_set_t& cpus) {
+    for (int cpu = CPU_SETSIZE - 1; cpu >= 0; --cpu) {
+        if (CPU_ISSET(cpu, &cpus)) return cpu;
+    }
+    return -1;
+}
+
+/// Lets the calling thread run on `cpu` only; true if it could.
+bool pin_this_thread(int cpu) noexcept {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    return ::sched_setaffinity(0, sizeof one, &one) == 0;
+}
+
 /// The affinity of process `pid` (all zero if it is gone).
 cpu_set_t affinity_of(pid_t pid) {
     cpu_set_t mask;
@@ -129,19 +151,9 @@ TEST_CASE("the CPU the workers keep off is the caller's, and follows it to anoth
     const cpu_set_t& usable = *placeable;
     procpool::Pool pool;  // built before the caller is pinned: its service thread and workers may use every CPU
     const std::vector<pid_t> workers = pool.worker_pids();
-    int first = -1;  // the lowest and the highest usable CPU
-    int last = -1;
-    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-        if (!CPU_ISSET(cpu, &usable)) continue;
-        if (first < 0) first = cpu;
-        last = cpu;
-    }
     const CallerPinned unpin_at_end;
-    for (const int caller_cpu : {last, first}) {
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(caller_cpu, &one);
-        REQUIRE(::sched_setaffinity(0, sizeof one, &one) == 0);  // this thread only
+    for (const int caller_cpu : {highest_cpu(usable), lowest_cpu(usable)}) {
+        REQUIRE(pin_this_thread(caller_cpu));
         int kept_off = -1;
         const bool seen = stream_until(pool, [&] {
             kept_off = cpu_kept_off(workers, usable);
@@ -167,13 +179,9 @@ TEST_CASE("a worker pinned by its initializer stays pinned through a stream of t
     const std::optional<cpu_set_t> placeable = cpus_to_place();
     if (!placeable) return;
     const cpu_set_t& usable = *placeable;
-    int first_cpu = 0;
-    while (!CPU_ISSET(first_cpu, &usable)) ++first_cpu;
+    const int first_cpu = lowest_cpu(usable);
     procpool::Pool pool(procpool::PoolOptions{.initializer = [first_cpu] {
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(first_cpu, &one);
-        if (::sched_setaffinity(0, sizeof one, &one) != 0) throw std::runtime_error("sched_setaffinity failed");
+        if (!pin_this_thread(first_cpu)) throw std::runtime_error("sched_setaffinity failed");
     }});
     CHECK(pool.apply(identity, 1) == 1);
     const std::vector<pid_t> workers = pool.worker_pids();
