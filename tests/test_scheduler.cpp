@@ -183,6 +183,36 @@ TEST_CASE("dispatch keeps every worker two tasks deep before tasks were timed, l
     CHECK(fake.writes().size() == 10);
 }
 
+TEST_CASE("apply_async is sent by the submitting call while a worker has room, and by the next result when none has",
+          "[scheduler]") {
+    FakePool pool(procpool::PoolOptions{.processes = 2});
+    FakeTransport& fake = transport_of(pool);
+    std::vector<procpool::AsyncResult<int>> results;
+    const auto submit = [&](int x) { results.push_back(pool.apply_async([](int v) { return v * 2; }, x)); };
+    // Room: each call writes its task before it returns (two per worker before tasks are timed).
+    for (int i = 0; i < 4; ++i) {
+        submit(i);
+        CHECK(fake.writes().size() == static_cast<std::size_t>(i + 1));
+    }
+    // Full: the task waits in the queue, and the submitting call does not look for room.
+    submit(4);
+    std::this_thread::sleep_for(20ms);
+    CHECK(fake.writes().size() == 4);
+    // A result makes room: the poller sends the waiting task to that worker.
+    REQUIRE(fake.run_next(1) == FakeTransport::Step::ran);
+    REQUIRE(settles([&] { return fake.writes().size() == 5; }));
+    CHECK(fake.writes().back().slot == 1);
+    CHECK(fake.queued(1) == 2);
+    // Every task runs; then, on idle workers, a call writes its task itself again.
+    while (fake.run_next(0) == FakeTransport::Step::ran || fake.run_next(1) == FakeTransport::Step::ran) {
+    }
+    for (int i = 0; i < 5; ++i) CHECK(results[static_cast<std::size_t>(i)].get(5s) == 2 * i);
+    submit(5);
+    CHECK(fake.writes().size() == 6);
+    REQUIRE(fake.run_next(fake.writes().back().slot) == FakeTransport::Step::ran);
+    CHECK(results.back().get(5s) == 10);
+}
+
 TEST_CASE("dispatch keeps every worker of a group two tasks deep, the least loaded group for its size first",
           "[scheduler]") {
     struct GroupedPool : procpool::BasicPool<test_support::GroupedFakeTransport> {
