@@ -7,6 +7,7 @@
 #include <new>
 
 #include "procpool/detail/block_recycler.hpp"
+#include "procpool/detail/platform.hpp"
 #include "procpool/detail/process.hpp"
 
 // Under AddressSanitizer a kept block is poisoned but for its link, and unpoisoned as it is handed out again: a use
@@ -74,6 +75,15 @@ PROCPOOL_DECL void* BlockRecycler::allocate(std::size_t bytes) {
             l.free[index] = block->next;
             l.kept_bytes -= (index + 1) * kClassBytes;
             unpoison_taken(block, (index + 1) * kClassBytes);
+            // The next block of this class is likely asked for soon (an apply_async burst asks for one per task),
+            // and after a burst's 20 000 records it is out of the cache: start loading it now, for writing.
+            // (benchmarks/README.md, "The burst, A/B in one process": 5-7% more tasks a second.)
+            if (const FreeBlock* next = l.free[index]) {
+                const char* const first = reinterpret_cast<const char*>(next);
+                for (std::size_t at = 0; at < (index + 1) * kClassBytes; at += kCacheLine) {
+                    __builtin_prefetch(first + at, 1);
+                }
+            }
             return block;
         }
     }
