@@ -289,10 +289,6 @@ private:
     std::exception_ptr init_error_;
     bool shutdown_sent_ = false;
     bool jobs_take_turns_ = true;
-    /// The last dispatch stopped because no worker could take another task (none passed over), and no task left a
-    /// worker's queue since: submit() need not dispatch. Set only by dispatch_locked(); anything that may make room
-    /// clears it (a result, a take-back, a worker's life-cycle report), and those dispatch soon after.
-    bool workers_full_ = false;
     std::deque<std::shared_ptr<JobBase>> jobs_;  // jobs with unsent items, in submission order (round-robin)
     std::vector<Failure> failures_;              // to deliver once mutex_ is released
     std::vector<WorkerSlot> workers_;

@@ -19,13 +19,9 @@ void Scheduler<Transport>::dispatch_locked() {
     // 2. Hand out new tasks, least loaded worker first, most recently active among equals (it is still awake). A
     //    worker the next item is to avoid (it died there and is retried) is passed over this time.
     std::vector<bool> passed;  // sized on the first worker passed over (rare: allocates nothing per call)
-    workers_full_ = false;
     for (;;) {
         const std::optional<std::size_t> slot = pick_worker_locked(passed);
-        if (!slot) {
-            workers_full_ = passed.empty();  // (a worker passed over may take the next job's task)
-            break;
-        }
+        if (!slot) break;
         workers_[*slot].inflight.reserve_one();  // a task once cut from its job must not be lost to bad_alloc
         bool avoided = false;
         std::optional<Task> task = next_task_locked(*slot, avoided);
@@ -307,7 +303,6 @@ auto Scheduler<Transport>::take_back_locked(std::size_t slot, std::size_t index)
     if (!task.fully_written() || task.fragmented || !transport_.revoke(slot, task.position)) return std::nullopt;
     std::optional<Task> taken(std::move(task));
     w.inflight.erase(index);  // the worker skips it (results come for the others, in order)
-    workers_full_ = false;
     w.load -= taken->load;
     w.budget += taken->segment.count;
     taken->written = taken->total = 0;

@@ -63,7 +63,6 @@ void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::
             finished_input = std::move(task.segment.block);
             w.load -= task.load;
             w.inflight.erase(at);
-            workers_full_ = false;  // room, which finish_completions() fills
         }
     }
 

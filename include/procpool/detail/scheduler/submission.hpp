@@ -17,10 +17,7 @@ void Scheduler<Transport>::submit(const std::shared_ptr<JobBase>& job, Segment i
     note_submission_locked();
     add_segment_locked(*job, std::move(items));
     enqueue_locked(job);
-    // The job is queued, and the caller gets its result. When the last dispatch found every worker's queue full, this
-    // one could send nothing: the next result makes room and dispatches. (In an apply_async burst that skips reading
-    // every worker's slot, which the poller is writing, in about half the submissions.)
-    if (!workers_full_) dispatch_or_leave_locked();
+    dispatch_or_leave_locked();  // the job is queued, and the caller gets its result
 }
 
 /// Adds segments to a job submitted earlier (imap reading more input), in order: one lock and one dispatch. All or

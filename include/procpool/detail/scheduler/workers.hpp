@@ -60,7 +60,6 @@ template <class Transport>
 void Scheduler<Transport>::handle_report(const WorkerEvent& report) {
     if (report.slot >= workers_.size()) return;
     WorkerSlot& w = workers_[report.slot];
-    workers_full_ = false;  // (each of these dispatches, or a housekeeping pass soon does)
     switch (report.kind) {
         case kWorkerSpawned:
             w.pid = report.pid;
