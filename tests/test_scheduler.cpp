@@ -194,7 +194,7 @@ TEST_CASE("apply_async is sent by the submitting call while a worker has room, a
         submit(i);
         CHECK(fake.writes().size() == static_cast<std::size_t>(i + 1));
     }
-    // Full: the task waits in the queue, and the submitting call does not look for room.
+    // Full: the task waits in the queue.
     submit(4);
     std::this_thread::sleep_for(20ms);
     CHECK(fake.writes().size() == 4);
