@@ -47,8 +47,8 @@ int main(int argc, char** argv) {
         rate_b.push_back(y);
         ratio.push_back(y / x);
     }
-    std::printf("%s A %.3f  B %.3f  M tasks/s; B/A %.3f\n", b_first ? "B built first" : "A built first",
-                median(rate_a), median(rate_b), median(ratio));
+    std::printf("%s A %.3f  B %.3f  M tasks/s; B/A %.3f\n", b_first ? "B built first" : "A built first", median(rate_a),
+                median(rate_b), median(ratio));
     destroy_pool_b(b);
     destroy_pool_a(a);
 }
