@@ -77,7 +77,7 @@ PROCPOOL_DECL void* BlockRecycler::allocate(std::size_t bytes) {
             unpoison_taken(block, (index + 1) * kClassBytes);
             // The next block of this class is likely asked for soon (an apply_async burst asks for one per task),
             // and after a burst's 20 000 records it is out of the cache: start loading it now, for writing.
-            // (benchmarks/README.md, "The burst, A/B in one process": 5-7% more tasks a second.)
+            // (benchmarks/README.md, "The burst, A/B in one process": 1.069 times the tasks a second.)
             if (const FreeBlock* next = l.free[index]) {
                 const char* const first = reinterpret_cast<const char*>(next);
                 for (std::size_t at = 0; at < (index + 1) * kClassBytes; at += kCacheLine) {
