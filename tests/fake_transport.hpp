@@ -77,7 +77,7 @@ public:
             std::vector<std::byte> message;
             {
                 std::lock_guard lock(mutex_);
-                if (slots_[slot].results.empty()) return any;
+                if (results_held_ || slots_[slot].results.empty()) return any;
                 message = std::move(slots_[slot].results.front());
                 slots_[slot].results.pop_front();
             }
@@ -179,6 +179,19 @@ public:
 
     // ---- the test's controls ----
     enum class Step { nothing, ran, skipped_revoked, exited };
+
+    /// Result messages the worker in `slot` sent that the poller has not read.
+    [[nodiscard]] std::size_t results_waiting(std::size_t slot) const {
+        std::lock_guard lock(mutex_);
+        return slots_[slot].results.size();
+    }
+    /// While held, results the workers send wait in their queues: the poller reads them all in one pass when the
+    /// hold ends.
+    void hold_results(bool held) {
+        std::lock_guard lock(mutex_);
+        results_held_ = held;
+        changed_.notify_all();
+    }
 
     /// The worker in `slot` takes its next message: runs a task whole (the one start_next() began included) and
     /// sends its results, skips one the parent revoked, or exits on an exit message.
@@ -334,6 +347,7 @@ private:
     }
     [[nodiscard]] bool pending_locked() const {
         if (!reports_.empty()) return true;
+        if (results_held_) return false;
         for (const Slot& s : slots_) {
             if (!s.results.empty()) return true;
         }
@@ -364,6 +378,7 @@ private:
     std::size_t revocations_ = 0;
     std::size_t exit_messages_ = 0;
     bool gone_ = false;
+    bool results_held_ = false;
 };
 
 static_assert(procpool::detail::Transport<FakeTransport> && procpool::detail::RevocableQueue<FakeTransport> &&

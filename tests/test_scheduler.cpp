@@ -213,6 +213,45 @@ TEST_CASE("apply_async is sent by the submitting call while a worker has room, a
     CHECK(results.back().get(5s) == 10);
 }
 
+TEST_CASE("a poll pass reads a worker's results in the order it sent them, small and large, however many",
+          "[scheduler]") {
+    // Small result messages are copied aside and taken together under one hold of the scheduler's lock; a large
+    // one is handled as it is read, after those before it.
+    SECTION("a small result, then a large one") {
+        FakePool pool(procpool::PoolOptions{.processes = 1});
+        FakeTransport& fake = transport_of(pool);
+        const auto text = [](int n) { return std::string(static_cast<std::size_t>(n), 'x'); };
+        auto small = pool.apply_async(text, 1);
+        auto large = pool.apply_async(text, 1000);
+        REQUIRE(settles([&] { return fake.queued(0) == 2; }));
+        fake.hold_results(true);
+        REQUIRE(fake.run_next(0) == FakeTransport::Step::ran);
+        REQUIRE(fake.run_next(0) == FakeTransport::Step::ran);
+        REQUIRE(fake.results_waiting(0) == 2);
+        fake.hold_results(false);  // one drain reads both
+        CHECK(small.get(5s) == text(1));
+        CHECK(large.get(5s) == text(1000));
+        CHECK(fake.signals().empty());  // no result was taken for a task the worker does not hold
+    }
+    SECTION("more small results than one batch holds") {
+        // With a task timeout a worker sends each item's result as the next item starts: 300 messages of ~110
+        // bytes from one task, more than a batch's 256 messages and 32 KiB.
+        FakePool pool(procpool::PoolOptions{.processes = 1, .task_timeout = std::chrono::hours(1)});
+        FakeTransport& fake = transport_of(pool);
+        const auto text = [](int n) { return std::string(64, static_cast<char>('a' + n % 26)); };
+        auto result = pool.map_async(text, std::views::iota(0, 300), {.chunksize = 300});
+        REQUIRE(settles([&] { return fake.queued(0) == 1; }));
+        fake.hold_results(true);
+        REQUIRE(fake.run_next(0) == FakeTransport::Step::ran);
+        REQUIRE(fake.results_waiting(0) == 300);
+        fake.hold_results(false);
+        const std::vector<std::string> values = result.get(5s);
+        REQUIRE(values.size() == 300);
+        for (int i = 0; i < 300; ++i) CHECK(values[static_cast<std::size_t>(i)] == text(i));
+        CHECK(fake.signals().empty());
+    }
+}
+
 TEST_CASE("dispatch keeps every worker of a group two tasks deep, the least loaded group for its size first",
           "[scheduler]") {
     struct GroupedPool : procpool::BasicPool<test_support::GroupedFakeTransport> {

@@ -14,7 +14,7 @@
 //   polling.hpp     the poller and the service thread       results.hpp   result messages to their jobs
 //   workers.hpp     worker life cycle: deaths (with detail/crash_attribution.hpp), replacements, timeouts, failures
 //
-// Locks. `mutex_` guards everything mutable here except what the poller alone touches (completions_; noted).
+// Locks. `mutex_` guards everything mutable here except what the poller alone touches (completions_, batch_; noted).
 // `poller_mutex_` is the right to be the poller. Jobs run user callbacks: never call into a job under `mutex_`.
 #pragma once
 
@@ -189,6 +189,40 @@ private:
         }
     };
 
+    /// What a result message took from its task under mutex_ (take_result_locked), to deliver without it.
+    struct TakenResult {
+        ResultHeader header{};
+        std::shared_ptr<JobBase> job;                     // null: nothing to deliver (malformed, or the pool failed)
+        std::shared_ptr<const ItemBlock> finished_input;  // the task's input once its last result is in: freed first
+        std::uint64_t first = 0;                          // the job index of the message's first item
+    };
+
+    /// Small result messages read in one poll pass, copied out of the rings so that one hold of mutex_ takes all
+    /// their tasks (flush_results()) rather than one hold each: during an apply_async burst a pass reads a hundred
+    /// results while the submitting thread takes the same lock for every task. Sized at construction, so the poll
+    /// path allocates nothing for it. The poller's.
+    struct ResultBatch {
+        static constexpr std::size_t kMaxMessages = 256;
+        static constexpr std::size_t kMaxMessageBytes = 128;  // larger ones are handled as they are read
+        struct Entry {
+            std::size_t slot;
+            std::size_t offset;  // in `bytes`
+            std::size_t size;
+        };
+        std::vector<Entry> entries;
+        std::vector<std::byte> bytes;
+        std::vector<TakenResult> taken;  // one per entry, filled under mutex_ by flush_results()
+        ResultBatch() {
+            entries.reserve(kMaxMessages);
+            bytes.resize(kMaxMessages * kMaxMessageBytes);
+            taken.resize(kMaxMessages);
+        }
+        [[nodiscard]] bool full(std::size_t size) const noexcept {
+            return entries.size() == kMaxMessages ||
+                   (!entries.empty() && entries.back().offset + entries.back().size + size > bytes.size());
+        }
+    };
+
     /// Results read but not yet applied to the estimates and the dispatch (the poller's, between two passes).
     struct Completion {
         std::size_t slot;
@@ -250,8 +284,11 @@ private:
     // ---- results (poller; results.hpp) ----
     void handle_message(std::size_t slot, std::uint16_t kind, std::span<const std::byte> bytes);
     void handle_result(std::size_t slot, std::span<const std::byte> bytes);
+    void stash_result(std::size_t slot, std::span<const std::byte> bytes);
+    void flush_results();
+    [[nodiscard]] bool take_result_locked(std::size_t slot, std::span<const std::byte> bytes, TakenResult& taken);
+    void deliver_taken(std::size_t slot, std::span<const std::byte> bytes, TakenResult& taken);
     void finish_completions();
-    void protocol_error(std::size_t slot, const char* what);
     void protocol_error_locked(std::size_t slot, const char* what);
 
     // ---- worker life cycle, deaths, timeouts, failures (mutex_ held unless noted; workers.hpp) ----
@@ -307,6 +344,7 @@ private:
     std::mutex poller_mutex_;                   // the right to read the result rings and the life-cycle reports
     std::vector<std::shared_ptr<const ItemBlock>> inputs_until_exit_;  // of tasks failed while workers ran them
     std::vector<Completion> completions_;   // results read but not yet applied (the poller's)
+    ResultBatch batch_;                     // small results read but not yet taken (the poller's)
     std::atomic<int> polling_waiters_{0};   // callers waiting for a result that poll instead of the service thread
     std::atomic<int> sleeping_pollers_{0};  // of them, one asleep on the workers' doorbell (poll_sleeping)
     std::atomic<bool> role_wanted_{false};  // the service thread waits for the poller role (housekeeping)

@@ -11,6 +11,8 @@ namespace procpool::detail {
 
 template <class Transport>
 void Scheduler<Transport>::handle_message(std::size_t slot, std::uint16_t kind, std::span<const std::byte> bytes) {
+    if (kind == kResultMessage && bytes.size() <= ResultBatch::kMaxMessageBytes) return stash_result(slot, bytes);
+    flush_results();  // a worker's results are taken in the order it sent them
     if (kind == kResultMessage) {
         handle_result(slot, bytes);
     } else if (kind == kInitFailedMessage) {
@@ -31,41 +33,100 @@ void Scheduler<Transport>::handle_message(std::size_t slot, std::uint16_t kind, 
     }
 }
 
+/// One result message, taken and delivered at once (a large one: small ones go through batch_).
 template <class Transport>
 void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::byte> bytes) {
-    ResultHeader header;
-    if (bytes.size() < sizeof header) return protocol_error(slot, "short result message");
-    std::memcpy(&header, bytes.data(), sizeof header);
-    if (bytes.size() - sizeof header < header.errors_size) return protocol_error(slot, "bad result message");
-
-    std::shared_ptr<JobBase> job;
-    std::shared_ptr<const ItemBlock> finished_input;  // dropped after the lock: freeing it can take a while
-    std::uint64_t first = 0;
+    TakenResult taken;
     {
         std::lock_guard lock(mutex_);
-        if (state_ == State::terminated || state_ == State::broken) return;  // already failed
-        WorkerSlot& w = workers_[slot];
-        // A worker finishes its tasks in order: results are for the front one. A group of workers (WorkerGroups) runs
-        // its tasks side by side: any of them.
-        std::size_t at = 0;
-        const std::size_t searched = grouped() ? w.inflight.size() : std::min<std::size_t>(w.inflight.size(), 1);
-        while (at < searched && w.inflight[at].id != header.task_id) ++at;
-        if (at == searched) return protocol_error_locked(slot, "result for a task the worker does not hold");
-        Task& task = w.inflight[at];
-        if (task.delivered != header.first || header.first + header.count > task.segment.count) {
-            return protocol_error_locked(slot, "result out of order");
-        }
-        job = task.job;
-        first = task.segment.job_first + header.first;
-        // These items are delivered from here on: a terminate() while they are decoded must not fail them.
-        task.delivered += header.count;
-        if ((header.flags & kFinalResult) != 0) {  // the worker holds it no more
-            finished_input = std::move(task.segment.block);
-            w.load -= task.load;
-            w.inflight.erase(at);
+        if (!take_result_locked(slot, bytes, taken)) return;
+    }
+    deliver_taken(slot, bytes, taken);
+}
+
+/// Keeps a copy of a small result message for flush_results() (the ring's bytes are the worker's again once the
+/// handler returns). Never allocates.
+template <class Transport>
+void Scheduler<Transport>::stash_result(std::size_t slot, std::span<const std::byte> bytes) {
+    if (batch_.full(bytes.size())) flush_results();
+    const std::size_t offset = batch_.entries.empty() ? 0 : batch_.entries.back().offset + batch_.entries.back().size;
+    if (!bytes.empty()) std::memcpy(batch_.bytes.data() + offset, bytes.data(), bytes.size());
+    batch_.entries.push_back({slot, offset, bytes.size()});  // within the capacity reserved at construction
+}
+
+/// Takes the tasks of every stashed result under one hold of mutex_, then delivers them without it. A
+/// std::bad_alloc before anything is taken leaves the batch for the next pass; nothing after that throws.
+template <class Transport>
+void Scheduler<Transport>::flush_results() {
+    if (batch_.entries.empty()) return;
+    completions_.reserve(completions_.size() + batch_.entries.size());  // deliver_taken's push_back cannot throw
+    const auto message = [&](const typename ResultBatch::Entry& e) {
+        return std::span<const std::byte>(batch_.bytes.data() + e.offset, e.size);
+    };
+    {
+        std::lock_guard lock(mutex_);
+        for (std::size_t i = 0; i < batch_.entries.size(); ++i) {
+            const auto& e = batch_.entries[i];
+            if (!take_result_locked(e.slot, message(e), batch_.taken[i])) batch_.taken[i].job.reset();
         }
     }
+    for (std::size_t i = 0; i < batch_.entries.size(); ++i) {
+        const auto& e = batch_.entries[i];
+        if (batch_.taken[i].job) deliver_taken(e.slot, message(e), batch_.taken[i]);
+    }
+    batch_.entries.clear();
+}
 
+/// Checks a result message and takes it from its task: the items it covers are delivered from here on, and its
+/// task leaves the worker's queue with its last one. False (a protocol error reported, or the pool already failed)
+/// when there is nothing to deliver. Never throws.
+template <class Transport>
+bool Scheduler<Transport>::take_result_locked(std::size_t slot, std::span<const std::byte> bytes, TakenResult& taken) {
+    ResultHeader& header = taken.header;
+    const char* malformed = nullptr;
+    if (bytes.size() < sizeof header) {
+        malformed = "short result message";
+    } else {
+        std::memcpy(&header, bytes.data(), sizeof header);
+        if (bytes.size() - sizeof header < header.errors_size) malformed = "bad result message";
+    }
+    if (malformed != nullptr) {
+        protocol_error_locked(slot, malformed);
+        return false;
+    }
+    if (state_ == State::terminated || state_ == State::broken) return false;  // already failed
+    WorkerSlot& w = workers_[slot];
+    // A worker finishes its tasks in order: results are for the front one. A group of workers (WorkerGroups) runs
+    // its tasks side by side: any of them.
+    std::size_t at = 0;
+    const std::size_t searched = grouped() ? w.inflight.size() : std::min<std::size_t>(w.inflight.size(), 1);
+    while (at < searched && w.inflight[at].id != header.task_id) ++at;
+    if (at == searched) {
+        protocol_error_locked(slot, "result for a task the worker does not hold");
+        return false;
+    }
+    Task& task = w.inflight[at];
+    if (task.delivered != header.first || header.first + header.count > task.segment.count) {
+        protocol_error_locked(slot, "result out of order");
+        return false;
+    }
+    taken.job = task.job;
+    taken.first = task.segment.job_first + header.first;
+    // These items are delivered from here on: a terminate() while they are decoded must not fail them.
+    task.delivered += header.count;
+    if ((header.flags & kFinalResult) != 0) {  // the worker holds it no more
+        taken.finished_input = std::move(task.segment.block);
+        w.load -= task.load;
+        w.inflight.erase(at);
+    }
+    return true;
+}
+
+/// Decodes a taken result message (without mutex_) and hands it to its job; records it for finish_completions().
+template <class Transport>
+void Scheduler<Transport>::deliver_taken(std::size_t slot, std::span<const std::byte> bytes, TakenResult& taken) {
+    const ResultHeader& header = taken.header;
+    std::shared_ptr<JobBase> job = std::move(taken.job);
     std::vector<ItemError> errors;
     InputArchive error_ar(bytes.subspan(sizeof header, header.errors_size));
     InputArchive values(bytes.subspan(sizeof header + header.errors_size));
@@ -74,13 +135,14 @@ void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::
         for (std::uint32_t i = 0; i < header.error_count; ++i) {
             std::uint32_t index = 0;
             error_ar.read_bytes(&index, sizeof index);
-            errors.push_back(ItemError{first - header.first + index, decode_error(error_ar)});
+            errors.push_back(ItemError{taken.first - header.first + index, decode_error(error_ar)});
         }
-        finished_input.reset();  // before the caller can wake: a next large map finds the range free again
-        job->deliver(first, header.count, errors, values, header.busy_ns);
+        taken.finished_input.reset();  // before the caller can wake: a next large map finds the range free again
+        job->deliver(taken.first, header.count, errors, values, header.busy_ns);
     } catch (...) {
-        job->fail(first, header.count, std::current_exception());
+        job->fail(taken.first, header.count, std::current_exception());
     }
+    taken.finished_input.reset();
     // Estimates and refills are applied once per batch of messages (finish_completions()).
     completions_.push_back(
         Completion{slot, std::move(job), header.count, header.busy_ns, (header.flags & kFinalResult) != 0});
@@ -90,6 +152,7 @@ void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::
 /// Poller only.
 template <class Transport>
 void Scheduler<Transport>::finish_completions() {
+    flush_results();
     if (completions_.empty()) return;
     {
         std::lock_guard lock(mutex_);
@@ -151,12 +214,6 @@ bool Scheduler<Transport>::long_work_inflight_locked() const noexcept {
         }
     }
     return false;
-}
-
-template <class Transport>
-void Scheduler<Transport>::protocol_error(std::size_t slot, const char* what) {
-    std::lock_guard lock(mutex_);
-    protocol_error_locked(slot, what);
 }
 
 template <class Transport>
