@@ -4,10 +4,12 @@
 #include <procpool/procpool.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <csignal>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -690,6 +692,42 @@ TEST_CASE("an object a queued task refers to stays alive until the task ran, the
     CHECK(captured.get(5s) == 71);
     CHECK(argument.get(5s) == 32);
     blocker.get();
+}
+
+namespace {
+/// True when copying `source` writes every byte of the copy: the copy made over memory filled with zeros and the one
+/// made over memory filled with ones are equal byte for byte (a padding byte keeps what was there).
+template <class Handle>
+bool copy_writes_every_byte(const Handle& source) {
+    alignas(Handle) std::array<std::byte, sizeof(Handle)> zeros;
+    alignas(Handle) std::array<std::byte, sizeof(Handle)> ones;
+    zeros.fill(std::byte{0x00});
+    ones.fill(std::byte{0xff});
+    auto* a = ::new (zeros.data()) Handle(source);
+    auto* b = ::new (ones.data()) Handle(source);
+    const bool same = zeros == ones;
+    std::destroy_at(a);
+    std::destroy_at(b);
+    return same;
+}
+}  // namespace
+
+// A lambda that captures a handle is copied to the worker byte for byte, and the stack check reads each of its 8-byte
+// words for an address in the caller's stack. A padding byte holds whatever the stack held there: half of a stale
+// stack address beside a handle's small kind field once made the test above fail with "the callable refers to this
+// thread's stack".
+TEST_CASE("a shared-object handle has no padding: a callable capturing one is never taken for a stack reference",
+          "[shared]") {
+    CHECK(copy_writes_every_byte(procpool::SharedArray<int>(4)));
+    CHECK(copy_writes_every_byte(procpool::Queue<int>(4)));
+    CHECK(copy_writes_every_byte(procpool::Lock()));
+    CHECK(copy_writes_every_byte(procpool::RLock()));
+    CHECK(copy_writes_every_byte(procpool::Semaphore(1)));
+    CHECK(copy_writes_every_byte(procpool::Event()));
+    CHECK(copy_writes_every_byte(procpool::Condition()));
+    CHECK(copy_writes_every_byte(procpool::Barrier(2)));
+    CHECK(copy_writes_every_byte(procpool::SharedDict<int, int>()));
+    CHECK(copy_writes_every_byte(procpool::SharedList<int>()));
 }
 
 TEST_CASE("a handle to an object freed by its owner is detected, not followed", "[shared]") {

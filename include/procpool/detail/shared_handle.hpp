@@ -48,7 +48,7 @@ public:
     SharedRef() noexcept = default;
     SharedRef(const SharedRef& other) noexcept
         : address_(other.address_), block_(other.block_), generation_(other.generation_), inner_(other.inner_),
-          kind_(other.kind_), ownership_(other.ownership_), owner_fork_(other.owner_fork_) {
+          ownership_(other.ownership_), kind_(other.kind_), owner_fork_(other.owner_fork_) {
         if (owned_here()) ownership_->handles.fetch_add(1, std::memory_order_relaxed);
     }
     // A move is a copy: the source stays a valid reference, and the reference count is what tracks both.
@@ -143,14 +143,19 @@ private:
         std::swap(owner_fork_, other.owner_fork_);
     }
 
+    // No padding (checked below): a lambda capturing a handle is copied to the worker byte for byte, and the stack
+    // check (detail/stack_check.hpp) reads each of its 8-byte words. A padding word holds whatever the stack held
+    // there before, and half a stale stack address beside a small kind_ was taken for a capture by reference.
     std::byte* address_ = nullptr;
     std::uint64_t block_ = 0;
     std::uint64_t generation_ = 0;
     std::uint64_t inner_ = 0;
-    std::uint32_t kind_ = 0;
     Ownership* ownership_ = nullptr;
+    std::uint32_t kind_ = 0;
     unsigned owner_fork_ = 0;
 };
+static_assert(sizeof(SharedRef) == 5 * sizeof(std::uint64_t) + 2 * sizeof(std::uint32_t),
+              "SharedRef has no padding: the stack check reads every byte of a captured handle");
 
 /// The handle protocol every shared object follows (CRTP): it travels as a reference to its block (encoded by
 /// SharedRef, never copied), comes back as a Self bound to the same object, and compares equal to the handles of
