@@ -110,11 +110,15 @@ bool Scheduler<Transport>::take_result_locked(std::size_t slot, std::span<const 
         protocol_error_locked(slot, "result out of order");
         return false;
     }
-    taken.job = task.job;
     taken.first = task.segment.job_first + header.first;
     // These items are delivered from here on: a terminate() while they are decoded must not fail them.
     task.delivered += header.count;
-    if ((header.flags & kFinalResult) != 0) {  // the worker holds it no more
+    if ((header.flags & kFinalResult) == 0) {
+        taken.job = task.job;
+    } else {
+        // The worker holds it no more. Its reference moves: no count to touch in the job's record (likely cold, on
+        // the submitting thread's core) under the lock.
+        taken.job = std::move(task.job);
         taken.finished_input = std::move(task.segment.block);
         w.load -= task.load;
         w.inflight.erase(at);
