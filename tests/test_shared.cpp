@@ -703,6 +703,8 @@ bool copy_writes_every_byte(const Handle& source) {
     alignas(Handle) std::array<std::byte, sizeof(Handle)> ones;
     zeros.fill(std::byte{0x00});
     ones.fill(std::byte{0xff});
+    // The fills must happen: a compiler may drop stores into memory whose object's lifetime begins right after.
+    asm volatile("" : : "r"(zeros.data()), "r"(ones.data()) : "memory");
     auto* a = ::new (zeros.data()) Handle(source);
     auto* b = ::new (ones.data()) Handle(source);
     const bool same = zeros == ones;
@@ -728,6 +730,7 @@ TEST_CASE("a shared-object handle has no padding: a callable capturing one is ne
     CHECK(copy_writes_every_byte(procpool::Barrier(2)));
     CHECK(copy_writes_every_byte(procpool::SharedDict<int, int>()));
     CHECK(copy_writes_every_byte(procpool::SharedList<int>()));
+    CHECK(copy_writes_every_byte(procpool::make_pipe<int>().first));
 }
 
 TEST_CASE("a handle to an object freed by its owner is detected, not followed", "[shared]") {

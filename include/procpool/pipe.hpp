@@ -355,6 +355,9 @@ private:
 
     detail::SharedRef ref_;
     int side_ = 0;
+    // Fills side_'s word: a lambda capturing a pipe end is read word by word by the stack check, and padding would
+    // hold stale stack bytes (see detail::SharedRef).
+    std::int32_t unused_ = 0;
 };
 
 template <class T>

@@ -154,7 +154,8 @@ private:
     std::uint32_t kind_ = 0;
     unsigned owner_fork_ = 0;
 };
-static_assert(sizeof(SharedRef) == 5 * sizeof(std::uint64_t) + 2 * sizeof(std::uint32_t),
+static_assert(sizeof(SharedRef) ==
+                  2 * sizeof(void*) + 3 * sizeof(std::uint64_t) + sizeof(std::uint32_t) + sizeof(unsigned),
               "SharedRef has no padding: the stack check reads every byte of a captured handle");
 
 /// The handle protocol every shared object follows (CRTP): it travels as a reference to its block (encoded by
