@@ -345,6 +345,7 @@ private:
     std::vector<std::shared_ptr<const ItemBlock>> inputs_until_exit_;  // of tasks failed while workers ran them
     std::vector<Completion> completions_;   // results read but not yet applied (the poller's)
     ResultBatch batch_;                     // small results read but not yet taken (the poller's)
+    bool dispatch_owed_ = false;            // a result delivered without its Completion: dispatch anyway (poller's)
     std::atomic<int> polling_waiters_{0};   // callers waiting for a result that poll instead of the service thread
     std::atomic<int> sleeping_pollers_{0};  // of them, one asleep on the workers' doorbell (poll_sleeping)
     std::atomic<bool> role_wanted_{false};  // the service thread waits for the poller role (housekeeping)

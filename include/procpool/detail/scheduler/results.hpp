@@ -12,7 +12,14 @@ namespace procpool::detail {
 template <class Transport>
 void Scheduler<Transport>::handle_message(std::size_t slot, std::uint16_t kind, std::span<const std::byte> bytes) {
     if (kind == kResultMessage && bytes.size() <= ResultBatch::kMaxMessageBytes) return stash_result(slot, bytes);
-    flush_results();  // a worker's results are taken in the order it sent them
+    // A worker's results are taken in the order it sent them: the batch first. This message is the poller's alone
+    // now (the transport consumed it), so a job's failure to take a failure does not cost it.
+    std::exception_ptr flush_error;
+    try {
+        flush_results();
+    } catch (...) {
+        flush_error = std::current_exception();
+    }
     if (kind == kResultMessage) {
         handle_result(slot, bytes);
     } else if (kind == kInitFailedMessage) {
@@ -31,6 +38,7 @@ void Scheduler<Transport>::handle_message(std::size_t slot, std::uint16_t kind, 
             break_locked(with_message("the initializer failed on " + where, error), error);
         }
     }
+    if (flush_error) std::rethrow_exception(flush_error);
 }
 
 /// One result message, taken and delivered at once (a large one: small ones go through batch_).
@@ -41,7 +49,12 @@ void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::
         std::lock_guard lock(mutex_);
         if (!take_result_locked(slot, bytes, taken)) return;
     }
-    deliver_taken(slot, bytes, taken);
+    try {
+        deliver_taken(slot, bytes, taken);
+    } catch (...) {
+        dispatch_owed_ = true;  // its Completion was not recorded
+        throw;
+    }
 }
 
 /// Keeps a copy of a small result message for flush_results() (the ring's bytes are the worker's again once the
@@ -49,17 +62,18 @@ void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::
 template <class Transport>
 void Scheduler<Transport>::stash_result(std::size_t slot, std::span<const std::byte> bytes) {
     if (batch_.full(bytes.size())) flush_results();
+    PROCPOOL_ASSERT(batch_.entries.size() < ResultBatch::kMaxMessages, "a full batch is flushed first");
     const std::size_t offset = batch_.entries.empty() ? 0 : batch_.entries.back().offset + batch_.entries.back().size;
     if (!bytes.empty()) std::memcpy(batch_.bytes.data() + offset, bytes.data(), bytes.size());
     batch_.entries.push_back({slot, offset, bytes.size()});  // within the capacity reserved at construction
 }
 
-/// Takes the tasks of every stashed result under one hold of mutex_, then delivers them without it. A
-/// std::bad_alloc before anything is taken leaves the batch for the next pass; nothing after that throws.
+/// Takes the tasks of every stashed result under one hold of mutex_, then delivers them without it. Every one is
+/// delivered and the batch emptied even if a job throws (only its fail() can); the first such exception is rethrown
+/// afterwards.
 template <class Transport>
 void Scheduler<Transport>::flush_results() {
     if (batch_.entries.empty()) return;
-    completions_.reserve(completions_.size() + batch_.entries.size());  // deliver_taken's push_back cannot throw
     const auto message = [&](const typename ResultBatch::Entry& e) {
         return std::span<const std::byte>(batch_.bytes.data() + e.offset, e.size);
     };
@@ -70,11 +84,22 @@ void Scheduler<Transport>::flush_results() {
             if (!take_result_locked(e.slot, message(e), batch_.taken[i])) batch_.taken[i].job.reset();
         }
     }
+    std::exception_ptr error;
     for (std::size_t i = 0; i < batch_.entries.size(); ++i) {
         const auto& e = batch_.entries[i];
-        if (batch_.taken[i].job) deliver_taken(e.slot, message(e), batch_.taken[i]);
+        TakenResult& taken = batch_.taken[i];
+        if (!taken.job) continue;
+        try {
+            deliver_taken(e.slot, message(e), taken);
+        } catch (...) {
+            if (!error) error = std::current_exception();
+            dispatch_owed_ = true;  // its Completion was not recorded
+        }
+        taken.job.reset();
+        taken.finished_input.reset();
     }
     batch_.entries.clear();
+    if (error) std::rethrow_exception(error);
 }
 
 /// Checks a result message and takes it from its task: the items it covers are delivered from here on, and its
@@ -147,9 +172,14 @@ void Scheduler<Transport>::deliver_taken(std::size_t slot, std::span<const std::
         job->fail(taken.first, header.count, std::current_exception());
     }
     taken.finished_input.reset();
-    // Estimates and refills are applied once per batch of messages (finish_completions()).
-    completions_.push_back(
-        Completion{slot, std::move(job), header.count, header.busy_ns, (header.flags & kFinalResult) != 0});
+    // Estimates and refills are applied once per batch of messages (finish_completions()). Without room for the
+    // record, only the estimates miss this result: the refill still happens.
+    try {
+        completions_.push_back(
+            Completion{slot, std::move(job), header.count, header.busy_ns, (header.flags & kFinalResult) != 0});
+    } catch (const std::bad_alloc&) {
+        dispatch_owed_ = true;
+    }
 }
 
 /// Applies the results read since the last call: time estimates, then one dispatch for all of them.
@@ -157,7 +187,8 @@ void Scheduler<Transport>::deliver_taken(std::size_t slot, std::span<const std::
 template <class Transport>
 void Scheduler<Transport>::finish_completions() {
     flush_results();
-    if (completions_.empty()) return;
+    if (completions_.empty() && !dispatch_owed_) return;
+    dispatch_owed_ = false;
     {
         std::lock_guard lock(mutex_);
         const std::int64_t now = monotonic_ns();
