@@ -235,7 +235,7 @@ TEST_CASE("a poll pass reads a worker's results in the order it sent them, small
     }
     SECTION("more small results than one batch holds") {
         // With a task timeout a worker sends each item's result as the next item starts: 300 messages of ~110
-        // bytes from one task, more than a batch's 256 messages and 32 KiB.
+        // bytes from one task, more than a batch's 256 messages.
         FakePool pool(procpool::PoolOptions{.processes = 1, .task_timeout = std::chrono::hours(1)});
         FakeTransport& fake = transport_of(pool);
         const auto text = [](int n) { return std::string(64, static_cast<char>('a' + n % 26)); };

@@ -206,20 +206,18 @@ private:
         static constexpr std::size_t kMaxMessageBytes = 128;  // larger ones are handled as they are read
         struct Entry {
             std::size_t slot;
-            std::size_t offset;  // in `bytes`
-            std::size_t size;
+            std::size_t size;     // its bytes: kMaxMessageBytes apart in `bytes`, in entry order
+            TakenResult taken{};  // filled under mutex_ by flush_results()
         };
         std::vector<Entry> entries;
         std::vector<std::byte> bytes;
-        std::vector<TakenResult> taken;  // one per entry, filled under mutex_ by flush_results()
         ResultBatch() {
             entries.reserve(kMaxMessages);
             bytes.resize(kMaxMessages * kMaxMessageBytes);
-            taken.resize(kMaxMessages);
         }
-        [[nodiscard]] bool full(std::size_t size) const noexcept {
-            return entries.size() == kMaxMessages ||
-                   (!entries.empty() && entries.back().offset + entries.back().size + size > bytes.size());
+        [[nodiscard]] bool full() const noexcept { return entries.size() == kMaxMessages; }
+        [[nodiscard]] std::span<const std::byte> message(std::size_t i) const noexcept {
+            return {bytes.data() + i * kMaxMessageBytes, entries[i].size};
         }
     };
 

@@ -61,11 +61,11 @@ void Scheduler<Transport>::handle_result(std::size_t slot, std::span<const std::
 /// handler returns). Never allocates.
 template <class Transport>
 void Scheduler<Transport>::stash_result(std::size_t slot, std::span<const std::byte> bytes) {
-    if (batch_.full(bytes.size())) flush_results();
-    PROCPOOL_ASSERT(batch_.entries.size() < ResultBatch::kMaxMessages, "a full batch is flushed first");
-    const std::size_t offset = batch_.entries.empty() ? 0 : batch_.entries.back().offset + batch_.entries.back().size;
-    if (!bytes.empty()) std::memcpy(batch_.bytes.data() + offset, bytes.data(), bytes.size());
-    batch_.entries.push_back({slot, offset, bytes.size()});  // within the capacity reserved at construction
+    if (batch_.full()) flush_results();
+    PROCPOOL_ASSERT(!batch_.full(), "a full batch is flushed first");
+    const std::size_t at = batch_.entries.size() * ResultBatch::kMaxMessageBytes;
+    if (!bytes.empty()) std::memcpy(batch_.bytes.data() + at, bytes.data(), bytes.size());
+    batch_.entries.push_back({slot, bytes.size()});  // within the capacity reserved at construction
 }
 
 /// Takes the tasks of every stashed result under one hold of mutex_, then delivers them without it. Every one is
@@ -74,31 +74,25 @@ void Scheduler<Transport>::stash_result(std::size_t slot, std::span<const std::b
 template <class Transport>
 void Scheduler<Transport>::flush_results() {
     if (batch_.entries.empty()) return;
-    const auto message = [&](const typename ResultBatch::Entry& e) {
-        return std::span<const std::byte>(batch_.bytes.data() + e.offset, e.size);
-    };
     {
         std::lock_guard lock(mutex_);
         for (std::size_t i = 0; i < batch_.entries.size(); ++i) {
-            const auto& e = batch_.entries[i];
-            if (!take_result_locked(e.slot, message(e), batch_.taken[i])) batch_.taken[i].job.reset();
+            auto& e = batch_.entries[i];
+            (void)take_result_locked(e.slot, batch_.message(i), e.taken);  // false: e.taken.job stays null
         }
     }
     std::exception_ptr error;
     for (std::size_t i = 0; i < batch_.entries.size(); ++i) {
-        const auto& e = batch_.entries[i];
-        TakenResult& taken = batch_.taken[i];
-        if (!taken.job) continue;
+        auto& e = batch_.entries[i];
+        if (!e.taken.job) continue;
         try {
-            deliver_taken(e.slot, message(e), taken);
+            deliver_taken(e.slot, batch_.message(i), e.taken);
         } catch (...) {
             if (!error) error = std::current_exception();
             dispatch_owed_ = true;  // its Completion was not recorded
         }
-        taken.job.reset();
-        taken.finished_input.reset();
     }
-    batch_.entries.clear();
+    batch_.entries.clear();  // (drops what a delivery that threw left)
     if (error) std::rethrow_exception(error);
 }
 
